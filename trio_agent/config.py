@@ -1,0 +1,267 @@
+"""Configuration: frozen, keyword-only, validated dataclasses.
+
+Each part takes its config object explicitly; nothing reads globals. This
+module is the only reader of environment variables (``TRIO_AGENT_<NAME>``),
+and :func:`config_from_mapping` refuses unknown keys instead of ignoring them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from .errors import ConfigError
+
+__all__ = [
+    "MockLLMConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+    "config_from_env",
+    "config_from_mapping",
+]
+
+ENV_PREFIX = "TRIO_AGENT_"
+
+ContentMode = Literal["echo", "filler"]
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _non_negative(name: str, value: float | None) -> None:
+    _check(value is None or value >= 0, f"{name} must be >= 0, got {value!r}")
+
+
+def _positive(name: str, value: float | None) -> None:
+    _check(value is None or value > 0, f"{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MockLLMConfig:
+    """How the in-process mock LLM behaves (see :class:`trio_agent.MockLLM`).
+
+    Times are seconds on trio's clock. ``fail_before_first`` raises before any
+    token; ``fail_after_tokens`` raises after that many tokens;
+    ``stall_after_tokens`` stops sending (forever) after that many tokens.
+    """
+
+    ttft: float = 0.2
+    itl: float = 0.02
+    jitter: float = 0.0
+    tokens: int = 128
+    seed: int = 0
+    content: ContentMode = "filler"
+    model: str = "mock-llm"
+    fail_before_first: bool = False
+    fail_after_tokens: int | None = None
+    stall_after_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        _non_negative("ttft", self.ttft)
+        _non_negative("itl", self.itl)
+        _non_negative("jitter", self.jitter)
+        _check(self.tokens >= 0, f"tokens must be >= 0, got {self.tokens!r}")
+        _check(self.content in ("echo", "filler"), f"content must be 'echo' or 'filler', got {self.content!r}")
+        _non_negative("fail_after_tokens", self.fail_after_tokens)
+        _non_negative("stall_after_tokens", self.stall_after_tokens)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamConfig:
+    """A real OpenAI-compatible upstream reached through one pooled httpx client.
+
+    ``api_key`` is never shown in ``repr`` or logs. Deadlines in seconds:
+    ``connect_timeout`` to open a connection, ``first_token_timeout`` from
+    sending the request to the first content, ``idle_timeout`` between two
+    chunks, ``total_timeout`` for the whole call. Retries happen only before
+    the first token reached the caller, at most ``max_attempts`` attempts, and
+    at most ``retry_budget_ratio`` of requests over ``retry_budget_window``.
+    """
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    model: str = "gpt-4o-mini"
+    max_connections: int = 200
+    max_keepalive_connections: int = 100
+    keepalive_expiry: float = 30.0
+    http2: bool = False
+    connect_timeout: float = 5.0
+    first_token_timeout: float = 30.0
+    idle_timeout: float = 30.0
+    total_timeout: float = 300.0
+    max_attempts: int = 3
+    backoff_base: float = 0.2
+    backoff_max: float = 5.0
+    retry_budget_ratio: float = 0.1
+    retry_budget_window: float = 10.0
+    retry_budget_min: int = 3
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(
+            self.base_url.startswith(("http://", "https://")),
+            f"base_url must start with http:// or https://, got {self.base_url!r}",
+        )
+        _positive("max_connections", self.max_connections)
+        _non_negative("max_keepalive_connections", self.max_keepalive_connections)
+        for name in ("connect_timeout", "first_token_timeout", "idle_timeout", "total_timeout"):
+            _positive(name, getattr(self, name))
+        _check(self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts!r}")
+        _non_negative("backoff_base", self.backoff_base)
+        _non_negative("backoff_max", self.backoff_max)
+        _check(0 <= self.retry_budget_ratio <= 1, "retry_budget_ratio must be in [0, 1]")
+        _positive("retry_budget_window", self.retry_budget_window)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The gateway: listening address, admission, deadlines, limits, auth.
+
+    Admission: at most ``max_concurrency`` upstream calls run at once; up to
+    ``max_queued`` more wait at most ``max_queue_wait`` seconds, past which
+    the answer is 503 with ``Retry-After``. ``request_timeout`` covers queue
+    wait and upstream together. ``upstream`` set means proxy to a real
+    OpenAI-compatible API; ``None`` means answer from the built-in mock.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    max_concurrency: int = 50
+    max_queued: int = 100
+    max_queue_wait: float = 5.0
+    request_timeout: float = 120.0
+    keepalive_interval: float = 15.0
+    write_timeout: float = 10.0
+    drain_timeout: float = 10.0
+    per_key_max_concurrency: int | None = None
+    api_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1 << 20
+    max_messages: int = 256
+    max_message_chars: int = 100_000
+    max_tokens_limit: int = 8192
+    max_batch_items: int = 64
+    batch_concurrency: int = 8
+    access_log: bool = True
+    upstream: UpstreamConfig | None = None
+    mock: MockLLMConfig = field(default_factory=MockLLMConfig)
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port!r}")
+        _check(self.workers >= 1, f"workers must be >= 1, got {self.workers!r}")
+        _check(self.max_concurrency >= 1, f"max_concurrency must be >= 1, got {self.max_concurrency!r}")
+        _check(self.max_queued >= 0, f"max_queued must be >= 0, got {self.max_queued!r}")
+        _non_negative("max_queue_wait", self.max_queue_wait)
+        for name in ("request_timeout", "keepalive_interval", "write_timeout", "drain_timeout"):
+            _positive(name, getattr(self, name))
+        _positive("per_key_max_concurrency", self.per_key_max_concurrency)
+        for name in (
+            "max_body_bytes",
+            "max_messages",
+            "max_message_chars",
+            "max_tokens_limit",
+            "max_batch_items",
+            "batch_concurrency",
+        ):
+            _positive(name, getattr(self, name))
+        _check(all(k for k in self.api_keys), "api_keys must not contain empty keys")
+
+
+# -- building configs from mappings and the environment -------------------------
+
+C = TypeVar("C")
+
+
+def _convert(name: str, tp: Any, raw: Any) -> Any:
+    """Convert ``raw`` (often a string from the environment) to the field type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null")):
+            if type(None) in args:
+                return None
+        non_none = [a for a in args if a is not type(None)]
+        last_exc: Exception | None = None
+        for a in non_none:
+            try:
+                return _convert(name, a, raw)
+            except ConfigError as exc:
+                last_exc = exc
+        raise ConfigError(str(last_exc))
+    if origin is Literal:
+        if raw not in args:
+            raise ConfigError(f"{name} must be one of {list(args)}, got {raw!r}")
+        return raw
+    if origin in (tuple, frozenset):
+        items = [s.strip() for s in raw.split(",") if s.strip()] if isinstance(raw, str) else list(raw)
+        return origin(_convert(name, args[0], i) for i in items)
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        s = str(raw).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be a boolean, got {raw!r}")
+    if tp in (int, float, str):
+        if isinstance(raw, bool) and tp is not str:
+            raise ConfigError(f"{name} must be a {tp.__name__}, got {raw!r}")
+        try:
+            return tp(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name} must be a {tp.__name__}, got {raw!r}") from exc
+    if dataclasses.is_dataclass(tp) and isinstance(raw, Mapping):
+        return config_from_mapping(tp, raw)  # type: ignore[arg-type]
+    if dataclasses.is_dataclass(tp) and dataclasses.is_dataclass(raw):
+        return raw
+    raise ConfigError(f"cannot convert {name}={raw!r} to {tp!r}")
+
+
+def config_from_mapping(cls: type[C], values: Mapping[str, Any]) -> C:
+    """Build ``cls`` from a mapping, converting strings; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} key(s): {', '.join(unknown)}")
+    kwargs = {k: _convert(k, hints[k], v) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from exc
+
+
+def config_from_env(
+    cls: type[C],
+    environ: Mapping[str, str] | None = None,
+    *,
+    prefix: str = ENV_PREFIX,
+    overrides: Mapping[str, Any] | None = None,
+) -> C:
+    """Build ``cls`` from ``TRIO_AGENT_<FIELD>`` variables, then ``overrides``.
+
+    A variable with the prefix that names no field of ``cls`` is an error, so a
+    typo never silently falls back to a default. Only scalar and list fields
+    are read from the environment; nested configs come through ``overrides``.
+    """
+    env = os.environ if environ is None else environ
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :].lower()
+        if name not in fields:
+            raise ConfigError(f"unknown environment variable {key}")
+        values[name] = raw
+    values.update(overrides or {})
+    return config_from_mapping(cls, values)

@@ -1,0 +1,340 @@
+"""The one exception tree of trio_agent.
+
+Inner layers raise these; only the HTTP edge (``trio_agent.server``) turns them
+into status codes, JSON bodies and SSE ``error`` events::
+
+    TrioAgentError
+    ├── ConfigError                      bad or unknown configuration (also a ValueError)
+    ├── ConcurrencyError                 the trio helpers in trio_agent.concurrency
+    │   ├── QueueFullError               the bounded queue is full; refused at once
+    │   ├── QueueTimeoutError            waited longer than max_wait for a worker
+    │   └── QueueClosedError             submitted to a queue that stopped intake
+    ├── DeadlineError                    a deadline on a stream or a stage ran out
+    │   ├── FirstItemTimeoutError        nothing arrived before first_timeout
+    │   ├── IdleTimeoutError             the gap between two items exceeded idle_timeout
+    │   └── TotalTimeoutError            the whole stream exceeded total_timeout
+    ├── AdmissionError                   the gateway refused to start the work (no byte sent yet)
+    │   ├── OverloadedError              global capacity and queue full, or queue wait ran out (503)
+    │   ├── KeyLimitError                per-API-key concurrency or rate exceeded (429)
+    │   └── ShuttingDownError            the server is draining (503)
+    ├── RequestError                     the client's request is wrong
+    │   ├── RequestValidationError       a field is missing or wrong (400/422), names the field
+    │   ├── PayloadTooLargeError         body above the limit (413)
+    │   └── AuthenticationError          missing or wrong API key (401)
+    └── UpstreamError                    the LLM upstream failed
+        ├── UpstreamConnectError         could not connect / connection dropped
+        ├── UpstreamStatusError          a non-2xx answer (status_code, retry_after)
+        ├── UpstreamProtocolError        bytes that are not the OpenAI wire format, or no terminal frame
+        ├── UpstreamStreamError          an {"error": ...} frame inside the stream
+        ├── RetryBudgetExhaustedError    a retry was due but the process-wide budget is spent
+        └── UpstreamTimeoutError         an upstream deadline ran out (also a DeadlineError)
+            ├── UpstreamConnectTimeoutError
+            ├── UpstreamFirstTokenTimeoutError   (also a FirstItemTimeoutError)
+            ├── UpstreamIdleTimeoutError         (also an IdleTimeoutError)
+            └── UpstreamTotalTimeoutError        (also a TotalTimeoutError)
+
+Every error carries structured fields rather than only a message: ``code`` (a
+stable snake_case identifier used in JSON and SSE error bodies), ``retryable``,
+and where relevant ``status_code``, ``retry_after`` (seconds) or ``waited``.
+Causes are chained (``raise X(...) from exc``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdmissionError",
+    "AuthenticationError",
+    "ConcurrencyError",
+    "ConfigError",
+    "DeadlineError",
+    "FirstItemTimeoutError",
+    "IdleTimeoutError",
+    "KeyLimitError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "QueueClosedError",
+    "QueueFullError",
+    "QueueTimeoutError",
+    "RequestError",
+    "RequestValidationError",
+    "RetryBudgetExhaustedError",
+    "ShuttingDownError",
+    "TotalTimeoutError",
+    "TrioAgentError",
+    "UpstreamConnectError",
+    "UpstreamConnectTimeoutError",
+    "UpstreamError",
+    "UpstreamFirstTokenTimeoutError",
+    "UpstreamIdleTimeoutError",
+    "UpstreamProtocolError",
+    "UpstreamStatusError",
+    "UpstreamStreamError",
+    "UpstreamTimeoutError",
+    "UpstreamTotalTimeoutError",
+]
+
+
+class TrioAgentError(Exception):
+    """Root of every error trio_agent raises on purpose.
+
+    ``code`` is a stable identifier for clients; ``retryable`` says whether the
+    same request may succeed if sent again later.
+    """
+
+    code: str = "internal_error"
+    retryable: bool = False
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(TrioAgentError, ValueError):
+    """A configuration value is invalid, or a key is unknown."""
+
+    code = "config_error"
+
+
+# -- trio helpers -----------------------------------------------------------
+
+
+class ConcurrencyError(TrioAgentError):
+    """Base of errors raised by the helpers in :mod:`trio_agent.concurrency`."""
+
+    code = "concurrency_error"
+
+
+class QueueFullError(ConcurrencyError):
+    """The request queue already holds ``max_queued`` items; refused at once."""
+
+    code = "queue_full"
+    retryable = True
+
+    def __init__(self, message: str = "request queue is full", *, max_queued: int = 0) -> None:
+        super().__init__(message)
+        self.max_queued = max_queued
+
+
+class QueueTimeoutError(ConcurrencyError):
+    """A queued item waited longer than ``max_wait`` before a worker took it."""
+
+    code = "queue_timeout"
+    retryable = True
+
+    def __init__(self, message: str = "timed out waiting in the queue", *, waited: float = 0.0) -> None:
+        super().__init__(message)
+        self.waited = waited
+
+
+class QueueClosedError(ConcurrencyError):
+    """The queue stopped taking new items (its block is exiting)."""
+
+    code = "queue_closed"
+    retryable = True
+
+
+# -- deadlines ----------------------------------------------------------------
+
+
+class DeadlineError(TrioAgentError):
+    """A deadline ran out. ``timeout`` is the configured duration in seconds."""
+
+    code = "timeout"
+    retryable = True
+
+    def __init__(self, message: str = "deadline exceeded", *, timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class FirstItemTimeoutError(DeadlineError):
+    """No first item arrived within ``first_timeout``."""
+
+    code = "first_item_timeout"
+
+
+class IdleTimeoutError(DeadlineError):
+    """The gap between two items exceeded ``idle_timeout``."""
+
+    code = "idle_timeout"
+
+
+class TotalTimeoutError(DeadlineError):
+    """The whole stream took longer than ``total_timeout``."""
+
+    code = "total_timeout"
+
+
+# -- admission ----------------------------------------------------------------
+
+
+class AdmissionError(TrioAgentError):
+    """The gateway refused to start a request. Nothing was sent upstream.
+
+    ``status_code`` is the HTTP answer; ``retry_after`` the suggested wait in
+    seconds (sent as the ``Retry-After`` header, rounded up).
+    """
+
+    code = "admission_refused"
+    status_code = 503
+    retryable = True
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        retry_after: float | None = None,
+        waited: float = 0.0,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+        self.waited = waited
+
+
+class OverloadedError(AdmissionError):
+    """Global capacity is taken and the wait queue is full, or the wait ran out (503)."""
+
+    code = "overloaded"
+    status_code = 503
+
+
+class KeyLimitError(AdmissionError):
+    """A per-API-key concurrency or rate limit was exceeded (429)."""
+
+    code = "rate_limited"
+    status_code = 429
+
+
+class ShuttingDownError(AdmissionError):
+    """The server is draining and takes no new work (503)."""
+
+    code = "shutting_down"
+    status_code = 503
+
+
+# -- client request -------------------------------------------------------------
+
+
+class RequestError(TrioAgentError):
+    """The client's request cannot be served as sent."""
+
+    code = "bad_request"
+    status_code = 400
+
+
+class RequestValidationError(RequestError):
+    """A field of the request is missing or wrong. ``field`` names it (dotted path)."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, field: str | None = None, status_code: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status_code = status_code
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body is larger than the configured limit (413)."""
+
+    code = "payload_too_large"
+    status_code = 413
+
+    def __init__(self, message: str = "request body too large", *, limit: int = 0) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class AuthenticationError(RequestError):
+    """Missing or wrong API key (401). Never carries the key itself."""
+
+    code = "unauthorized"
+    status_code = 401
+
+
+# -- upstream ---------------------------------------------------------------------
+
+
+class UpstreamError(TrioAgentError):
+    """The LLM upstream failed. ``status_code`` is the upstream's, when it sent one."""
+
+    code = "upstream_error"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str = "upstream error",
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class UpstreamConnectError(UpstreamError):
+    """Could not connect to the upstream, or the connection dropped."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with a non-2xx status."""
+
+    code = "upstream_status"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream's bytes are not the expected wire format, or the stream ended early."""
+
+    code = "upstream_protocol_error"
+
+
+class UpstreamStreamError(UpstreamError):
+    """The upstream sent an ``{"error": ...}`` frame inside the stream."""
+
+    code = "upstream_stream_error"
+
+
+class RetryBudgetExhaustedError(UpstreamError):
+    """A retry was due but the process-wide retry budget is spent."""
+
+    code = "retry_budget_exhausted"
+
+
+class UpstreamTimeoutError(UpstreamError, DeadlineError):
+    """An upstream deadline ran out."""
+
+    code = "upstream_timeout"
+
+    def __init__(self, message: str = "upstream timed out", *, timeout: float | None = None) -> None:
+        UpstreamError.__init__(self, message)
+        self.timeout = timeout
+
+
+class UpstreamConnectTimeoutError(UpstreamTimeoutError):
+    """Connecting to the upstream took longer than ``connect_timeout``."""
+
+    code = "upstream_connect_timeout"
+
+
+class UpstreamFirstTokenTimeoutError(UpstreamTimeoutError, FirstItemTimeoutError):
+    """The upstream sent no first token within ``first_token_timeout``."""
+
+    code = "upstream_first_token_timeout"
+
+
+class UpstreamIdleTimeoutError(UpstreamTimeoutError, IdleTimeoutError):
+    """The upstream went quiet for longer than ``idle_timeout`` mid-stream."""
+
+    code = "upstream_idle_timeout"
+
+
+class UpstreamTotalTimeoutError(UpstreamTimeoutError, TotalTimeoutError):
+    """The upstream stream took longer than ``total_timeout`` in all."""
+
+    code = "upstream_total_timeout"
