@@ -470,7 +470,8 @@ def test_roundtrip_any_events_any_chunking(
 _raw_piece = st.one_of(
     st.sampled_from(
         [b"\r", b"\n", b"\r\n", b"\0", b"data", b":", b" ", b"id", b"event", b"retry",
-         b"123", b"\xef\xbb\xbf", b"\xc3", b"\xa9", b"\xf0\x9f\x98", b"\x80", b"\xff"]
+         b"123", b"\xef\xbb\xbf", b"\xc3", b"\xa9", b"\xf0\x9f\x98", b"\x80", b"\xff",
+         b"data: a", b"data:", b"event: e", b"id: 7", b"retry: 5", b": c"]
     ),
     st.binary(max_size=4),
 )
@@ -494,7 +495,11 @@ def test_any_chunking_of_any_bytes_decodes_like_one_chunk(
     assert expected == reference_parse(stream)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(stream=_raw_stream)
-def test_byte_at_a_time_decodes_like_one_chunk(stream: bytes) -> None:
-    assert decode_all(*bytewise(stream)) == decode_all(stream) == reference_parse(stream)
+def test_every_single_cut_and_byte_at_a_time_decode_like_one_chunk(stream: bytes) -> None:
+    expected = decode_all(stream)
+    assert expected == reference_parse(stream)
+    for cut in range(1, len(stream)):
+        assert decode_all(stream[:cut], stream[cut:]) == expected, cut
+    assert decode_all(*bytewise(stream)) == expected
