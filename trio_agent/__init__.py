@@ -20,6 +20,9 @@ from .errors import (
     RequestValidationError,
     RetryBudgetExhaustedError,
     ShuttingDownError,
+    SSEError,
+    SSEEventTooLargeError,
+    SSEFieldError,
     TotalTimeoutError,
     TrioAgentError,
     UpstreamConnectError,
@@ -34,6 +37,7 @@ from .errors import (
     UpstreamTotalTimeoutError,
 )
 from .llm import ChatBackend, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Usage
+from .sse import ServerSentEvent, SSEDecoder, encode_comment, encode_event
 
 __version__ = "0.1.0"
 
@@ -60,7 +64,12 @@ __all__ = [
     "RequestError",
     "RequestValidationError",
     "RetryBudgetExhaustedError",
+    "SSEDecoder",
+    "SSEError",
+    "SSEEventTooLargeError",
+    "SSEFieldError",
     "ServerConfig",
+    "ServerSentEvent",
     "ShuttingDownError",
     "TotalTimeoutError",
     "TrioAgentError",
@@ -76,4 +85,6 @@ __all__ = [
     "UpstreamTimeoutError",
     "UpstreamTotalTimeoutError",
     "Usage",
+    "encode_comment",
+    "encode_event",
 ]

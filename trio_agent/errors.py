@@ -5,6 +5,9 @@ into status codes, JSON bodies and SSE ``error`` events::
 
     TrioAgentError
     ├── ConfigError                      bad or unknown configuration (also a ValueError)
+    ├── SSEError                         the SSE codec refused its input (also a ValueError)
+    │   ├── SSEFieldError                event/id/retry/comment that cannot be encoded
+    │   └── SSEEventTooLargeError        a decoded line or event exceeded max_event_chars
     ├── ConcurrencyError                 the trio helpers in trio_agent.concurrency
     │   ├── QueueFullError               the bounded queue is full; refused at once
     │   ├── QueueTimeoutError            waited longer than max_wait for a worker
@@ -58,6 +61,9 @@ __all__ = [
     "RequestError",
     "RequestValidationError",
     "RetryBudgetExhaustedError",
+    "SSEError",
+    "SSEEventTooLargeError",
+    "SSEFieldError",
     "ShuttingDownError",
     "TotalTimeoutError",
     "TrioAgentError",
@@ -95,6 +101,38 @@ class ConfigError(TrioAgentError, ValueError):
     """A configuration value is invalid, or a key is unknown."""
 
     code = "config_error"
+
+
+# -- SSE codec ----------------------------------------------------------------
+
+
+class SSEError(TrioAgentError, ValueError):
+    """The SSE codec (:mod:`trio_agent.sse`) refused its input."""
+
+    code = "sse_error"
+
+
+class SSEFieldError(SSEError):
+    """A field cannot be written to an event stream without changing its meaning.
+
+    ``field`` names it (``event``, ``id``, ``retry`` or ``comment``).
+    """
+
+    code = "sse_invalid_field"
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SSEEventTooLargeError(SSEError):
+    """The decoder buffered more than ``limit`` characters for one line or event."""
+
+    code = "sse_event_too_large"
+
+    def __init__(self, message: str = "SSE event too large", *, limit: int = 0) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 # -- trio helpers -----------------------------------------------------------
