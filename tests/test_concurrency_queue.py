@@ -238,8 +238,10 @@ async def test_exception_in_block_cancels_work_and_comes_out_unwrapped(
                 await trio.testing.wait_all_tasks_blocked()
                 1 / 0  # noqa: B018
     assert handler.cancelled == handler.started
+    assert len(results.values) == 2
     assert all(isinstance(v, QueueClosedError) for _, v in results.values.values())
-    assert_idle(queue)
+    stats = assert_idle(queue)
+    assert (stats.served, stats.cancelled, stats.rejected) == (0, 2, 0)
 
 
 async def test_repr_shows_live_state(autojump_clock: trio.testing.MockClock) -> None:

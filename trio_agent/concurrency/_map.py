@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sized
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Generic, TypeVar
 
 import trio
@@ -80,7 +80,7 @@ class _Run(Generic[T, R]):
         send: trio.MemorySendChannel[Outcome[R]] | None = None,
     ) -> None:
         """Pull items until the iterator is exhausted; record or send each outcome."""
-        with send if send is not None else _null():
+        with send if send is not None else nullcontext():
             while True:
                 try:
                     index, item = next(self.items)
@@ -134,14 +134,6 @@ class _Run(Generic[T, R]):
         )
         duration = 0.0 if started is None else trio.current_time() - started
         return Outcome(index=index, status="cancelled", error=error, duration=duration)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 async def map_concurrently(

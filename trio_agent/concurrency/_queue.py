@@ -194,6 +194,11 @@ class RequestQueue(Generic[T, R]):
             async for ticket in receive:
                 if ticket.abandoned:  # the caller left between hand-off and start
                     continue
+                if self._cancelling:  # handed over just before the queue cancelled its work
+                    ticket.error = QueueClosedError("the request queue closed before serving this request")
+                    self._cancelled += 1
+                    ticket.done.set()
+                    continue
                 await self._serve(ticket)
 
     async def _serve(self, ticket: _Ticket[T, R]) -> None:
@@ -222,11 +227,12 @@ class RequestQueue(Generic[T, R]):
             ticket.done.set()
 
     def _close(self) -> None:
-        """Stop intake; with ``cancel``, also abort everything queued or in service."""
+        """Stop intake: later submits raise QueueClosedError; workers end when the line is empty."""
         self._closed = True
         self._send.close()
 
     def _cancel_all(self) -> None:
+        """Abort everything queued or in service; those callers get QueueClosedError."""
         self._cancelling = True
         for ticket in self._waiting:
             assert ticket.wait_scope is not None
@@ -292,11 +298,13 @@ async def open_request_queue(
             with queue._receive:
                 for _ in range(workers):  # started, so they are idle in receive() on entry
                     await nursery.start(queue._worker, queue._receive.clone())
+            clean_exit = False
             try:
                 yield queue
+                clean_exit = True
             finally:
                 queue._close()
-                if on_exit == "cancel":
+                if on_exit == "cancel" or not clean_exit:
                     queue._cancel_all()
     except BaseExceptionGroup as group:
         raise_single_exception(group)
