@@ -293,3 +293,44 @@ async def test_as_completed_with_rate_limiter(autojump_clock: trio.testing.MockC
     ) as outcomes:
         times = [trio.current_time() async for _ in outcomes]
     assert times == [0.0, 0.25, 0.5]
+
+
+async def test_as_completed_broken_input_iterator_is_raised(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def items() -> Iterator[float]:
+        yield 1.0
+        raise RuntimeError("source broke")
+
+    fn = Recorder()
+    with pytest.raises(RuntimeError, match="source broke"):
+        async with as_completed(fn, items(), max_concurrency=2) as outcomes:
+            async for _ in outcomes:
+                pass
+    assert fn.running == 0
+
+
+async def test_as_completed_empty_input(autojump_clock: trio.testing.MockClock) -> None:
+    async with as_completed(Recorder(), [], max_concurrency=2) as outcomes:
+        assert [o async for o in outcomes] == []
+
+
+async def test_group_left_after_an_item_timeout_is_an_error_outcome(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # fn's own nursery: on the item timeout one child fails while unwinding.
+    async def fn(_: int) -> None:
+        async def fails_on_cancel() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise OSError("cleanup failed")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fails_on_cancel)
+            nursery.start_soon(trio.sleep_forever)
+
+    [outcome] = await map_concurrently(fn, [0], max_concurrency=1, item_timeout=1.0)
+    assert outcome.status == "error"
+    assert isinstance(outcome.error, ExceptionGroup)
+    assert outcome.error.subgroup(OSError) is not None

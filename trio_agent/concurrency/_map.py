@@ -113,19 +113,21 @@ class _Run(Generic[T, R]):
             await self.rate_limiter.acquire()
         started = self.started_at[index] = trio.current_time()
         timeout = self.item_timeout
-        with trio.CancelScope(deadline=math.inf if timeout is None else started + timeout):
-            try:
+        scope = trio.CancelScope(deadline=math.inf if timeout is None else started + timeout)
+        try:
+            with scope:
                 value = await self.fn(item)
-            except Exception as exc:
-                return Outcome(
-                    index=index, status="error", error=exc, duration=trio.current_time() - started
-                )
-            return Outcome(index=index, status="ok", value=value, duration=trio.current_time() - started)
-        # Only reached when the item's own scope caught the cancellation.
-        error = ItemTimeoutError(
-            f"item {index} ran longer than item_timeout={timeout} s", timeout=timeout, index=index
-        )
-        return Outcome(index=index, status="timeout", error=error, duration=trio.current_time() - started)
+        except Exception as exc:  # outside the scope: also catches what it leaves of a group
+            return Outcome(
+                index=index, status="error", error=exc, duration=trio.current_time() - started
+            )
+        duration = trio.current_time() - started
+        if scope.cancelled_caught:
+            error = ItemTimeoutError(
+                f"item {index} ran longer than item_timeout={timeout} s", timeout=timeout, index=index
+            )
+            return Outcome(index=index, status="timeout", error=error, duration=duration)
+        return Outcome(index=index, status="ok", value=value, duration=duration)
 
     def cancelled(self, index: int, total_timeout: float | None) -> Outcome[R]:
         started = self.started_at.get(index)

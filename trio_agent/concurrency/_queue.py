@@ -206,13 +206,13 @@ class RequestQueue(Generic[T, R]):
         self._serving.add(ticket)
         ended = "stopped"  # stays so if the worker itself is cancelled from outside
         try:
-            with scope:
-                try:
+            try:
+                with scope:
                     ticket.value = await self._handler(ticket.item)
                     ended = "served"
-                except Exception as exc:
-                    ticket.error = exc
-                    ended = "failed"
+            except Exception as exc:  # outside the scope: also what it leaves of a group
+                ticket.error = exc
+                ended = "failed"
         finally:
             self._serving.discard(ticket)
             if ticket.abandoned:
