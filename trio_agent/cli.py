@@ -16,14 +16,141 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 
+_SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("host", str, "address to listen on"),
+    ("port", int, "port to listen on (0: any free port)"),
+    ("workers", int, "worker processes sharing the socket; admission limits are split between them"),
+    ("max_concurrency", int, "concurrent upstream calls (the admission cap)"),
+    ("max_queued", int, "requests that may wait for admission past the cap"),
+    ("max_queue_wait", float, "seconds a request may wait for admission before 503"),
+    ("request_timeout", float, "seconds for a whole request: queue wait and upstream"),
+    ("keepalive_interval", float, "seconds of stream silence before an SSE keepalive comment"),
+    ("write_timeout", float, "seconds a write to a client may stall before the stream ends"),
+    ("drain_timeout", float, "seconds in-flight streams get to finish on SIGTERM/SIGINT"),
+    ("per_key_max_concurrency", int, "concurrent requests per API key (429 past it)"),
+    ("max_body_bytes", int, "largest request body (413 past it)"),
+    ("max_messages", int, "most messages in one request"),
+    ("max_message_chars", int, "longest message, in characters"),
+    ("max_tokens_limit", int, "largest max_tokens a client may ask for"),
+    ("max_batch_items", int, "most items in one /chat/batch request"),
+    ("batch_concurrency", int, "items of one batch run at once (each still goes through admission)"),
+)
+
+
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the gateway (mock LLM by default)")
+    from .config import MockLLMConfig, ServerConfig
+
+    defaults = ServerConfig()
+    mock = MockLLMConfig()
+    p = sub.add_parser(
+        "serve",
+        help="run the gateway (mock LLM by default)",
+        description=(
+            "Run the trio_agent gateway. Every setting can also come from an environment "
+            "variable TRIO_AGENT_<NAME> (flags win); the upstream API key only from "
+            "TRIO_AGENT_UPSTREAM_API_KEY."
+        ),
+    )
+    for name, tp, text in _SERVE_FLAGS:
+        env = f"TRIO_AGENT_{name.upper()}"
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=tp,
+            default=None,
+            help=f"{text} [default: {getattr(defaults, name)}; env {env}]",
+        )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="accept this API key (repeatable; enables auth) [env TRIO_AGENT_API_KEYS, comma-separated]",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        metavar="ORIGIN",
+        help="allow this browser origin (repeatable; CORS is off without one) "
+        "[env TRIO_AGENT_CORS_ORIGINS, comma-separated]",
+    )
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"one JSON line per request on stderr [default: {defaults.access_log}; env TRIO_AGENT_ACCESS_LOG]",
+    )
+    p.add_argument(
+        "--upstream-url",
+        metavar="URL",
+        help="OpenAI-compatible base URL to proxy to, e.g. https://api.openai.com/v1 "
+        "(default: the built-in mock LLM) [env TRIO_AGENT_UPSTREAM_URL]",
+    )
+    p.add_argument(
+        "--upstream-model",
+        metavar="NAME",
+        help="default upstream model [default: gpt-4o-mini; env TRIO_AGENT_UPSTREAM_MODEL]",
+    )
+    p.add_argument(
+        "--mock-ttft", type=float, metavar="SECONDS",
+        help=f"mock LLM: time to first token [default: {mock.ttft}; env TRIO_AGENT_MOCK_TTFT]",
+    )
+    p.add_argument(
+        "--mock-itl", type=float, metavar="SECONDS",
+        help=f"mock LLM: time between tokens [default: {mock.itl}; env TRIO_AGENT_MOCK_ITL]",
+    )
+    p.add_argument(
+        "--mock-tokens", type=int, metavar="COUNT",
+        help=f"mock LLM: tokens per reply [default: {mock.tokens}; env TRIO_AGENT_MOCK_TOKENS]",
+    )
     p.set_defaults(func=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    print("trio-agent serve: not built yet", file=sys.stderr)
-    return 2
+    import logging
+
+    import trio
+
+    from .config import server_config_from_env
+    from .errors import ConfigError
+    from .server import run_workers, serve
+
+    server = {name: getattr(args, name) for name, _, _ in _SERVE_FLAGS}
+    server["access_log"] = args.access_log
+    if args.api_keys is not None:
+        server["api_keys"] = frozenset(args.api_keys)
+    if args.cors_origins is not None:
+        server["cors_origins"] = tuple(args.cors_origins)
+    upstream = {"base_url": args.upstream_url, "model": args.upstream_model}
+    mock = {"ttft": args.mock_ttft, "itl": args.mock_itl, "tokens": args.mock_tokens}
+    try:
+        config = server_config_from_env(
+            server={k: v for k, v in server.items() if v is not None},
+            upstream={k: v for k, v in upstream.items() if v is not None},
+            mock={k: v for k, v in mock.items() if v is not None},
+        )
+    except ConfigError as exc:
+        print(f"trio-agent serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if not config.access_log:
+        logging.getLogger("trio_agent.access").disabled = True
+
+    def announce(host: str, port: int) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        backend = config.upstream.base_url if config.upstream else "the built-in mock LLM"
+        print(f"trio_agent gateway listening on http://{shown}:{port} ({backend})", flush=True)
+
+    if config.workers > 1:
+        return run_workers(config, on_bound=announce)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(serve, config)
+            announce(host, port)
+
+    trio.run(main)
+    return 0
 
 
 def _add_mock_llm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

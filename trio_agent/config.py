@@ -23,9 +23,12 @@ __all__ = [
     "UpstreamConfig",
     "config_from_env",
     "config_from_mapping",
+    "server_config_from_env",
 ]
 
 ENV_PREFIX = "TRIO_AGENT_"
+# Variables with the prefix that are not settings of any config object.
+ENV_NOT_CONFIG = frozenset({"TRIO_AGENT_VENV"})
 
 ContentMode = Literal["echo", "filler"]
 
@@ -265,3 +268,59 @@ def config_from_env(
         values[name] = raw
     values.update(overrides or {})
     return config_from_mapping(cls, values)
+
+
+def server_config_from_env(
+    environ: Mapping[str, str] | None = None,
+    *,
+    server: Mapping[str, Any] | None = None,
+    upstream: Mapping[str, Any] | None = None,
+    mock: Mapping[str, Any] | None = None,
+) -> ServerConfig:
+    """Build the gateway's :class:`ServerConfig` from the environment, then overrides (flags).
+
+    Names are mapped explicitly, since the environment holds the settings of
+    three objects: ``TRIO_AGENT_<FIELD>`` for :class:`ServerConfig` fields
+    (``TRIO_AGENT_API_KEYS`` and ``TRIO_AGENT_CORS_ORIGINS`` are
+    comma-separated), ``TRIO_AGENT_UPSTREAM_URL`` and
+    ``TRIO_AGENT_UPSTREAM_<FIELD>`` for :class:`UpstreamConfig` (the key only
+    as ``TRIO_AGENT_UPSTREAM_API_KEY``), ``TRIO_AGENT_MOCK_<FIELD>`` for
+    :class:`MockLLMConfig`. Any other ``TRIO_AGENT_*`` name is an error.
+    Upstream settings without an upstream URL are an error too.
+    """
+    env = os.environ if environ is None else environ
+    server_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"upstream", "mock"}
+    upstream_fields = {f.name for f in dataclasses.fields(UpstreamConfig)} - {"base_url"}
+    mock_fields = {f.name for f in dataclasses.fields(MockLLMConfig)}
+    s_vals: dict[str, Any] = {}
+    u_vals: dict[str, Any] = {}
+    m_vals: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or key in ENV_NOT_CONFIG:
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in server_fields:
+            s_vals[name] = raw
+        elif name == "upstream_url":
+            u_vals["base_url"] = raw
+        elif name.startswith("upstream_") and name[len("upstream_") :] in upstream_fields:
+            u_vals[name[len("upstream_") :]] = raw
+        elif name.startswith("mock_") and name[len("mock_") :] in mock_fields:
+            m_vals[name[len("mock_") :]] = raw
+        else:
+            raise ConfigError(f"unknown environment variable {key}")
+    s_vals.update(server or {})
+    u_vals.update(upstream or {})
+    m_vals.update(mock or {})
+    upstream_config: UpstreamConfig | None = None
+    if u_vals:
+        if "base_url" not in u_vals:
+            raise ConfigError(
+                "upstream settings given without an upstream URL "
+                "(--upstream-url or TRIO_AGENT_UPSTREAM_URL)"
+            )
+        upstream_config = config_from_mapping(UpstreamConfig, u_vals)
+    mock_config = config_from_mapping(MockLLMConfig, m_vals)
+    return config_from_mapping(
+        ServerConfig, {**s_vals, "upstream": upstream_config, "mock": mock_config}
+    )

@@ -25,7 +25,9 @@ into status codes, JSON bodies and SSE ``error`` events::
     ├── RequestError                     the client's request is wrong
     │   ├── RequestValidationError       a field is missing or wrong (400/422), names the field
     │   ├── PayloadTooLargeError         body above the limit (413)
-    │   └── AuthenticationError          missing or wrong API key (401)
+    │   ├── AuthenticationError          missing or wrong API key (401)
+    │   ├── NotFoundError                no such path (404)
+    │   └── MethodNotAllowedError        the path exists, the method does not (405)
     └── UpstreamError                    the LLM upstream failed
         ├── UpstreamConnectError         could not connect / connection dropped
         ├── UpstreamStatusError          a non-2xx answer (status_code, retry_after)
@@ -57,6 +59,8 @@ __all__ = [
     "ItemCancelledError",
     "ItemTimeoutError",
     "KeyLimitError",
+    "MethodNotAllowedError",
+    "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
     "QueueClosedError",
@@ -320,6 +324,24 @@ class AuthenticationError(RequestError):
 
     code = "unauthorized"
     status_code = 401
+
+
+class NotFoundError(RequestError):
+    """No route matches the path (404)."""
+
+    code = "not_found"
+    status_code = 404
+
+
+class MethodNotAllowedError(RequestError):
+    """The path exists but not with this method (405). ``allowed`` lists the methods."""
+
+    code = "method_not_allowed"
+    status_code = 405
+
+    def __init__(self, message: str = "method not allowed", *, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allowed = allowed
 
 
 # -- upstream ---------------------------------------------------------------------

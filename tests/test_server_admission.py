@@ -1,0 +1,175 @@
+"""Admission: the global cap, the bounded FIFO queue, queue-wait deadline, per-key cap, statistics."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trio_agent.errors import KeyLimitError, OverloadedError
+from trio_agent.server import Admission, Lease, Limits
+
+
+def make(**kw: object) -> Admission:
+    args: dict[str, object] = {"max_concurrency": 2, "max_queued": 2, "max_queue_wait": 5.0}
+    args.update(kw)
+    return Admission(**args)  # type: ignore[arg-type]
+
+
+def assert_idle(adm: Admission) -> None:
+    s = adm.statistics()
+    assert (s.in_flight, s.queued, s.keys_in_flight) == (0, 0, 0)
+
+
+def test_admission_is_a_limits() -> None:
+    assert isinstance(make(), Limits)
+
+
+async def test_admits_up_to_the_cap_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    adm = make()
+    async with adm.lease() as a, adm.lease() as b:
+        assert isinstance(a, Lease) and isinstance(b, Lease)
+        assert a.queued == b.queued == 0
+        assert adm.statistics().in_flight == 2
+    assert_idle(adm)
+    assert adm.statistics().admitted == 2
+
+
+async def test_waiters_are_fifo_and_record_their_wait(autojump_clock: trio.testing.MockClock) -> None:
+    adm = make(max_concurrency=1, max_queued=3, max_queue_wait=100.0)
+    order: list[tuple[int, float]] = []
+
+    async def hold(i: int, seconds: float) -> None:
+        async with adm.lease() as lease:
+            order.append((i, lease.queued))
+            await trio.sleep(seconds)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(hold, 0, 1.0)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in (1, 2, 3):
+            n.start_soon(hold, i, 1.0)
+            await trio.testing.wait_all_tasks_blocked()
+        assert adm.statistics().queued == 3
+    assert order == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)]
+    assert_idle(adm)
+
+
+async def test_full_queue_is_refused_at_once_with_retry_after(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    adm = make(max_concurrency=1, max_queued=1)
+    async with trio.open_nursery() as n:
+        n.start_soon(trio.sleep, 0)  # keep nursery non-empty
+        lease = adm.lease()
+        await lease.__aenter__()
+        n.start_soon(lambda: _enter_and_wait(adm, 1.0))
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        with pytest.raises(OverloadedError) as info:
+            async with adm.lease():
+                pass  # pragma: no cover
+        assert trio.current_time() == start
+        assert info.value.status_code == 503
+        assert info.value.retry_after is not None and 1.0 <= info.value.retry_after <= 60.0
+        await lease.__aexit__(None, None, None)
+    s = adm.statistics()
+    assert (s.shed_full, s.shed_timeout, s.admitted) == (1, 0, 2)
+    assert_idle(adm)
+
+
+async def _enter_and_wait(adm: Admission, seconds: float) -> None:
+    async with adm.lease():
+        await trio.sleep(seconds)
+
+
+async def test_queue_wait_runs_out_after_max_queue_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    adm = make(max_concurrency=1, max_queued=5, max_queue_wait=2.5)
+    async with trio.open_nursery() as n:
+        n.start_soon(_enter_and_wait, adm, 10.0)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        with pytest.raises(OverloadedError) as info:
+            async with adm.lease():
+                pass  # pragma: no cover
+        assert trio.current_time() - start == 2.5
+        assert info.value.waited == 2.5
+        n.cancel_scope.cancel()
+    assert adm.statistics().shed_timeout == 1
+    assert_idle(adm)
+
+
+async def test_zero_queue_refuses_past_the_cap(autojump_clock: trio.testing.MockClock) -> None:
+    adm = make(max_concurrency=1, max_queued=0)
+    async with adm.lease():
+        with pytest.raises(OverloadedError):
+            async with adm.lease():
+                pass  # pragma: no cover
+    assert_idle(adm)
+
+
+async def test_cancelled_waiter_leaves_the_queue(autojump_clock: trio.testing.MockClock) -> None:
+    adm = make(max_concurrency=1, max_queued=2, max_queue_wait=100.0)
+    async with adm.lease():
+        with trio.move_on_after(1.0):
+            async with adm.lease():
+                pass  # pragma: no cover
+        assert adm.statistics().queued == 0
+        assert adm.statistics().in_flight == 1
+    assert_idle(adm)
+
+
+async def test_cancel_inside_the_block_releases(autojump_clock: trio.testing.MockClock) -> None:
+    adm = make()
+    with trio.move_on_after(1.0):
+        async with adm.lease(key="k"):
+            await trio.sleep_forever()
+    assert_idle(adm)
+
+
+async def test_error_inside_the_block_releases() -> None:
+    adm = make(per_key_max_concurrency=1)
+    with pytest.raises(ValueError):
+        async with adm.lease(key="k"):
+            raise ValueError
+    assert_idle(adm)
+
+
+async def test_per_key_cap_is_429_and_counts_waiters(autojump_clock: trio.testing.MockClock) -> None:
+    adm = make(max_concurrency=4, per_key_max_concurrency=1)
+    async with adm.lease(key="alice"):
+        with pytest.raises(KeyLimitError) as info:
+            async with adm.lease(key="alice"):
+                pass  # pragma: no cover
+        assert info.value.status_code == 429
+        async with adm.lease(key="bob"), adm.lease(key=None), adm.lease(key=None):
+            assert adm.statistics().keys_in_flight == 2
+    assert adm.statistics().shed_key_limit == 1
+    assert_idle(adm)
+
+
+async def test_retry_after_follows_mean_service_time(autojump_clock: trio.testing.MockClock) -> None:
+    adm = make(max_concurrency=2, max_queued=10)
+    for _ in range(3):
+        async with adm.lease():
+            await trio.sleep(8.0)
+    assert adm.statistics().mean_service_time == pytest.approx(8.0)
+    # 8 s x (position 3 + 1) / 2 slots
+    assert adm.retry_after(3) == pytest.approx(16.0)
+    assert adm.retry_after(100) == 60.0
+    fast = make()
+    async with fast.lease():
+        await trio.sleep(0.01)
+    assert fast.retry_after(0) == 1.0
+
+
+def test_repr_shows_live_state() -> None:
+    r = repr(make())
+    assert "in_flight=0/2" in r and "queued=0/2" in r
+
+
+def test_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError):
+        Admission(max_concurrency=0, max_queued=0, max_queue_wait=0)

@@ -1,0 +1,262 @@
+"""Admission control: a global cap on concurrent upstream calls, a bounded wait queue.
+
+Every request that would call the upstream first takes a *lease*::
+
+    async with limits.lease(key=key_id) as lease:
+        ...   # at most max_concurrency of these blocks run at once
+
+Past the cap a request waits, in FIFO order, in a queue of at most
+``max_queued`` waiters for at most ``max_queue_wait`` seconds. A full queue or
+a wait that runs out raises :class:`~trio_agent.errors.OverloadedError` (503)
+with ``retry_after`` estimated from live statistics; a per-key cap raises
+:class:`~trio_agent.errors.KeyLimitError` (429). Both are decided before the
+caller has sent anything to the client or the upstream.
+
+The gateway only sees the :class:`Limits` protocol, so a shared (for example
+Redis-backed) implementation can replace the in-process :class:`Admission`.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+import trio
+
+from ..errors import KeyLimitError, OverloadedError
+
+__all__ = ["Admission", "AdmissionStatistics", "Lease", "Limits"]
+
+_RETRY_AFTER_MIN = 1.0
+_RETRY_AFTER_MAX = 60.0
+# Weight of the newest sample in the moving average of service times.
+_EWMA_ALPHA = 0.1
+_DEFAULT_SERVICE_TIME = 1.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AdmissionStatistics:
+    """A snapshot of admission state.
+
+    ``in_flight`` leases are held right now, ``queued`` requests are waiting
+    for one. The counters only grow: ``admitted`` leases granted,
+    ``shed_full`` refused because the queue was full, ``shed_timeout``
+    refused because the wait ran out, ``shed_key_limit`` refused by the
+    per-key cap. ``mean_service_time`` is a moving average of how long a
+    lease is held (seconds), the base of the ``Retry-After`` estimate.
+    """
+
+    in_flight: int
+    queued: int
+    max_concurrency: int
+    max_queued: int
+    admitted: int
+    shed_full: int
+    shed_timeout: int
+    shed_key_limit: int
+    keys_in_flight: int
+    mean_service_time: float
+
+
+class Lease:
+    """One admitted request's hold on a capacity slot.
+
+    ``queued`` is how long it waited in the queue (seconds), ``admitted_at``
+    the trio time it was admitted.
+    """
+
+    __slots__ = ("admitted_at", "key", "queued")
+
+    def __init__(self, *, key: str | None, queued: float, admitted_at: float) -> None:
+        self.key = key
+        self.queued = queued
+        self.admitted_at = admitted_at
+
+    def __repr__(self) -> str:
+        return f"<Lease key={self.key!r} queued={self.queued:.3f}s>"
+
+
+@runtime_checkable
+class Limits(Protocol):
+    """What the gateway needs from admission control, in-process or shared.
+
+    ``lease(key)`` returns an async context manager that admits the caller
+    (possibly after a bounded wait) or raises an
+    :class:`~trio_agent.errors.AdmissionError`; leaving the block releases
+    the slot, on every path, exactly once.
+    """
+
+    def lease(self, key: str | None = None) -> AbstractAsyncContextManager[Lease]: ...
+
+    def statistics(self) -> AdmissionStatistics: ...
+
+
+class _LeaseContext:
+    __slots__ = ("_admission", "_borrower", "_key", "_lease")
+
+    def __init__(self, admission: Admission, key: str | None) -> None:
+        self._admission = admission
+        self._key = key
+        self._borrower = object()
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        self._lease = await self._admission._acquire(self._key, self._borrower)
+        return self._lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            self._admission._release(lease, self._borrower)
+
+
+class Admission:
+    """In-process admission control: one :class:`trio.CapacityLimiter` plus a bounded queue.
+
+    ``max_concurrency`` leases at once; up to ``max_queued`` more callers wait
+    (FIFO, trio's limiter is fair) for at most ``max_queue_wait`` seconds.
+    ``per_key_max_concurrency`` caps the leases held or awaited by one key
+    (``None``: no per-key cap; requests without a key are never key-limited).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int,
+        max_queued: int,
+        max_queue_wait: float,
+        per_key_max_concurrency: int | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        if max_queued < 0 or max_queue_wait < 0:
+            raise ValueError("max_queued and max_queue_wait must be >= 0")
+        self._limiter = trio.CapacityLimiter(max_concurrency)
+        self._max_queued = max_queued
+        self._max_queue_wait = max_queue_wait
+        self._per_key = per_key_max_concurrency
+        self._queued = 0
+        self._keys: dict[str, int] = {}
+        self._admitted = 0
+        self._shed_full = 0
+        self._shed_timeout = 0
+        self._shed_key_limit = 0
+        self._mean_service_time = _DEFAULT_SERVICE_TIME
+        self._samples = 0
+
+    @property
+    def max_concurrency(self) -> int:
+        return int(self._limiter.total_tokens)
+
+    def lease(self, key: str | None = None) -> AbstractAsyncContextManager[Lease]:
+        """Wait for a slot (bounded); ``async with`` it. See the class docstring."""
+        return _LeaseContext(self, key)
+
+    def retry_after(self, position: int | None = None) -> float:
+        """Seconds a refused client should wait: service time x queue position / capacity.
+
+        Clamped to [1, 60]. ``position`` defaults to the current queue length.
+        """
+        pos = self._queued if position is None else position
+        estimate = self._mean_service_time * (pos + 1) / self.max_concurrency
+        return min(_RETRY_AFTER_MAX, max(_RETRY_AFTER_MIN, estimate))
+
+    async def _acquire(self, key: str | None, borrower: object) -> Lease:
+        if key is not None and self._per_key is not None:
+            if self._keys.get(key, 0) >= self._per_key:
+                self._shed_key_limit += 1
+                await trio.lowlevel.checkpoint()
+                raise KeyLimitError(
+                    f"too many concurrent requests for this API key (limit {self._per_key})",
+                    retry_after=self.retry_after(0),
+                )
+            self._keys[key] = self._keys.get(key, 0) + 1
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            start = trio.current_time()
+            try:
+                self._limiter.acquire_on_behalf_of_nowait(borrower)
+            except trio.WouldBlock:
+                await self._wait(borrower, start)
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        except BaseException:
+            self._forget_key(key)
+            raise
+        now = trio.current_time()
+        self._admitted += 1
+        return Lease(key=key, queued=now - start, admitted_at=now)
+
+    async def _wait(self, borrower: object, start: float) -> None:
+        if self._queued >= self._max_queued:
+            self._shed_full += 1
+            await trio.lowlevel.checkpoint()
+            raise OverloadedError(
+                f"server overloaded: {self.max_concurrency} in flight and "
+                f"{self._queued} queued (max {self._max_queued})",
+                retry_after=self.retry_after(),
+            )
+        position = self._queued
+        self._queued += 1
+        try:
+            with trio.move_on_after(self._max_queue_wait) as scope:
+                await self._limiter.acquire_on_behalf_of(borrower)
+        finally:
+            self._queued -= 1
+        if scope.cancelled_caught:
+            self._shed_timeout += 1
+            waited = trio.current_time() - start
+            raise OverloadedError(
+                f"server overloaded: no capacity within {self._max_queue_wait:g}s",
+                retry_after=self.retry_after(position),
+                waited=waited,
+            )
+
+    def _release(self, lease: Lease, borrower: object) -> None:
+        self._limiter.release_on_behalf_of(borrower)
+        self._forget_key(lease.key)
+        held = trio.current_time() - lease.admitted_at
+        self._samples += 1
+        alpha = max(_EWMA_ALPHA, 1.0 / self._samples)
+        self._mean_service_time += alpha * (held - self._mean_service_time)
+
+    def _forget_key(self, key: str | None) -> None:
+        if key is None or self._per_key is None:
+            return
+        n = self._keys[key] - 1
+        if n:
+            self._keys[key] = n
+        else:
+            del self._keys[key]
+
+    def statistics(self) -> AdmissionStatistics:
+        """A snapshot; see :class:`AdmissionStatistics`."""
+        return AdmissionStatistics(
+            in_flight=int(self._limiter.borrowed_tokens),
+            queued=self._queued,
+            max_concurrency=self.max_concurrency,
+            max_queued=self._max_queued,
+            admitted=self._admitted,
+            shed_full=self._shed_full,
+            shed_timeout=self._shed_timeout,
+            shed_key_limit=self._shed_key_limit,
+            keys_in_flight=len(self._keys),
+            mean_service_time=self._mean_service_time
+            if math.isfinite(self._mean_service_time)
+            else 0.0,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Admission in_flight={int(self._limiter.borrowed_tokens)}/{self.max_concurrency}"
+            f" queued={self._queued}/{self._max_queued} admitted={self._admitted}"
+            f" shed={self._shed_full + self._shed_timeout + self._shed_key_limit}>"
+        )

@@ -1,0 +1,157 @@
+"""Gateway metrics, rendered by hand in the Prometheus text format (no dependency).
+
+Updates are on the hot path, so they are plain attribute increments on one
+object (``metrics.tokens_streamed += n``); labelled counters (status codes,
+upstream error kinds) are touched once per request, never per token.
+Gauges that other objects already know (in flight, queued, admitted, shed,
+upstream retries) are read from their ``statistics()`` at scrape time.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+from typing import Any
+
+from ._admission import AdmissionStatistics
+
+__all__ = ["GatewayMetrics", "Histogram"]
+
+_LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+
+
+class Histogram:
+    """A fixed-bucket histogram: ``observe(v)`` is a bisect and three increments."""
+
+    __slots__ = ("buckets", "count", "counts", "help", "name", "sum")
+
+    def __init__(self, name: str, help: str, buckets: tuple[float, ...] = _LATENCY_BUCKETS) -> None:
+        self.name = name
+        self.help = help
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} histogram"
+        running = 0
+        for bound, n in zip(self.buckets, self.counts, strict=False):
+            running += n
+            yield f'{self.name}_bucket{{le="{bound:g}"}} {running}'
+        yield f'{self.name}_bucket{{le="+Inf"}} {self.count}'
+        yield f"{self.name}_sum {self.sum:.6f}"
+        yield f"{self.name}_count {self.count}"
+
+    def __repr__(self) -> str:
+        return f"<Histogram {self.name} count={self.count} sum={self.sum:.3f}>"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class GatewayMetrics:
+    """Counters and histograms of one gateway process."""
+
+    def __init__(self) -> None:
+        self.responses: dict[tuple[str, int], int] = {}
+        self.timeouts = 0
+        self.upstream_errors: dict[str, int] = {}
+        self.disconnects = 0
+        self.write_stalls = 0
+        self.drain_cancelled = 0
+        self.tokens_streamed = 0
+        self.token_events = 0
+        self.streams_started = 0
+        self.streams_done = 0
+        self.queue_wait = Histogram("trio_agent_queue_wait_seconds", "Time spent waiting for admission.")
+        self.ttft = Histogram("trio_agent_ttft_seconds", "Time from request to first token.")
+        self.total = Histogram("trio_agent_request_seconds", "Time from request to last byte.")
+
+    def count_response(self, route: str, status: int) -> None:
+        key = (route, status)
+        self.responses[key] = self.responses.get(key, 0) + 1
+
+    def count_upstream_error(self, code: str) -> None:
+        self.upstream_errors[code] = self.upstream_errors.get(code, 0) + 1
+
+    def render(
+        self,
+        admission: AdmissionStatistics,
+        *,
+        draining: bool,
+        backend_statistics: Any = None,
+    ) -> str:
+        """The Prometheus exposition text."""
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help: str, samples: Iterable[tuple[str, float]]) -> None:
+            lines.append(f"# HELP {name} {help}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, value in samples:
+                lines.append(f"{name}{labels} {value:g}")
+
+        metric("trio_agent_in_flight", "gauge", "Requests holding an admission lease.",
+               [("", admission.in_flight)])
+        metric("trio_agent_queued", "gauge", "Requests waiting for admission.",
+               [("", admission.queued)])
+        metric("trio_agent_max_concurrency", "gauge", "Admission capacity of this process.",
+               [("", admission.max_concurrency)])
+        metric("trio_agent_admitted_total", "counter", "Leases granted.",
+               [("", admission.admitted)])
+        metric("trio_agent_shed_total", "counter", "Requests refused by admission, by reason.", [
+            ('{reason="queue_full"}', admission.shed_full),
+            ('{reason="queue_timeout"}', admission.shed_timeout),
+            ('{reason="key_limit"}', admission.shed_key_limit),
+        ])
+        metric("trio_agent_draining", "gauge", "1 while the server drains for shutdown.",
+               [("", 1 if draining else 0)])
+        metric("trio_agent_responses_total", "counter", "Responses by route and status.", [
+            (f'{{route="{_escape(route)}",status="{status}"}}', n)
+            for (route, status), n in sorted(self.responses.items())
+        ])
+        metric("trio_agent_timeouts_total", "counter", "Requests that ran past request_timeout.",
+               [("", self.timeouts)])
+        metric("trio_agent_upstream_errors_total", "counter", "Upstream failures, by kind.", [
+            (f'{{kind="{_escape(code)}"}}', n) for code, n in sorted(self.upstream_errors.items())
+        ])
+        retries = getattr(backend_statistics, "retries", None)
+        if isinstance(retries, int):
+            metric("trio_agent_upstream_retries_total", "counter",
+                   "Upstream attempts retried by the backend.", [("", retries)])
+        metric("trio_agent_disconnects_total", "counter", "Clients that left before the end.",
+               [("", self.disconnects)])
+        metric("trio_agent_write_stalls_total", "counter",
+               "Streams ended because a write stalled past write_timeout.",
+               [("", self.write_stalls)])
+        metric("trio_agent_drain_cancelled_total", "counter",
+               "Streams ended by the shutdown drain deadline.", [("", self.drain_cancelled)])
+        metric("trio_agent_streams_started_total", "counter", "Streamed replies started.",
+               [("", self.streams_started)])
+        metric("trio_agent_streams_done_total", "counter", "Streamed replies ended with done.",
+               [("", self.streams_done)])
+        metric("trio_agent_tokens_streamed_total", "counter", "Token deltas sent to clients.",
+               [("", self.tokens_streamed)])
+        metric("trio_agent_token_events_total", "counter",
+               "SSE token events written (fewer than deltas when coalesced).",
+               [("", self.token_events)])
+        for hist in (self.queue_wait, self.ttft, self.total):
+            lines.extend(hist.render())
+        lines.append("")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"<GatewayMetrics streams={self.streams_started} done={self.streams_done}"
+            f" tokens={self.tokens_streamed} timeouts={self.timeouts}"
+            f" disconnects={self.disconnects}>"
+        )

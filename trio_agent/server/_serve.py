@@ -1,0 +1,231 @@
+"""Running the gateway: ``serve()`` in one trio run, ``run_workers()`` for several processes.
+
+``serve(config)`` owns everything app-lifetime: it opens the backend (the
+built-in mock, or ``open_openai_backend(config.upstream)``), builds the app,
+runs Hypercorn's trio worker with a shutdown trigger, and reports the bound
+``(host, port)`` through ``task_status.started``. SIGTERM or SIGINT (or
+``shutdown_trigger`` returning) starts the drain:
+
+1. Hypercorn stops accepting connections; ``/readyz`` answers 503 and new
+   requests on open connections get 503 ``shutting_down``; requests still
+   waiting for admission get 503 ``shutting_down`` at once;
+2. admitted requests get ``drain_timeout`` seconds to finish;
+3. the rest end with an SSE ``error`` event ``shutting_down`` (or a 503);
+4. ``serve()`` returns (the CLI then exits 0).
+
+With ``workers > 1``, :func:`run_workers` binds the socket once in the parent
+and starts that many processes, each its own trio run serving the shared
+socket. Each worker gets ``max_concurrency // workers`` (at least 1) and
+``max_queued // workers`` of the admission limits, so the totals hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from types import FrameType
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+from ..config import ServerConfig
+from ..llm import ChatBackend
+from ._app import Gateway, create_app
+
+__all__ = ["open_backend", "run_workers", "serve", "worker_config"]
+
+logger = logging.getLogger("trio_agent.server")
+
+# Seconds Hypercorn waits, after the drain deadline, for the last bytes to go out.
+_FLUSH_GRACE = 2.0
+
+
+@asynccontextmanager
+async def open_backend(config: ServerConfig) -> AsyncIterator[ChatBackend]:
+    """The backend ``config`` asks for: the upstream when set, else the in-process mock."""
+    if config.upstream is not None:
+        from ..llm import open_openai_backend  # type: ignore[attr-defined]
+
+        async with open_openai_backend(config.upstream) as backend:
+            yield backend
+    else:
+        from ..llm import MockLLM  # type: ignore[attr-defined]
+
+        yield MockLLM(config.mock)
+
+
+def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
+    hc = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hc.bind = [f"{host}:{config.port}"]
+    hc.graceful_timeout = config.drain_timeout + _FLUSH_GRACE
+    hc.accesslog = None  # ours is structured and knows the request id
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    return hc
+
+
+def _parse_bind(bind: str) -> tuple[str, int]:
+    parts = urlsplit(bind)
+    return parts.hostname or "", parts.port or 0
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    handle_signals: bool = True,
+    sockets: Sockets | None = None,
+    backend: ChatBackend | None = None,
+    on_app: Callable[[Gateway], None] | None = None,
+) -> None:
+    """Serve the gateway until SIGTERM/SIGINT or ``shutdown_trigger``, then drain and return.
+
+    ``task_status.started((host, port))`` reports the bound address (port 0
+    picks a free one). ``handle_signals=False`` leaves the process's signal
+    handlers alone (for embedding and tests). ``sockets`` are pre-bound
+    sockets to serve (see :func:`run_workers`). ``backend`` replaces the one
+    ``config`` would open (the caller then owns it); ``on_app`` sees the app
+    once it is built.
+    """
+    async with _maybe_backend(config, backend) as be:
+        app = create_app(config, backend=be)
+        if on_app is not None:
+            on_app(app)
+        hc = _hypercorn_config(config)
+        if sockets is not None:
+            for sock in sockets.insecure_sockets:
+                sock.listen(hc.backlog)
+        stop_accepting = trio.Event()
+        shutdown_requested = trio.Event()
+        hypercorn_done = trio.Event()
+
+        async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await worker_serve(
+                    wrap_app(cast(Any, app), hc.wsgi_max_body_size, "asgi"),
+                    hc,
+                    sockets=sockets,
+                    shutdown_trigger=stop_accepting.wait,
+                    task_status=task_status,
+                )
+            finally:
+                hypercorn_done.set()
+                shutdown_requested.set()
+
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                nursery.start_soon(_watch_signals, shutdown_requested)
+            if shutdown_trigger is not None:
+                nursery.start_soon(_wait_then_set, shutdown_trigger, shutdown_requested)
+            binds: list[str] = await nursery.start(run_hypercorn)
+            host, port = _parse_bind(binds[0]) if binds else (config.host, config.port)
+            task_status.started((host, port))
+
+            await shutdown_requested.wait()
+            logger.info("shutting down: draining for up to %gs", config.drain_timeout)
+            app.drain.start()
+            stop_accepting.set()
+            cancelled = await app.drain.drain(config.drain_timeout)
+            if cancelled:
+                logger.info("drain deadline: ended %d request(s) with shutting_down", cancelled)
+            await hypercorn_done.wait()
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _maybe_backend(
+    config: ServerConfig, backend: ChatBackend | None
+) -> AsyncIterator[ChatBackend]:
+    if backend is not None:
+        yield backend
+    else:
+        async with open_backend(config) as be:
+            yield be
+
+
+async def _watch_signals(shutdown_requested: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if not shutdown_requested.is_set():
+                logger.info("received %s", signal.Signals(signum).name)
+            shutdown_requested.set()
+
+
+async def _wait_then_set(trigger: Callable[[], Awaitable[Any]], event: trio.Event) -> None:
+    await trigger()
+    event.set()
+
+
+# -- several worker processes ---------------------------------------------------------
+
+
+def worker_config(config: ServerConfig) -> ServerConfig:
+    """One worker's share of ``config``: admission limits divided by ``workers``."""
+    n = config.workers
+    return dataclasses.replace(
+        config,
+        workers=1,
+        max_concurrency=max(1, config.max_concurrency // n),
+        max_queued=config.max_queued // n,
+    )
+
+
+def _worker_main(config: ServerConfig, sockets: Sockets) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    trio.run(partial(serve, config, sockets=sockets))
+
+
+def run_workers(config: ServerConfig, *, on_bound: Callable[[str, int], None] | None = None) -> int:
+    """Bind once, run ``config.workers`` processes on the shared socket; forward SIGTERM/SIGINT.
+
+    Returns 0 when every worker exited 0 (after its own drain), else 1.
+    """
+    hc = _hypercorn_config(config)
+    sockets = hc.create_sockets()
+    host, port = sockets.insecure_sockets[0].getsockname()[:2]
+    share = worker_config(config)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker_main, args=(share, sockets), daemon=False)
+        for _ in range(config.workers)
+    ]
+    for proc in procs:
+        proc.start()
+    for sock in sockets.insecure_sockets:
+        sock.close()
+    if on_bound is not None:
+        on_bound(host, port)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for proc in procs:
+            if proc.pid is not None and proc.exitcode is None:
+                _send(proc.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for proc in procs:
+            proc.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0 if all(p.exitcode == 0 for p in procs) else 1
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+

@@ -1,0 +1,550 @@
+"""Streamed replies at the ASGI level: one nursery per request, reader and writer inside it.
+
+::
+
+    RequestControl scope (request deadline; drain; disconnect; stalled write)
+    └── request nursery
+        ├── disconnect listener   receive() -> http.disconnect cancels the scope
+        ├── stall watchdog        a write pending past write_timeout cancels the scope
+        ├── producer              lease (admission) -> backend.stream_chat -> small channel
+        └── writer (this task)    200 + thinking, then token events, one terminal event
+
+Admission is decided (``nursery.start`` returns the lease, or raises) before
+a single byte of the response is sent, so a refusal is a plain JSON 503/429.
+The writer takes whatever piled up in the channel and sends it as ONE token
+event, so a slow reader costs at most the channel size plus one event of
+memory, while a reader that keeps up gets each token at once.
+
+Under Hypercorn a socket write is shielded from cancellation, so a stalled
+write cannot be interrupted; the watchdog therefore cancels the *producer*
+(the upstream call and the lease are freed at once) and the writer leaves as
+soon as the socket lets go.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import trio
+
+from ..concurrency import Outcome, as_completed
+from ..errors import TrioAgentError, UpstreamError
+from ..llm import ChatChunk, ChatRequest, Usage
+from ..sse import encode_comment, encode_event
+from ._admission import Lease
+from ._chat import (
+    ChatResult,
+    batch_item_payload,
+    collect,
+    request_timeout_error,
+    shutting_down_error,
+    timeout_outcome,
+    usage_payload,
+)
+from ._drain import DISCONNECT, SHUTTING_DOWN, WRITE_STALLED, RequestControl
+from ._errors import (
+    error_headers,
+    error_payload,
+    openai_error_payload,
+    sse_error_data,
+    status_for,
+)
+
+if TYPE_CHECKING:
+    from ._app import Gateway, RequestInfo
+
+__all__ = ["NativeFormat", "OpenAIFormat", "serve_batch_stream", "serve_stream", "send_json"]
+
+logger = logging.getLogger("trio_agent.server")
+
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+KEEPALIVE = encode_comment("keepalive")
+CHANNEL_SIZE = 16
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: Any,
+    info: RequestInfo,
+    headers: Headers = (),  # type: ignore[assignment]
+) -> None:
+    """A whole JSON response (used before any streamed byte was sent)."""
+    data = orjson.dumps(body)
+    info.status = status
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *info.response_headers,
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+async def send_error(send: Send, exc: TrioAgentError, info: RequestInfo, *, openai: bool) -> None:
+    """The JSON error answer for ``exc``, in our shape or OpenAI's."""
+    info.outcome = exc.code
+    body = openai_error_payload(exc, info.request_id) if openai else error_payload(exc, info.request_id)
+    await send_json(send, status_for(exc), body, info, error_headers(exc))
+
+
+# -- event formats --------------------------------------------------------------------
+
+
+class NativeFormat:
+    """Our events: ``event: <type>``, incrementing ``id``, JSON data with the same ``type``."""
+
+    openai = False
+
+    def __init__(self, request_id: str) -> None:
+        self._request_id = request_id
+        self._next_id = 0
+
+    def _event(self, kind: str, data: str) -> bytes:
+        self._next_id += 1
+        return encode_event(data, event=kind, id=str(self._next_id))
+
+    def begin(self, lease: Lease | None, model: str) -> bytes:
+        queued_ms = 0.0 if lease is None else round(lease.queued * 1000.0, 3)
+        return self._event(
+            "thinking",
+            _dumps({"type": "thinking", "request_id": self._request_id, "queued_ms": queued_ms}),
+        )
+
+    def token(self, content: str) -> bytes:
+        return self._event("token", _dumps({"type": "token", "content": content}))
+
+    def done(self, result: ChatResult) -> bytes:
+        return self._event(
+            "done",
+            _dumps(
+                {
+                    "type": "done",
+                    "finish_reason": result.finish_reason,
+                    "usage": usage_payload(result.usage),
+                    "timings": result.timings(),
+                }
+            ),
+        )
+
+    def error(self, exc: TrioAgentError) -> bytes:
+        return self._event("error", _dumps(sse_error_data(exc, self._request_id)))
+
+    def event(self, kind: str, payload: dict[str, Any]) -> bytes:
+        return self._event(kind, _dumps({"type": kind, **payload}))
+
+
+class OpenAIFormat:
+    """OpenAI's wire format: ``chat.completion.chunk`` frames, then ``data: [DONE]``."""
+
+    openai = True
+
+    def __init__(self, request_id: str, model: str, *, include_usage: bool) -> None:
+        self._request_id = request_id
+        self._include_usage = include_usage
+        self._model = model
+        self._id = f"chatcmpl-{request_id}"
+        self._created = int(time.time())
+        # Everything but the choices is the same in every chunk: format it once.
+        self._head = (
+            f'{{"id":{_dumps(self._id)},"object":"chat.completion.chunk",'
+            f'"created":{self._created},"model":{_dumps(model)},"choices":'
+        )
+
+    def _chunk(self, choices: str, usage: str = "") -> bytes:
+        extra = f',"usage":{usage}' if usage else ""
+        return encode_event(f"{self._head}{choices}{extra}}}")
+
+    def begin(self, lease: Lease | None, model: str) -> bytes:
+        return self._chunk(
+            '[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]'
+        )
+
+    def token(self, content: str) -> bytes:
+        return self._chunk(
+            f'[{{"index":0,"delta":{{"content":{_dumps(content)}}},"finish_reason":null}}]'
+        )
+
+    def done(self, result: ChatResult) -> bytes:
+        out = self._chunk(
+            f'[{{"index":0,"delta":{{}},"finish_reason":{_dumps(result.finish_reason or "stop")}}}]'
+        )
+        if self._include_usage:
+            out += self._chunk("[]", _dumps(usage_payload(result.usage)))
+        return out + b"data: [DONE]\n\n"
+
+    def error(self, exc: TrioAgentError) -> bytes:
+        return encode_event(_dumps(openai_error_payload(exc, self._request_id)))
+
+
+# -- the response writer ------------------------------------------------------------------
+
+
+class _Responder:
+    """Writes one streamed response; every write is watched for stalls."""
+
+    __slots__ = ("_ctrl", "_send", "_stall", "_write_timeout", "info", "started", "terminal_sent")
+
+    def __init__(self, send: Send, ctrl: RequestControl, info: RequestInfo, write_timeout: float) -> None:
+        self._send = send
+        self._ctrl = ctrl
+        self._write_timeout = write_timeout
+        self._stall = trio.CancelScope()
+        self.info = info
+        self.started = False
+        self.terminal_sent = False
+
+    async def watchdog(self) -> None:
+        """Cancel the request when one write stays pending past ``write_timeout``."""
+        with self._stall:
+            await trio.sleep_forever()
+        self._ctrl.cancel(WRITE_STALLED)
+
+    async def _send_watched(self, message: Message) -> None:
+        self._stall.deadline = trio.current_time() + self._write_timeout
+        try:
+            await self._send(message)
+        except (trio.Cancelled, KeyboardInterrupt):
+            raise
+        except Exception:
+            # The fallback to http.disconnect: a failed write means the client is gone.
+            self._ctrl.cancel(DISCONNECT)
+            await trio.lowlevel.checkpoint()
+            raise
+        finally:
+            self._stall.deadline = math.inf
+
+    async def start(self) -> None:
+        self.info.status = 200
+        await self._send_watched(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*SSE_HEADERS, *self.info.response_headers],
+            }
+        )
+        self.started = True
+
+    async def write(self, data: bytes) -> None:
+        await self._send_watched({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def finish_unwatched(self, data: bytes = b"") -> None:
+        """The last bytes, after the request scope ended: bounded by ``write_timeout``."""
+        with trio.move_on_after(self._write_timeout):
+            try:
+                await self._send({"type": "http.response.body", "body": data, "more_body": False})
+            except (trio.Cancelled, KeyboardInterrupt):
+                raise
+            except Exception:
+                self.info.outcome = DISCONNECT
+
+
+async def _watch_disconnect(receive: Receive, ctrl: RequestControl) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            ctrl.cancel(DISCONNECT)
+            return
+
+
+class _Failure:
+    __slots__ = ("error",)
+
+    def __init__(self, error: TrioAgentError) -> None:
+        self.error = error
+
+
+Item = ChatChunk | _Failure
+
+
+async def _produce(
+    gw: Gateway,
+    request: ChatRequest,
+    info: RequestInfo,
+    ctrl: RequestControl,
+    *,
+    task_status: trio.TaskStatus[tuple[trio.MemoryReceiveChannel[Item], Lease]],
+) -> None:
+    tx, rx = trio.open_memory_channel[Item](CHANNEL_SIZE)
+    started = False
+    with tx:
+        try:
+            async with gw.limits.lease(info.key_id) as lease:
+                ctrl.admitted = True
+                gw.metrics.queue_wait.observe(lease.queued)
+                started = True
+                task_status.started((rx, lease))
+                async with gw.backend.stream_chat(request) as chunks:
+                    async for chunk in chunks:
+                        await tx.send(chunk)
+        except trio.BrokenResourceError:
+            return  # the writer has finished; nobody is listening
+        except TrioAgentError as exc:
+            if not started:
+                raise
+            if isinstance(exc, UpstreamError):
+                gw.metrics.count_upstream_error(exc.code)
+            await _send_failure(tx, exc)
+        except Exception as exc:
+            if not started:
+                raise
+            logger.exception("backend failed (request_id=%s)", info.request_id)
+            await _send_failure(tx, TrioAgentError("internal server error"))
+            _ = exc
+
+
+async def _send_failure(tx: trio.MemorySendChannel[Item], exc: TrioAgentError) -> None:
+    try:
+        await tx.send(_Failure(exc))
+    except trio.BrokenResourceError:
+        pass
+
+
+async def _pump(
+    gw: Gateway,
+    out: _Responder,
+    rx: trio.MemoryReceiveChannel[Item],
+    fmt: NativeFormat | OpenAIFormat,
+    lease: Lease,
+    request: ChatRequest,
+) -> None:
+    info = out.info
+    metrics = gw.metrics
+    model = request.model or gw.backend.model
+    await out.start()
+    metrics.streams_started += 1
+    await out.write(fmt.begin(lease, model))
+    keepalive_interval = gw.config.keepalive_interval
+    deltas = 0
+    first_at: float | None = None
+    usage: Usage | None = None
+    finish: str | None = None
+    while True:
+        ended = False
+        with trio.move_on_after(keepalive_interval) as idle:
+            try:
+                items = [await rx.receive()]
+            except trio.EndOfChannel:
+                items = []
+                ended = True
+        if idle.cancelled_caught:
+            await out.write(KEEPALIVE)
+            continue
+        while not ended:
+            try:
+                items.append(rx.receive_nowait())
+            except trio.WouldBlock:
+                break
+            except trio.EndOfChannel:
+                ended = True
+        texts: list[str] = []
+        failure: TrioAgentError | None = None
+        for item in items:
+            if isinstance(item, _Failure):
+                failure = item.error
+                continue
+            if item.delta:
+                texts.append(item.delta)
+            if item.finish_reason is not None:
+                finish = item.finish_reason
+            if item.usage is not None:
+                usage = item.usage
+        if texts:
+            if first_at is None:
+                first_at = trio.current_time()
+            deltas += len(texts)
+            metrics.tokens_streamed += len(texts)
+            metrics.token_events += 1
+            await out.write(fmt.token(texts[0] if len(texts) == 1 else "".join(texts)))
+        if failure is not None:
+            info.outcome = failure.code
+            await out.write(fmt.error(failure))
+            out.terminal_sent = True
+            return
+        if ended:
+            end = trio.current_time()
+            start = info.started_at
+            if first_at is not None:
+                metrics.ttft.observe(first_at - start)
+            metrics.total.observe(end - start)
+            result = ChatResult(
+                content="",
+                finish_reason=finish,
+                usage=usage or Usage(prompt_tokens=0, completion_tokens=deltas),
+                model=model,
+                queued_ms=lease.queued * 1000.0,
+                ttft_ms=None if first_at is None else (first_at - start) * 1000.0,
+                total_ms=(end - start) * 1000.0,
+            )
+            await out.write(fmt.done(result))
+            out.terminal_sent = True
+            metrics.streams_done += 1
+            info.outcome = "done"
+            return
+
+
+async def serve_stream(
+    gw: Gateway,
+    info: RequestInfo,
+    receive: Receive,
+    send: Send,
+    request: ChatRequest,
+    fmt: NativeFormat | OpenAIFormat,
+) -> None:
+    """Answer one streamed chat request; every path ends with one terminal answer if the client is there."""
+    try:
+        ctrl = gw.drain.register(gw.config.request_timeout)
+    except TrioAgentError as exc:
+        await send_error(send, exc, info, openai=fmt.openai)
+        return
+    out = _Responder(send, ctrl, info, gw.config.write_timeout)
+    refused: TrioAgentError | None = None
+    try:
+        with ctrl.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_disconnect, receive, ctrl)
+                nursery.start_soon(out.watchdog)
+                try:
+                    rx, lease = await nursery.start(_produce, gw, request, info, ctrl)
+                except TrioAgentError as exc:
+                    refused = exc
+                else:
+                    with rx:
+                        await _pump(gw, out, rx, fmt, lease, request)
+                nursery.cancel_scope.cancel()
+    finally:
+        gw.drain.unregister(ctrl)
+    await _finish(gw, out, ctrl, fmt, refused)
+
+
+async def _finish(
+    gw: Gateway,
+    out: _Responder,
+    ctrl: RequestControl,
+    fmt: NativeFormat | OpenAIFormat,
+    refused: TrioAgentError | None,
+) -> None:
+    """After the request scope: write the single terminal answer the path still owes."""
+    info = out.info
+    metrics = gw.metrics
+    if ctrl.reason == DISCONNECT:
+        metrics.disconnects += 1
+        info.outcome = DISCONNECT
+        return
+    if ctrl.reason == WRITE_STALLED:
+        metrics.write_stalls += 1
+        info.outcome = WRITE_STALLED
+        return
+    if refused is not None:
+        await send_error(out._send, refused, info, openai=fmt.openai)
+        return
+    if out.terminal_sent:
+        await out.finish_unwatched()
+        return
+    if ctrl.reason == SHUTTING_DOWN:
+        exc: TrioAgentError = shutting_down_error()
+        if out.started:
+            metrics.drain_cancelled += 1
+    else:
+        metrics.timeouts += 1
+        exc = request_timeout_error(gw.config.request_timeout)
+    info.outcome = exc.code
+    if out.started:
+        await out.finish_unwatched(fmt.error(exc))
+    else:
+        await send_error(out._send, exc, info, openai=fmt.openai)
+
+
+# -- batches over SSE -------------------------------------------------------------------
+
+
+async def serve_batch_stream(
+    gw: Gateway,
+    info: RequestInfo,
+    receive: Receive,
+    send: Send,
+    requests: Sequence[ChatRequest],
+) -> None:
+    """``POST /chat/batch`` with ``Accept: text/event-stream``: one ``result`` event per item.
+
+    Items go through admission one by one (a batch never bypasses the global
+    cap), ``batch_concurrency`` at a time. Items still running when the
+    request deadline passes are reported as ``timeout``; then ``done``.
+    """
+    fmt = NativeFormat(info.request_id)
+    try:
+        ctrl = gw.drain.register(gw.config.request_timeout)
+    except TrioAgentError as exc:
+        await send_error(send, exc, info, openai=False)
+        return
+    ctrl.admitted = True
+    out = _Responder(send, ctrl, info, gw.config.write_timeout)
+    pending = set(range(len(requests)))
+    counts = {"ok": 0, "error": 0, "timeout": 0}
+
+    async def one(index: int) -> ChatResult:
+        return await collect(gw, requests[index], info)
+
+    async def report(outcome: Outcome[ChatResult]) -> bytes:
+        payload = batch_item_payload(outcome, info.request_id)
+        counts[payload["status"]] += 1
+        pending.discard(outcome.index)
+        return fmt.event("result", payload)
+
+    try:
+        with ctrl.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_disconnect, receive, ctrl)
+                nursery.start_soon(out.watchdog)
+                await out.start()
+                await out.write(
+                    fmt.event("thinking", {"request_id": info.request_id, "items": len(requests)})
+                )
+                async with as_completed(
+                    one,
+                    range(len(requests)),
+                    max_concurrency=gw.config.batch_concurrency,
+                    item_timeout=gw.config.request_timeout,
+                ) as outcomes:
+                    async for outcome in outcomes:
+                        await out.write(await report(outcome))
+                await out.write(fmt.event("done", {"items": len(requests), **counts}))
+                out.terminal_sent = True
+                info.outcome = "done"
+                nursery.cancel_scope.cancel()
+    finally:
+        gw.drain.unregister(ctrl)
+    if out.terminal_sent or ctrl.reason in (DISCONNECT, WRITE_STALLED, SHUTTING_DOWN):
+        await _finish(gw, out, ctrl, fmt, None)
+        return
+    # The request deadline passed: the items still out are timeouts, then done.
+    gw.metrics.timeouts += 1
+    tail = b"".join([await report(timeout_outcome(i)) for i in sorted(pending)])
+    info.outcome = "timeout"
+    await out.finish_unwatched(
+        tail + fmt.event("done", {"items": len(requests), **counts})
+    )

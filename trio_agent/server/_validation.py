@@ -1,0 +1,232 @@
+"""Request bodies -> typed requests. Every refusal names the field it is about.
+
+Malformed JSON or a wrong ``Content-Type`` is a 400; a body that parses but
+has a wrong, missing or unknown field is a 422 with ``field`` set (a dotted
+path such as ``messages.2.content``). Limits (message count, message length,
+``max_tokens``, batch size) come from :class:`~trio_agent.config.ServerConfig`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..config import ServerConfig
+from ..errors import RequestValidationError
+from ..llm import ChatMessage, ChatRequest
+
+__all__ = [
+    "BatchBody",
+    "OpenAIBody",
+    "check_content_type",
+    "decode_json",
+    "parse_batch_body",
+    "parse_chat_body",
+    "parse_openai_body",
+]
+
+_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
+_CHAT_FIELDS = frozenset({"question", "messages", "model", "max_tokens", "temperature"})
+
+
+def _invalid(message: str, field: str | None) -> RequestValidationError:
+    return RequestValidationError(message, field=field, status_code=422)
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Only ``application/json`` (any charset parameter) is accepted: else 400."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise RequestValidationError(
+            "Content-Type must be application/json", field="content-type", status_code=400
+        )
+
+
+def decode_json(raw: bytes) -> Any:
+    """Parse JSON; malformed JSON is a 400."""
+    if not raw:
+        raise RequestValidationError("request body is empty", field=None, status_code=400)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestValidationError(
+            f"malformed JSON: {exc}", field=None, status_code=400
+        ) from exc
+
+
+def _object(value: Any, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(f"{field} must be a JSON object", field)
+    return value
+
+
+def _text(value: Any, field: str, limits: ServerConfig, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _invalid(f"{field} must be a string", field)
+    if not allow_empty and not value.strip():
+        raise _invalid(f"{field} must not be empty", field)
+    if len(value) > limits.max_message_chars:
+        raise _invalid(
+            f"{field} is longer than {limits.max_message_chars} characters", field
+        )
+    return value
+
+
+def _messages(value: Any, field: str, limits: ServerConfig, *, openai: bool) -> tuple[ChatMessage, ...]:
+    if not isinstance(value, list) or not value:
+        raise _invalid(f"{field} must be a non-empty array", field)
+    if len(value) > limits.max_messages:
+        raise _invalid(f"{field} holds more than {limits.max_messages} messages", field)
+    out = []
+    for i, item in enumerate(value):
+        where = f"{field}.{i}"
+        msg = _object(item, where)
+        role = msg.get("role")
+        if not isinstance(role, str) or role not in _ROLES:
+            raise _invalid(f"{where}.role must be one of {sorted(_ROLES)}", f"{where}.role")
+        content = msg.get("content")
+        if openai and isinstance(content, list):
+            content = _text_parts(content, f"{where}.content")
+        if openai and content is None:
+            content = ""
+        out.append(
+            ChatMessage(
+                role=role, content=_text(content, f"{where}.content", limits, allow_empty=openai)
+            )
+        )
+    return tuple(out)
+
+
+def _text_parts(parts: list[Any], field: str) -> str:
+    texts = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(
+            part.get("text"), str
+        ):
+            raise _invalid(f"{field}.{j} must be a text part", f"{field}.{j}")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _options(body: Mapping[str, Any], limits: ServerConfig, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    model = body.get("model")
+    if model is not None:
+        if not isinstance(model, str) or not model or len(model) > 256:
+            raise _invalid("model must be a non-empty string", prefix + "model")
+        out["model"] = model
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _invalid(f"{name} must be a positive integer", prefix + name)
+        if value > limits.max_tokens_limit:
+            raise _invalid(f"{name} must be at most {limits.max_tokens_limit}", prefix + name)
+        out["max_tokens"] = value
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if (
+            not isinstance(temperature, (int, float))
+            or isinstance(temperature, bool)
+            or not 0 <= temperature <= 2
+        ):
+            raise _invalid("temperature must be a number in [0, 2]", prefix + "temperature")
+        out["temperature"] = float(temperature)
+    return out
+
+
+def parse_chat_body(body: Any, limits: ServerConfig, *, prefix: str = "") -> ChatRequest:
+    """``{"question": ...}`` or ``{"messages": [...]}``, plus model/max_tokens/temperature."""
+    obj = _object(body, prefix.rstrip(".") or "body")
+    unknown = sorted(set(obj) - _CHAT_FIELDS)
+    if unknown:
+        raise _invalid(f"unknown field {unknown[0]!r}", prefix + unknown[0])
+    has_q, has_m = "question" in obj, "messages" in obj
+    if has_q == has_m:
+        raise _invalid("send exactly one of 'question' or 'messages'", prefix + "question")
+    if has_q:
+        messages: tuple[ChatMessage, ...] = (
+            ChatMessage(role="user", content=_text(obj["question"], prefix + "question", limits)),
+        )
+    else:
+        messages = _messages(obj["messages"], prefix + "messages", limits, openai=False)
+    return ChatRequest(messages=messages, **_options(obj, limits, prefix))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchBody:
+    """A parsed ``/chat/batch`` body: one :class:`ChatRequest` per item."""
+
+    requests: tuple[ChatRequest, ...]
+
+
+def parse_batch_body(body: Any, limits: ServerConfig) -> BatchBody:
+    """``{"questions": [str, ...]}`` or ``{"requests": [chat bodies]}``; 413 past ``max_batch_items``."""
+    obj = _object(body, "body")
+    unknown = sorted(set(obj) - {"questions", "requests"})
+    if unknown:
+        raise _invalid(f"unknown field {unknown[0]!r}", unknown[0])
+    if ("questions" in obj) == ("requests" in obj):
+        raise _invalid("send exactly one of 'questions' or 'requests'", "questions")
+    name = "questions" if "questions" in obj else "requests"
+    items = obj[name]
+    if not isinstance(items, list) or not items:
+        raise _invalid(f"{name} must be a non-empty array", name)
+    if len(items) > limits.max_batch_items:
+        raise RequestValidationError(
+            f"{name} holds {len(items)} items, more than max_batch_items={limits.max_batch_items}",
+            field=name,
+            status_code=413,
+        )
+    if name == "questions":
+        reqs = tuple(
+            ChatRequest.from_question(_text(q, f"questions.{i}", limits))
+            for i, q in enumerate(items)
+        )
+    else:
+        reqs = tuple(
+            parse_chat_body(item, limits, prefix=f"requests.{i}.") for i, item in enumerate(items)
+        )
+    return BatchBody(requests=reqs)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OpenAIBody:
+    """A parsed ``/v1/chat/completions`` body."""
+
+    request: ChatRequest
+    stream: bool
+    include_usage: bool
+
+
+def parse_openai_body(body: Any, limits: ServerConfig) -> OpenAIBody:
+    """OpenAI's chat completions request. Unknown fields are ignored, as OpenAI clients send many."""
+    obj = _object(body, "body")
+    if "messages" not in obj:
+        raise _invalid("messages is required", "messages")
+    messages = _messages(obj["messages"], "messages", limits, openai=True)
+    stream = obj.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _invalid("stream must be a boolean", "stream")
+    n = obj.get("n")
+    if n is not None and n != 1:
+        raise _invalid("only n=1 is supported", "n")
+    include_usage = False
+    stream_options = obj.get("stream_options")
+    if stream_options is not None:
+        opts = _object(stream_options, "stream_options")
+        flag = opts.get("include_usage", False)
+        if not isinstance(flag, bool):
+            raise _invalid("include_usage must be a boolean", "stream_options.include_usage")
+        include_usage = flag
+    return OpenAIBody(
+        request=ChatRequest(messages=messages, **_options(obj, limits)),
+        stream=stream,
+        include_usage=include_usage,
+    )
