@@ -1,0 +1,220 @@
+"""serve() end to end: a real Hypercorn on 127.0.0.1 port 0, httpx as the client, real time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import trio
+
+from tests._fakes import FakeLLM, assert_released
+from trio_agent.config import MockLLMConfig, ServerConfig
+from trio_agent.server import Gateway, serve, worker_config
+from trio_agent.sse import ServerSentEvent, SSEDecoder
+
+Q = {"question": "hello"}
+
+
+@asynccontextmanager
+async def running(
+    mock: MockLLMConfig, **server: Any
+) -> AsyncIterator[tuple[str, Gateway, FakeLLM]]:
+    llm = FakeLLM(mock)
+    apps: list[Gateway] = []
+    stop = trio.Event()
+    config = ServerConfig(port=0, access_log=False, **server)
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(
+            partial(
+                serve,
+                config,
+                handle_signals=False,
+                shutdown_trigger=stop.wait,
+                backend=llm,
+                on_app=apps.append,
+            )
+        )
+        try:
+            yield f"http://{host}:{port}", apps[0], llm
+        finally:
+            stop.set()
+
+
+class RawSSE:
+    """A minimal HTTP/1.1 client over a trio TCP stream, for reading part of a stream and
+    leaving mid-way (httpx's nested async generators warn when abandoned half-read)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._buf = b""
+        self._body = b""
+        self._decoder = SSEDecoder()
+        self._pending: list[ServerSentEvent] = []
+        self._eof = False
+
+    @classmethod
+    async def post(cls, url: str, path: str, body: Any) -> RawSSE:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        data = orjson.dumps(body)
+        self = cls(await trio.open_tcp_stream(host, int(port)))
+        await self.stream.send_all(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+        )
+        while b"\r\n\r\n" not in self._buf:
+            await self._fill()
+        head, self._buf = self._buf.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
+        return self
+
+    async def _fill(self) -> None:
+        chunk = await self.stream.receive_some(65536)
+        if not chunk:
+            self._eof = True
+            raise EOFError
+        self._buf += chunk
+
+    async def _next_chunk(self) -> bytes | None:
+        """One chunk of the chunked body, None at its end."""
+        try:
+            while b"\r\n" not in self._buf:
+                await self._fill()
+            size_line, rest = self._buf.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            while len(rest) < size + 2:
+                await self._fill()
+                rest = self._buf.split(b"\r\n", 1)[1]
+        except EOFError:
+            return None
+        self._buf = rest[size + 2 :]
+        return None if size == 0 else rest[:size]
+
+    async def take(self, n: int) -> list[ServerSentEvent]:
+        while len(self._pending) < n:
+            chunk = await self._next_chunk()
+            if chunk is None:
+                break
+            self._pending.extend(self._decoder.feed(chunk))
+        out, self._pending = self._pending[:n], self._pending[n:]
+        return out
+
+    async def rest(self) -> list[ServerSentEvent]:
+        return await self.take(1 << 30)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def read_events(response: httpx.Response) -> list[ServerSentEvent]:
+    decoder = SSEDecoder()
+    events: list[ServerSentEvent] = []
+    async for chunk in response.aiter_raw():
+        events.extend(decoder.feed(chunk))
+    return events
+
+
+@pytest.mark.e2e
+async def test_streams_through_hypercorn() -> None:
+    with trio.fail_after(10):
+        async with running(MockLLMConfig(ttft=0.02, itl=0.005, tokens=5)) as (url, gw, llm):
+            async with httpx.AsyncClient(base_url=url) as client:
+                async with client.stream("POST", "/chat/stream", json=Q) as r:
+                    assert r.status_code == 200
+                    assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+                    events = await read_events(r)
+                health = await client.get("/healthz")
+            assert [e.event for e in events] == ["thinking"] + ["token"] * 5 + ["done"]
+            assert health.status_code == 200
+            assert_released(gw, llm)
+
+
+@pytest.mark.e2e
+async def test_disconnect_cancels_upstream_and_frees_the_slot_within_100ms() -> None:
+    with trio.fail_after(10):
+        async with running(MockLLMConfig(ttft=0.01, itl=0.05, tokens=1000)) as (url, gw, llm):
+            sse = await RawSSE.post(url, "/chat/stream", Q)
+            assert len(await sse.take(3)) == 3
+            assert gw.limits.statistics().in_flight == 1
+            left_at = trio.current_time()
+            await sse.aclose()  # the client leaves mid-stream
+            # polling at 1 ms is the measurement itself (no event marks "slot free")
+            while gw.limits.statistics().in_flight or llm.cancelled == 0:  # noqa: ASYNC110
+                await trio.sleep(0.001)
+            latency = trio.current_time() - left_at
+            print(f"disconnect -> slot free: {latency * 1000:.1f} ms")
+            assert latency < 0.1
+            assert llm.cancelled == 1
+            assert gw.metrics.disconnects == 1
+            assert_released(gw, llm)
+
+
+@pytest.mark.e2e
+async def test_overload_is_503_while_admitted_streams_complete() -> None:
+    with trio.fail_after(10):
+        mock = MockLLMConfig(ttft=0.2, itl=0.01, tokens=5)
+        async with running(mock, max_concurrency=1, max_queued=0) as (url, gw, llm):
+            first = await RawSSE.post(url, "/chat/stream", Q)
+            head = await first.take(1)
+            async with httpx.AsyncClient(base_url=url) as client:
+                refused = await client.post("/chat/stream", json=Q)
+            rest = await first.rest()
+            await first.aclose()
+            assert head[0].event == "thinking"
+            assert refused.status_code == 503
+            assert int(refused.headers["retry-after"]) >= 1
+            assert refused.json()["error"]["code"] == "overloaded"
+            assert rest[-1].event == "done"
+            assert_released(gw, llm)
+
+
+@pytest.mark.e2e
+async def test_deadline_ends_in_an_error_event() -> None:
+    with trio.fail_after(10):
+        mock = MockLLMConfig(ttft=0.01, itl=0.01, tokens=10, stall_after_tokens=2)
+        async with running(mock, request_timeout=0.3) as (url, gw, llm):
+            async with httpx.AsyncClient(base_url=url) as client:
+                async with client.stream("POST", "/chat/stream", json=Q) as r:
+                    events = await read_events(r)
+            assert [e.event for e in events] == ["thinking", "token", "token", "error"]
+            assert orjson.loads(events[-1].data)["code"] == "timeout"
+            assert_released(gw, llm)
+
+
+@pytest.mark.e2e
+async def test_shutdown_trigger_drains_in_flight_streams() -> None:
+    with trio.fail_after(10):
+        llm = FakeLLM(MockLLMConfig(ttft=0.01, itl=0.05, tokens=1000))
+        stop = trio.Event()
+        apps: list[Gateway] = []
+        config = ServerConfig(port=0, access_log=False, drain_timeout=0.3)
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(
+                partial(serve, config, handle_signals=False, shutdown_trigger=stop.wait,
+                        backend=llm, on_app=apps.append)
+            )
+            sse = await RawSSE.post(f"http://{host}:{port}", "/chat/stream", Q)
+            await sse.take(2)
+            stopped_at = trio.current_time()
+            stop.set()
+            events = await sse.rest()
+            await sse.aclose()
+        took = trio.current_time() - stopped_at
+        assert events[-1].event == "error"
+        assert orjson.loads(events[-1].data)["code"] == "shutting_down"
+        assert 0.3 <= took < 2.5
+        assert_released(apps[0], llm)
+
+
+def test_worker_config_splits_the_admission_limits() -> None:
+    share = worker_config(ServerConfig(workers=4, max_concurrency=50, max_queued=10))
+    assert (share.workers, share.max_concurrency, share.max_queued) == (1, 12, 2)
+    assert worker_config(ServerConfig(workers=8, max_concurrency=3)).max_concurrency == 1
