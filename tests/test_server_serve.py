@@ -218,3 +218,42 @@ def test_worker_config_splits_the_admission_limits() -> None:
     share = worker_config(ServerConfig(workers=4, max_concurrency=50, max_queued=10))
     assert (share.workers, share.max_concurrency, share.max_queued) == (1, 12, 2)
     assert worker_config(ServerConfig(workers=8, max_concurrency=3)).max_concurrency == 1
+
+
+class _HugeTokens(FakeLLM):
+    """64 KiB deltas every millisecond: fills any socket buffer within a second."""
+
+    async def _chunks(self, request: Any) -> AsyncIterator[Any]:
+        from trio_agent.llm import ChatChunk
+
+        for _ in range(100_000):
+            await trio.sleep(0.001)
+            yield ChatChunk(delta="x" * 65536)
+
+
+@pytest.mark.e2e
+async def test_a_reader_that_stops_reading_is_cut_off_after_write_timeout() -> None:
+    with trio.fail_after(15):
+        llm = _HugeTokens(MockLLMConfig())
+        stop = trio.Event()
+        apps: list[Gateway] = []
+        config = ServerConfig(port=0, access_log=False, write_timeout=0.5, drain_timeout=0.5)
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(
+                partial(serve, config, handle_signals=False, shutdown_trigger=stop.wait,
+                        backend=llm, on_app=apps.append)
+            )
+            gw = apps[0]
+            sse = await RawSSE.post(f"http://{host}:{port}", "/chat/stream", Q)
+            assert sse.status == 200
+            started = trio.current_time()
+            # the client reads nothing more; the gateway must not buffer without bound
+            while gw.limits.statistics().in_flight:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            assert trio.current_time() - started < 5.0
+            assert gw.metrics.write_stalls == 1 and llm.cancelled == 1
+            await sse.aclose()
+            stopped_at = trio.current_time()
+            stop.set()
+        assert trio.current_time() - stopped_at < 2.0
+        assert_released(gw, llm)

@@ -25,6 +25,8 @@ from .errors import (
     ItemCancelledError,
     ItemTimeoutError,
     KeyLimitError,
+    MethodNotAllowedError,
+    NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
     QueueClosedError,
@@ -51,12 +53,24 @@ from .errors import (
     UpstreamTotalTimeoutError,
 )
 from .llm import ChatBackend, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Usage
+from .server import (
+    Admission,
+    AdmissionStatistics,
+    Gateway,
+    GatewayMetrics,
+    Lease,
+    Limits,
+    create_app,
+    serve,
+)
 from .sse import ServerSentEvent, SSEDecoder, encode_comment, encode_event
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Admission",
     "AdmissionError",
+    "AdmissionStatistics",
     "AuthenticationError",
     "ChatBackend",
     "ChatChunk",
@@ -67,11 +81,17 @@ __all__ = [
     "ConfigError",
     "DeadlineError",
     "FirstItemTimeoutError",
+    "Gateway",
+    "GatewayMetrics",
     "IdleTimeoutError",
     "ItemCancelledError",
     "ItemTimeoutError",
     "KeyLimitError",
+    "Lease",
+    "Limits",
+    "MethodNotAllowedError",
     "MockLLMConfig",
+    "NotFoundError",
     "Outcome",
     "OverloadedError",
     "PayloadTooLargeError",
@@ -108,9 +128,11 @@ __all__ = [
     "UpstreamTotalTimeoutError",
     "Usage",
     "as_completed",
+    "create_app",
     "encode_comment",
     "encode_event",
     "iter_with_timeouts",
     "map_concurrently",
     "open_request_queue",
+    "serve",
 ]

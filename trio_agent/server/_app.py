@@ -151,6 +151,9 @@ class Gateway:
         )
         self.metrics = metrics or GatewayMetrics()
         self.drain = Drain()
+        # Set by the server that runs the app: closes the connection under an
+        # ASGI ``send`` whose write stalled (see _stream._Responder.watchdog).
+        self.abort_transport: Callable[[Send], bool] | None = None
         self._key_digests = tuple(hashlib.sha256(k.encode()).digest() for k in config.api_keys)
         self._cors_any = "*" in config.cors_origins
         self._cors = frozenset(o.encode() for o in config.cors_origins if o != "*")

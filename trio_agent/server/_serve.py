@@ -43,7 +43,7 @@ from ..config import ServerConfig
 from ..llm import ChatBackend
 from ._app import Gateway, create_app
 
-__all__ = ["open_backend", "run_workers", "serve", "worker_config"]
+__all__ = ["abort_hypercorn_transport", "open_backend", "run_workers", "serve", "worker_config"]
 
 logger = logging.getLogger("trio_agent.server")
 
@@ -101,6 +101,7 @@ async def serve(
     """
     async with _maybe_backend(config, backend) as be:
         app = create_app(config, backend=be)
+        app.abort_transport = abort_hypercorn_transport
         if on_app is not None:
             on_app(app)
         hc = _hypercorn_config(config)
@@ -142,6 +143,31 @@ async def serve(
                 logger.info("drain deadline: ended %d request(s) with shutting_down", cancelled)
             await hypercorn_done.wait()
             nursery.cancel_scope.cancel()
+
+
+def abort_hypercorn_transport(send: Callable[..., Awaitable[None]]) -> bool:
+    """Close the TCP connection under a Hypercorn HTTP/1.1 ASGI ``send``; False if not possible.
+
+    Hypercorn writes to the socket inside a shielded cancel scope, so a
+    client that stops reading can hold a write (and the task in it) forever.
+    Closing the socket wakes that write with ``ClosedResourceError``, which
+    Hypercorn treats as the client leaving. This reaches into Hypercorn's
+    objects (``HTTPStream.app_send`` -> ``H11Protocol.stream_send`` ->
+    ``TCPServer.protocol_send``): on any other shape (HTTP/2, a future
+    Hypercorn) it does nothing and returns False.
+    """
+    try:
+        http_stream = send.__self__  # type: ignore[attr-defined]
+        protocol = http_stream.send.__self__
+        if type(protocol).__name__ != "H11Protocol":
+            return False
+        sock = protocol.send.__self__.stream.socket
+    except AttributeError:
+        return False
+    if not isinstance(sock, trio.socket.SocketType):
+        return False
+    sock.close()
+    return True
 
 
 @asynccontextmanager

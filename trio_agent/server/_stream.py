@@ -207,22 +207,42 @@ class OpenAIFormat:
 class _Responder:
     """Writes one streamed response; every write is watched for stalls."""
 
-    __slots__ = ("_ctrl", "_send", "_stall", "_write_timeout", "info", "started", "terminal_sent")
+    __slots__ = (
+        "_ctrl",
+        "_gw",
+        "_send",
+        "_stall",
+        "_write_timeout",
+        "info",
+        "started",
+        "terminal_sent",
+    )
 
-    def __init__(self, send: Send, ctrl: RequestControl, info: RequestInfo, write_timeout: float) -> None:
+    def __init__(self, gw: Gateway, send: Send, ctrl: RequestControl, info: RequestInfo) -> None:
+        self._gw = gw
         self._send = send
         self._ctrl = ctrl
-        self._write_timeout = write_timeout
+        self._write_timeout = gw.config.write_timeout
         self._stall = trio.CancelScope()
         self.info = info
         self.started = False
         self.terminal_sent = False
 
     async def watchdog(self) -> None:
-        """Cancel the request when one write stays pending past ``write_timeout``."""
+        """End the request when one write stays pending past ``write_timeout``.
+
+        Cancelling frees the lease and the upstream call at once. The pending
+        write itself may be immune to cancellation (Hypercorn shields its
+        socket writes), so the server's ``abort_transport`` hook, when set,
+        closes the connection under it.
+        """
         with self._stall:
             await trio.sleep_forever()
         self._ctrl.cancel(WRITE_STALLED)
+        self._gw.metrics.write_stalls += 1
+        abort = self._gw.abort_transport
+        if abort is not None:
+            abort(self._send)
 
     async def _send_watched(self, message: Message) -> None:
         self._stall.deadline = trio.current_time() + self._write_timeout
@@ -421,7 +441,7 @@ async def serve_stream(
     except TrioAgentError as exc:
         await send_error(send, exc, info, openai=fmt.openai)
         return
-    out = _Responder(send, ctrl, info, gw.config.write_timeout)
+    out = _Responder(gw, send, ctrl, info)
     refused: TrioAgentError | None = None
     try:
         with ctrl.scope:
@@ -456,7 +476,6 @@ async def _finish(
         info.outcome = DISCONNECT
         return
     if ctrl.reason == WRITE_STALLED:
-        metrics.write_stalls += 1
         info.outcome = WRITE_STALLED
         return
     if refused is not None:
@@ -502,7 +521,7 @@ async def serve_batch_stream(
         await send_error(send, exc, info, openai=False)
         return
     ctrl.admitted = True
-    out = _Responder(send, ctrl, info, gw.config.write_timeout)
+    out = _Responder(gw, send, ctrl, info)
     pending = set(range(len(requests)))
     counts = {"ok": 0, "error": 0, "timeout": 0}
 
