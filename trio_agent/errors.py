@@ -204,8 +204,15 @@ class DeadlineError(TrioAgentError):
     code = "timeout"
     retryable = True
 
-    def __init__(self, message: str = "deadline exceeded", *, timeout: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str = "deadline exceeded",
+        *,
+        timeout: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        # ``code`` too: UpstreamTimeoutError reaches this through UpstreamError's super().
+        super().__init__(message, code=code)
         self.timeout = timeout
 
 
