@@ -54,6 +54,7 @@ class Exchange:
         buffer: float = math.inf,
         chunks: list[bytes] | None = None,
         hold_body: bool = False,
+        fail_sends_after: int | None = None,
     ) -> None:
         self.app = app
         hdrs = {k.lower(): v for k, v in (headers or {}).items()}
@@ -62,6 +63,7 @@ class Exchange:
             hdrs.setdefault("content-type", "application/json")
         self._chunks = chunks if chunks is not None else [body or b""]
         self._hold_body = hold_body
+        self._sends_left = fail_sends_after
         if body is not None and chunks is None:
             hdrs.setdefault("content-length", str(len(body)))
         self.scope = make_scope(
@@ -86,6 +88,10 @@ class Exchange:
         return {"type": "http.disconnect"}
 
     async def _send(self, message: Message) -> None:
+        if self._sends_left is not None:
+            if self._sends_left == 0:
+                raise OSError("connection reset by peer")
+            self._sends_left -= 1
         await self._tx.send(message)
 
     async def run(self) -> None:

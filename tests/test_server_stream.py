@@ -117,6 +117,19 @@ async def test_disconnect_cancels_the_upstream_and_frees_the_slot_at_once(
     assert_released(gw, llm)
 
 
+async def test_a_failed_write_ends_the_request_like_a_disconnect(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The fallback when no http.disconnect arrives: the first failing write ends everything."""
+    gw, llm = make_gateway(MockLLMConfig(ttft=0.1, itl=1.0, tokens=100))
+    async with trio.open_nursery() as n:
+        ex = Exchange(gw, "POST", "/chat/stream", json=Q, fail_sends_after=4).start(n)
+        await ex.finished.wait()
+        assert trio.current_time() == pytest.approx(2.1)
+    assert llm.cancelled == 1 and gw.metrics.disconnects == 1
+    assert_released(gw, llm)
+
+
 async def test_request_deadline_ends_the_stream_with_a_timeout_event(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
