@@ -65,3 +65,13 @@ async def test_drain_returns_at_once_when_idle(autojump_clock: trio.testing.Mock
     assert await drain.drain(30.0) == 0
     assert trio.current_time() == 0.0
     assert drain.draining and "draining=True" in repr(drain)
+
+
+async def test_drain_after_start_returns_at_once_when_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    drain = Drain()
+    drain.start()
+    drain.start()
+    assert await drain.drain(30.0) == 0
+    assert trio.current_time() == 0.0

@@ -257,3 +257,68 @@ async def test_a_reader_that_stops_reading_is_cut_off_after_write_timeout() -> N
             stop.set()
         assert trio.current_time() - stopped_at < 2.0
         assert_released(gw, llm)
+
+
+@pytest.mark.e2e
+async def test_the_openai_client_streams_through_v1() -> None:
+    import openai
+
+    with trio.fail_after(15):
+        mock = MockLLMConfig(ttft=0.01, itl=0.001, tokens=4)
+        async with running(mock, api_keys=frozenset({"sk-gw"})) as (url, gw, llm):
+
+            def use_openai() -> tuple[str, Any, list[str], str]:
+                client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-gw", max_retries=0)
+                parts: list[str] = []
+                usage = None
+                stream = client.chat.completions.create(
+                    model="mock-llm",
+                    messages=[{"role": "user", "content": "hi"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        parts.append(chunk.choices[0].delta.content)
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                whole = client.chat.completions.create(
+                    model="mock-llm", messages=[{"role": "user", "content": "hi"}]
+                )
+                models = [m.id for m in client.models.list()]
+                try:
+                    openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+                except openai.AuthenticationError as exc:
+                    refused = str(exc.code)
+                else:  # pragma: no cover
+                    refused = "accepted"
+                assert usage is not None
+                return "".join(parts), (whole.choices[0].message.content, usage.total_tokens), models, refused
+
+            streamed, (whole, total), models, refused = await trio.to_thread.run_sync(use_openai)
+            assert streamed == whole == "t0 t1 t2 t3 "
+            assert total == 7
+            assert models == ["mock-llm"]
+            assert refused == "unauthorized"
+            assert_released(gw, llm)
+
+
+@pytest.mark.e2e
+async def test_idle_keepalive_connections_do_not_hold_up_shutdown() -> None:
+    """After a Quart-served answer the keep-alive connection must still close on shutdown
+    (quart-trio cancels the last send half-way unless the gateway shields it)."""
+    with trio.fail_after(10):
+        llm = FakeLLM(MockLLMConfig(ttft=0.01, tokens=2))
+        stop = trio.Event()
+        config = ServerConfig(port=0, access_log=False, drain_timeout=5.0)
+        async with httpx.AsyncClient() as client:
+            async with trio.open_nursery() as nursery:
+                host, port = await nursery.start(
+                    partial(serve, config, handle_signals=False, shutdown_trigger=stop.wait, backend=llm)
+                )
+                for path in ("/healthz", "/nope"):
+                    await client.get(f"http://{host}:{port}{path}")
+                await client.post(f"http://{host}:{port}/chat", json=Q)
+                stopped_at = trio.current_time()
+                stop.set()
+            assert trio.current_time() - stopped_at < 1.0

@@ -283,6 +283,17 @@ class Gateway:
                     **message,
                     "headers": [*message.get("headers", ()), *info.response_headers],
                 }
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # The last body message makes Hypercorn recycle the connection and
+                # start its keep-alive timer, and also makes it send http.disconnect
+                # to the app, on which quart-trio cancels this very send. Cancelled
+                # half-way, the keep-alive timer never starts: the idle connection
+                # would then outlive keep_alive_timeout and hold up a graceful
+                # shutdown until graceful_timeout. Hypercorn shields the socket
+                # write itself, so shielding here adds no new way to block.
+                with trio.CancelScope(shield=True):
+                    await send(message)
+                return
             await send(message)
 
         return wrapped

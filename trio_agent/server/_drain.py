@@ -82,10 +82,9 @@ class Drain:
 
     def start(self) -> None:
         """Refuse new requests and end those not yet admitted (idempotent)."""
-        if not self._draining:
-            self._draining = True
-            if not self._controls:
-                self._empty.set()
+        self._draining = True
+        if not self._controls:
+            self._empty.set()
         for ctrl in list(self._controls):
             if not ctrl.admitted:
                 ctrl.cancel(SHUTTING_DOWN)
