@@ -369,3 +369,14 @@ async def test_unexpected_backend_error_is_a_500_without_details(
     r = await request(gw, "GET", "/v1/models")
     assert r.status == 500
     assert b"secret" not in r.body and r.json()["error"]["code"] == "internal_error"
+
+
+async def test_a_dribbled_body_gets_the_request_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    gw, llm = make_gateway(request_timeout=3.0)
+    r = await request(
+        gw, "POST", "/chat/stream", chunks=[b'{"quest'], hold_body=True,
+        headers={"content-type": "application/json"},
+    )
+    assert trio.current_time() == 3.0
+    assert_json_error(r, 408, "body_timeout")
+    assert llm.started == 0

@@ -36,6 +36,7 @@ from ..config import ServerConfig
 from ..errors import (
     AuthenticationError,
     PayloadTooLargeError,
+    RequestError,
     TrioAgentError,
 )
 from ..llm import ChatBackend
@@ -308,17 +309,23 @@ class Gateway:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(f"request body larger than {limit} bytes", limit=limit)
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return False, None
-            if message["type"] != "http.request":
-                continue
-            body += message.get("body", b"")
-            if len(body) > limit:
-                raise PayloadTooLargeError(f"request body larger than {limit} bytes", limit=limit)
-            if not message.get("more_body", False):
-                break
+        # A client that dribbles its body gets the request deadline too (408).
+        with trio.move_on_after(self.config.request_timeout) as scope:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return False, None
+                if message["type"] != "http.request":
+                    continue
+                body += message.get("body", b"")
+                if len(body) > limit:
+                    raise PayloadTooLargeError(f"request body larger than {limit} bytes", limit=limit)
+                if not message.get("more_body", False):
+                    break
+        if scope.cancelled_caught:
+            err = RequestError("request body not received within request_timeout", code="body_timeout")
+            err.status_code = 408
+            raise err
         return True, decode_json(bytes(body))
 
     async def _chat_stream(
