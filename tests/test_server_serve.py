@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -322,3 +326,67 @@ async def test_idle_keepalive_connections_do_not_hold_up_shutdown() -> None:
                 stopped_at = trio.current_time()
                 stop.set()
             assert trio.current_time() - stopped_at < 1.0
+
+
+# -- the CLI process and SIGTERM ------------------------------------------------------------
+
+
+async def _start_cli(*args: str, env: dict[str, str] | None = None) -> tuple[trio.Process, str]:
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "tests._serve_fake", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await proc.stdout.receive_some(1)
+        assert chunk, "server exited before printing its URL"
+        line += chunk
+    text = line.decode()
+    assert "listening on http://" in text
+    url = text.split("listening on ", 1)[1].split()[0]
+    return proc, url
+
+
+@pytest.mark.e2e
+async def test_sigterm_drains_and_exits_zero() -> None:
+    with trio.fail_after(20):
+        proc, url = await _start_cli("1")
+        try:
+            sse = await RawSSE.post(url, "/chat/stream", Q)
+            await sse.take(3)
+            proc.send_signal(signal.SIGTERM)
+            signalled_at = trio.current_time()
+            events = await sse.rest()
+            await sse.aclose()
+            assert events[-1].event in ("done", "error")
+            if events[-1].event == "error":
+                assert orjson.loads(events[-1].data)["code"] == "shutting_down"
+            assert sum(e.event in ("done", "error") for e in events) == 1
+            with trio.fail_after(1 + 2):
+                code = await proc.wait()
+            assert code == 0
+            assert trio.current_time() - signalled_at < 1 + 2
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+@pytest.mark.e2e
+async def test_sigint_with_idle_server_exits_zero_at_once() -> None:
+    with trio.fail_after(20):
+        proc, url = await _start_cli("5")
+        try:
+            async with httpx.AsyncClient(base_url=url) as client:
+                assert (await client.get("/readyz")).status_code == 200
+            proc.send_signal(signal.SIGINT)
+            with trio.fail_after(3):
+                assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
