@@ -22,6 +22,7 @@ from trio_agent.server import Gateway, serve, worker_config
 from trio_agent.sse import ServerSentEvent, SSEDecoder
 
 Q = {"question": "hello"}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @asynccontextmanager
@@ -336,7 +337,7 @@ async def _start_cli(*args: str, env: dict[str, str] | None = None) -> tuple[tri
         [sys.executable, "-m", "tests._serve_fake", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
     assert proc.stdout is not None
