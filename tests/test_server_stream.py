@@ -6,6 +6,8 @@ the queue, the upstream call and the drain registry are all back to zero.
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 import pytest
 import trio
@@ -14,6 +16,7 @@ import trio.testing
 from tests._asgi import Exchange, data, request
 from tests._fakes import assert_released, make_gateway
 from trio_agent.config import MockLLMConfig
+from trio_agent.llm import ChatChunk
 from trio_agent.sse import ServerSentEvent
 
 Q = {"question": "hello"}
@@ -461,3 +464,21 @@ def test_terminal_helper_rejects_two_terminals() -> None:
     ev = [ServerSentEvent(data="{}", event="done"), ServerSentEvent(data="{}", event="error")]
     with pytest.raises(AssertionError):
         assert_one_terminal(ev)
+
+
+async def test_an_unexpected_backend_bug_is_an_internal_error_event(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw, llm = make_gateway(MockLLMConfig(ttft=0.1, itl=0.1, tokens=3))
+
+    async def broken(request: object) -> object:
+        yield ChatChunk(delta="ok ")
+        raise RuntimeError("secret internals")
+
+    llm._chunks = broken  # type: ignore[method-assign,assignment]
+    caplog.set_level(logging.CRITICAL)
+    r = await request(gw, "POST", "/chat/stream", json=Q)
+    assert kinds(r.events) == ["thinking", "token", "error"]
+    err = data(r.events[-1])
+    assert err["code"] == "internal_error" and "secret" not in r.events[-1].data
+    assert_released(gw, llm)

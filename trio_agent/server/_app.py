@@ -23,7 +23,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import orjson
@@ -420,7 +420,9 @@ class Gateway:
 # -- the Quart side ------------------------------------------------------------------------
 
 
-def _json_response(body: Any, status: int = 200, headers: Headers = ()) -> Response:  # type: ignore[assignment]
+def _json_response(
+    body: Any, status: int = 200, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> Response:
     response = Response(orjson.dumps(body), status=status, content_type="application/json")
     for name, value in headers:
         response.headers[name.decode()] = value.decode()

@@ -85,7 +85,7 @@ async def send_json(
     status: int,
     body: Any,
     info: RequestInfo,
-    headers: Headers = (),  # type: ignore[assignment]
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     """A whole JSON response (used before any streamed byte was sent)."""
     data = orjson.dumps(body)
@@ -329,12 +329,11 @@ async def _produce(
             if isinstance(exc, UpstreamError):
                 gw.metrics.count_upstream_error(exc.code)
             await _send_failure(tx, exc)
-        except Exception as exc:
+        except Exception:
             if not started:
                 raise
             logger.exception("backend failed (request_id=%s)", info.request_id)
             await _send_failure(tx, TrioAgentError("internal server error"))
-            _ = exc
 
 
 async def _send_failure(tx: trio.MemorySendChannel[Item], exc: TrioAgentError) -> None:
