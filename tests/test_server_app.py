@@ -371,10 +371,13 @@ async def test_unexpected_backend_error_is_a_500_without_details(
     assert b"secret" not in r.body and r.json()["error"]["code"] == "internal_error"
 
 
-async def test_a_dribbled_body_gets_the_request_deadline(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("path", ["/chat/stream", "/chat"])
+async def test_a_dribbled_body_gets_the_request_deadline(
+    autojump_clock: trio.testing.MockClock, path: str
+) -> None:
     gw, llm = make_gateway(request_timeout=3.0)
     r = await request(
-        gw, "POST", "/chat/stream", chunks=[b'{"quest'], hold_body=True,
+        gw, "POST", path, chunks=[b'{"quest'], hold_body=True,
         headers={"content-type": "application/json"},
     )
     assert trio.current_time() == 3.0

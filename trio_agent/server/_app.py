@@ -455,6 +455,7 @@ def _build_quart(gw: Gateway) -> QuartTrio:
     app = QuartTrio("trio_agent")
     app.config["MAX_CONTENT_LENGTH"] = gw.config.max_body_bytes
     app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = gw.config.request_timeout
 
     def error_response(exc: TrioAgentError) -> Response:
         info = _info()

@@ -57,6 +57,10 @@ def as_trio_agent_error(exc: BaseException) -> TrioAgentError:
             return MethodNotAllowedError("method not allowed", allowed=allowed)
         if code == 413:
             return PayloadTooLargeError("request body too large")
+        if code == 408:
+            err = RequestError("request body not received in time", code="body_timeout")
+            err.status_code = 408
+            return err
         if 400 <= code < 500:
             err = RequestError(exc.description or "bad request", code=f"http_{code}")
             err.status_code = code
