@@ -7,6 +7,7 @@ the queue, the upstream call and the drain registry are all back to zero.
 from __future__ import annotations
 
 import logging
+import math
 
 import orjson
 import pytest
@@ -482,3 +483,61 @@ async def test_an_unexpected_backend_bug_is_an_internal_error_event(
     err = data(r.events[-1])
     assert err["code"] == "internal_error" and "secret" not in r.events[-1].data
     assert_released(gw, llm)
+
+
+async def test_many_requests_with_random_endings_leave_nothing_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Overload, queueing, deadlines, disconnects and slow readers at once: capacity returns to zero."""
+    import random
+
+    rng = random.Random(7)
+    gw, llm = make_gateway(
+        MockLLMConfig(ttft=0.2, itl=0.05, tokens=40),
+        max_concurrency=5,
+        max_queued=10,
+        max_queue_wait=1.0,
+        request_timeout=2.5,
+        write_timeout=0.5,
+        keepalive_interval=0.3,
+    )
+    statuses: list[int] = []
+    terminals: list[str | None] = []  # of clients that stayed and kept up
+
+    async def client(i: int) -> None:
+        await trio.sleep(rng.random() * 3)
+        leave_after = rng.choice([None, None, 0.1, 0.5, 1.5])
+        slow = rng.random() < 0.2
+        async with trio.open_nursery() as n:
+            ex = Exchange(gw, "POST", "/chat/stream", json=Q, buffer=0 if slow else math.inf).start(n)
+            if leave_after is not None:
+                n.start_soon(lambda: _leave_later(ex, leave_after))
+            try:
+                status = await ex.response_start()
+            except trio.EndOfChannel:  # left while queued: no response at all
+                status = 0
+            statuses.append(status)
+            last = None
+            while status and (ev := await ex.next_event()) is not None:
+                last = ev.event
+                if slow:
+                    await trio.sleep(1.0)
+            if status == 200 and leave_after is None and not slow:
+                terminals.append(last)
+            n.cancel_scope.cancel()
+
+    async with trio.open_nursery() as n:
+        for i in range(120):
+            n.start_soon(client, i)
+    assert set(statuses) <= {0, 200, 503, 504}
+    assert 503 in statuses and 200 in statuses
+    assert terminals and set(terminals) <= {"done", "error"}
+    stats = gw.limits.statistics()
+    assert stats.admitted == llm.started
+    assert llm.finished + llm.cancelled + llm.failed == llm.started
+    assert_released(gw, llm)
+
+
+async def _leave_later(ex: Exchange, delay: float) -> None:
+    await trio.sleep(delay)
+    ex.disconnect()
