@@ -52,7 +52,16 @@ from .errors import (
     UpstreamTimeoutError,
     UpstreamTotalTimeoutError,
 )
-from .llm import ChatBackend, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Usage
+from .llm import (
+    ChatBackend,
+    ChatChunk,
+    ChatCompletion,
+    ChatMessage,
+    ChatRequest,
+    MockLLM,
+    MockLLMStatistics,
+    Usage,
+)
 from .server import (
     Admission,
     AdmissionStatistics,
@@ -90,7 +99,9 @@ __all__ = [
     "Lease",
     "Limits",
     "MethodNotAllowedError",
+    "MockLLM",
     "MockLLMConfig",
+    "MockLLMStatistics",
     "NotFoundError",
     "Outcome",
     "OverloadedError",

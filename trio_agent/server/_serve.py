@@ -60,7 +60,7 @@ async def open_backend(config: ServerConfig) -> AsyncIterator[ChatBackend]:
         async with open_openai_backend(config.upstream) as backend:
             yield backend
     else:
-        from ..llm import MockLLM  # type: ignore[attr-defined]
+        from ..llm import MockLLM
 
         yield MockLLM(config.mock)
 
