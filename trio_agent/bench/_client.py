@@ -1,0 +1,427 @@
+"""The one-request clients: send one request, fill in its :class:`RequestTrace`.
+
+:class:`HTTPStreamClient` is the load client. It is deliberately lean, because
+the generator must cost far less per event than the server it measures: a
+plain ``trio.open_tcp_stream``, request bytes built once, the incremental
+:class:`~trio_agent.bench._http.ResponseParser` for the status line, headers
+and chunked framing, then :class:`~trio_agent.sse.SSEDecoder`. Token events
+are not JSON-decoded (their arrival time is what matters; the token count
+comes from the terminal event's usage). Idle keep-alive connections are
+reused; a reused connection that the server closed while idle is retried
+once on a fresh one, as every HTTP client does.
+
+:class:`BackendClient` drives any :class:`~trio_agent.llm.ChatBackend`
+in-process (no sockets): with :class:`~trio_agent.llm.MockLLM` on trio's
+virtual clock it gives exact, deterministic figures to test the load
+generator against.
+
+Both implement :class:`RequestClient`. A client only sees the protocol: it
+sets ``ok``, ``shed``, ``http_error``, ``upstream_error``,
+``protocol_error`` or ``connect_error``. Deadlines and cancellation belong to
+the runner, which wraps each call in its own cancel scopes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import orjson
+import trio
+
+from ..errors import SSEError, TrioAgentError
+from ..llm import ChatBackend, ChatRequest
+from ..sse import ServerSentEvent, SSEDecoder
+from ._http import HTTPProtocolError, ResponseHead, ResponseParser, build_request
+from ._records import Outcome, RequestTrace
+
+__all__ = ["API_NAMES", "BackendClient", "HTTPStreamClient", "RequestClient"]
+
+API_NAMES = ("trio-agent", "openai")
+
+_RECEIVE_BYTES = 65536
+_MAX_ERROR_BODY = 64 * 1024
+
+
+class RequestClient(Protocol):
+    """Sends one request and records what happened in ``trace``.
+
+    ``run`` sets ``trace.sent_at`` first, then times and counts as they
+    happen, and ``trace.outcome`` when the request ends by itself. It returns
+    normally for every protocol-level failure; it lets ``trio.Cancelled``
+    through (the runner records timeouts and cancellations).
+    """
+
+    async def run(self, trace: RequestTrace) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Stale(Exception):
+    """A reused keep-alive connection was closed by the server before answering."""
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str]:
+    """(code, message) from a JSON error body, best effort."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, body[:200].decode("utf-8", "replace")
+    if isinstance(obj, dict):
+        err = obj.get("error", obj)
+        if isinstance(err, dict):
+            code = err.get("code") or err.get("type")
+            message = err.get("message") or err.get("detail") or ""
+            return (str(code) if code is not None else None), str(message)
+        return None, str(err)
+    return None, str(obj)
+
+
+class _TrioAgentAPI:
+    """``POST /chat/stream`` with ``{"question": ...}``: events thinking, token, done | error."""
+
+    path = "/chat/stream"
+
+    @staticmethod
+    def body(question: str, max_tokens: int | None, model: str | None) -> bytes:
+        obj: dict[str, object] = {"question": question}
+        if max_tokens is not None:
+            obj["max_tokens"] = max_tokens
+        if model is not None:
+            obj["model"] = model
+        return orjson.dumps(obj)
+
+    @staticmethod
+    def on_event(event: ServerSentEvent, trace: RequestTrace, now: float) -> bool:
+        kind = event.event
+        if kind == "message":
+            # No `event:` line: the type is only in the payload.
+            try:
+                obj = orjson.loads(event.data)
+                kind = str(obj.get("type", "message")) if isinstance(obj, dict) else "message"
+            except orjson.JSONDecodeError:
+                kind = "message"
+        if kind == "token":
+            if trace.first_token_at is None:
+                trace.first_token_at = now
+            trace.token_times.append(now)
+            return False
+        if kind == "done":
+            try:
+                usage = orjson.loads(event.data).get("usage") or {}
+                tokens = usage.get("completion_tokens")
+            except (orjson.JSONDecodeError, AttributeError):
+                tokens = None
+            if isinstance(tokens, int):
+                trace.output_tokens = tokens
+            trace.outcome = Outcome.OK
+            trace.end_at = now
+            return True
+        if kind == "error":
+            code, message = _error_fields(event.data.encode())
+            trace.fail(Outcome.UPSTREAM_ERROR, message, error_code=code)
+            trace.end_at = now
+            return True
+        return False
+
+
+class _OpenAIAPI:
+    """``POST /v1/chat/completions`` with ``stream: true``: chunks, then ``data: [DONE]``."""
+
+    path = "/v1/chat/completions"
+
+    @staticmethod
+    def body(question: str, max_tokens: int | None, model: str | None) -> bytes:
+        obj: dict[str, object] = {
+            "model": model or "mock-llm",
+            "messages": [{"role": "user", "content": question}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if max_tokens is not None:
+            obj["max_tokens"] = max_tokens
+        return orjson.dumps(obj)
+
+    @staticmethod
+    def on_event(event: ServerSentEvent, trace: RequestTrace, now: float) -> bool:
+        data = event.data
+        if data == "[DONE]":
+            if trace.outcome is None:
+                trace.outcome = Outcome.OK
+                trace.end_at = now
+            return True
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            trace.fail(Outcome.PROTOCOL_ERROR, f"chunk is not JSON: {data[:80]!r}")
+            return True
+        if not isinstance(obj, dict):
+            trace.fail(Outcome.PROTOCOL_ERROR, f"chunk is not an object: {data[:80]!r}")
+            return True
+        if "error" in obj:
+            code, message = _error_fields(data.encode())
+            trace.fail(Outcome.UPSTREAM_ERROR, message, error_code=code)
+            trace.end_at = now
+            return True
+        choices = obj.get("choices")
+        if choices:
+            delta = choices[0].get("delta") or {}
+            if delta.get("content"):
+                if trace.first_token_at is None:
+                    trace.first_token_at = now
+                trace.token_times.append(now)
+        usage = obj.get("usage")
+        if usage and isinstance(usage.get("completion_tokens"), int):
+            trace.output_tokens = usage["completion_tokens"]
+        return False
+
+
+_APIS: dict[str, type[_TrioAgentAPI] | type[_OpenAIAPI]] = {
+    "trio-agent": _TrioAgentAPI,
+    "openai": _OpenAIAPI,
+}
+
+
+class HTTPStreamClient:
+    """The lean HTTP/1.1 + SSE load client for one server (see the module docstring).
+
+    ``url`` is the server's base URL (``http://host:port``, optionally with a
+    path prefix); ``api`` picks the endpoint and event dialect:
+    ``"trio-agent"`` (``/chat/stream``) or ``"openai"``
+    (``/v1/chat/completions``). With ``keepalive`` false every request opens
+    its own connection and asks the server to close it. At most
+    ``max_idle_connections`` idle connections are kept. ``connect`` replaces
+    ``trio.open_tcp_stream(host, port)`` (tests pass in-memory streams).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api: str = "trio-agent",
+        question: str = "Hello",
+        max_tokens: int | None = None,
+        model: str | None = None,
+        keepalive: bool = True,
+        max_idle_connections: int = 1024,
+        connect: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"url must be http://host[:port][/prefix], got {url!r}")
+        if api not in _APIS:
+            raise ValueError(f"api must be one of {API_NAMES}, got {api!r}")
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        self._api = _APIS[api]
+        host_header = parts.netloc
+        path = parts.path.rstrip("/") + self._api.path
+        self._request = build_request(
+            "POST",
+            host_header,
+            path,
+            self._api.body(question, max_tokens, model),
+            keepalive=keepalive,
+        )
+        self._keepalive = keepalive
+        self._max_idle = max_idle_connections
+        self._connect = connect or partial(trio.open_tcp_stream, self._host, self._port)
+        self._idle: list[trio.abc.Stream] = []
+        self._connects = 0
+        self._reuses = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<HTTPStreamClient {self._host}:{self._port}{self._api.path} idle={len(self._idle)} "
+            f"connects={self._connects} reuses={self._reuses}>"
+        )
+
+    @property
+    def connects(self) -> int:
+        """TCP connections opened so far."""
+        return self._connects
+
+    async def aclose(self) -> None:
+        """Close the idle keep-alive connections."""
+        idle, self._idle = self._idle, []
+        for stream in idle:
+            await trio.aclose_forcefully(stream)
+
+    async def run(self, trace: RequestTrace) -> None:
+        trace.sent_at = trio.current_time()
+        if self._idle:
+            stream = self._idle.pop()
+            self._reuses += 1
+            try:
+                await self._exchange(stream, trace, reused=True)
+                return
+            except _Stale:
+                pass
+        try:
+            stream = await self._connect()
+        except OSError as exc:
+            trace.fail(Outcome.CONNECT_ERROR, f"{type(exc).__name__}: {exc}")
+            return
+        self._connects += 1
+        try:
+            await self._exchange(stream, trace, reused=False)
+        except _Stale:  # pragma: no cover - only raised for reused connections
+            trace.fail(Outcome.CONNECT_ERROR, "connection closed before the response")
+
+    async def _exchange(
+        self, stream: trio.abc.Stream, trace: RequestTrace, *, reused: bool
+    ) -> None:
+        keep = False
+        try:
+            keep = await self._exchange_on(stream, trace, reused=reused)
+        finally:
+            if keep and len(self._idle) < self._max_idle:
+                self._idle.append(stream)
+            else:
+                await trio.aclose_forcefully(stream)
+
+    async def _exchange_on(
+        self, stream: trio.abc.Stream, trace: RequestTrace, *, reused: bool
+    ) -> bool:
+        """One request/response on ``stream``; True if the connection may be reused."""
+        try:
+            await stream.send_all(self._request)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if reused:
+                raise _Stale from exc
+            trace.fail(Outcome.CONNECT_ERROR, f"send failed: {exc!r}")
+            return False
+        parser = ResponseParser()
+        head: ResponseHead | None = None
+        decoder: SSEDecoder | None = None
+        error_body: list[bytes] = []
+        error_bytes = 0
+        terminal = False
+        on_event = self._api.on_event
+        while not parser.complete:
+            try:
+                received = await stream.receive_some(_RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if reused and trace.first_byte_at is None:
+                    raise _Stale from exc
+                trace.fail(Outcome.PROTOCOL_ERROR, f"connection broken mid-response: {exc!r}")
+                return False
+            now = trio.current_time()
+            data = received if type(received) is bytes else bytes(received)
+            if not data:
+                if reused and trace.first_byte_at is None:
+                    raise _Stale
+                try:
+                    parser.feed_eof()
+                except HTTPProtocolError as exc:
+                    trace.fail(Outcome.PROTOCOL_ERROR, str(exc))
+                    return False
+                break
+            if trace.first_byte_at is None:
+                trace.first_byte_at = now
+            try:
+                pieces = parser.feed(data)
+            except HTTPProtocolError as exc:
+                trace.fail(Outcome.PROTOCOL_ERROR, str(exc))
+                return False
+            if head is None:
+                head = parser.head
+                if head is None:
+                    continue
+                trace.status_code = head.status_code
+                if head.status_code == 200:
+                    ctype = head.headers.get("content-type", "")
+                    if not ctype.startswith("text/event-stream"):
+                        trace.fail(Outcome.PROTOCOL_ERROR, f"content-type {ctype!r} is not SSE")
+                        return False
+                    decoder = SSEDecoder()
+            if decoder is not None:
+                if not pieces:
+                    continue
+                # One decoder call per read, however many chunks it held.
+                try:
+                    events = decoder.feed(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+                except SSEError as exc:
+                    trace.fail(Outcome.PROTOCOL_ERROR, str(exc))
+                    return False
+                if events:
+                    trace.sse_events += len(events)
+                    if trace.first_event_at is None:
+                        trace.first_event_at = now
+                    for event in events:
+                        if not terminal:
+                            terminal = on_event(event, trace, now)
+            else:
+                for piece in pieces:
+                    if error_bytes < _MAX_ERROR_BODY:
+                        error_body.append(piece)
+                        error_bytes += len(piece)
+        assert head is not None  # the loop ends only once the head is in
+        if decoder is not None:
+            decoder.close()
+            if not terminal:
+                trace.fail(Outcome.PROTOCOL_ERROR, "stream ended without a terminal event")
+                return False
+        else:
+            self._record_error_status(trace, head, b"".join(error_body))
+        return self._keepalive and parser.complete and head.keep_alive
+
+    @staticmethod
+    def _record_error_status(trace: RequestTrace, head: ResponseHead, body: bytes) -> None:
+        code, message = _error_fields(body)
+        status = head.status_code
+        if status in (429, 503):
+            raw = head.headers.get("retry-after")
+            if raw is not None:
+                try:
+                    retry_after = float(raw)
+                    trace.retry_after = retry_after if math.isfinite(retry_after) else None
+                except ValueError:
+                    pass
+            trace.fail(Outcome.SHED, message or f"HTTP {status}", error_code=code)
+        else:
+            trace.fail(Outcome.HTTP_ERROR, message or f"HTTP {status}", error_code=code)
+
+
+class BackendClient:
+    """Runs each request against a :class:`~trio_agent.llm.ChatBackend` in-process.
+
+    Every chunk counts as one event; a chunk with text as a token event; the
+    last chunk's usage gives the token count. An
+    :class:`~trio_agent.errors.TrioAgentError` from the backend is an
+    ``upstream_error`` carrying its ``code``.
+    """
+
+    def __init__(self, backend: ChatBackend, request: ChatRequest) -> None:
+        self._backend = backend
+        self._request = request
+
+    def __repr__(self) -> str:
+        return f"<BackendClient backend={self._backend!r}>"
+
+    async def aclose(self) -> None:
+        """Nothing to close: the backend belongs to the caller."""
+
+    async def run(self, trace: RequestTrace) -> None:
+        trace.sent_at = trio.current_time()
+        try:
+            async with self._backend.stream_chat(self._request) as chunks:
+                async for chunk in chunks:
+                    now = trio.current_time()
+                    trace.sse_events += 1
+                    if trace.first_byte_at is None:
+                        trace.first_byte_at = trace.first_event_at = now
+                    if chunk.delta:
+                        if trace.first_token_at is None:
+                            trace.first_token_at = now
+                        trace.token_times.append(now)
+                    if chunk.usage is not None:
+                        trace.output_tokens = chunk.usage.completion_tokens
+        except TrioAgentError as exc:
+            trace.fail(Outcome.UPSTREAM_ERROR, str(exc), error_code=exc.code)
+            return
+        trace.outcome = Outcome.OK
+        trace.end_at = trio.current_time()
