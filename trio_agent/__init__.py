@@ -1,6 +1,18 @@
 """trio_agent: a Trio-native, structured-concurrency gateway for LLM agent services."""
 
 
+from .concurrency import (
+    Outcome,
+    RateLimiter,
+    RateLimiterStatistics,
+    RequestQueue,
+    RequestQueueStatistics,
+    TimeoutIterator,
+    as_completed,
+    iter_with_timeouts,
+    map_concurrently,
+    open_request_queue,
+)
 from .config import MockLLMConfig, ServerConfig, UpstreamConfig
 from .errors import (
     AdmissionError,
@@ -10,6 +22,8 @@ from .errors import (
     DeadlineError,
     FirstItemTimeoutError,
     IdleTimeoutError,
+    ItemCancelledError,
+    ItemTimeoutError,
     KeyLimitError,
     OverloadedError,
     PayloadTooLargeError,
@@ -54,14 +68,21 @@ __all__ = [
     "DeadlineError",
     "FirstItemTimeoutError",
     "IdleTimeoutError",
+    "ItemCancelledError",
+    "ItemTimeoutError",
     "KeyLimitError",
     "MockLLMConfig",
+    "Outcome",
     "OverloadedError",
     "PayloadTooLargeError",
     "QueueClosedError",
     "QueueFullError",
     "QueueTimeoutError",
+    "RateLimiter",
+    "RateLimiterStatistics",
     "RequestError",
+    "RequestQueue",
+    "RequestQueueStatistics",
     "RequestValidationError",
     "RetryBudgetExhaustedError",
     "SSEDecoder",
@@ -71,6 +92,7 @@ __all__ = [
     "ServerConfig",
     "ServerSentEvent",
     "ShuttingDownError",
+    "TimeoutIterator",
     "TotalTimeoutError",
     "TrioAgentError",
     "UpstreamConfig",
@@ -85,6 +107,10 @@ __all__ = [
     "UpstreamTimeoutError",
     "UpstreamTotalTimeoutError",
     "Usage",
+    "as_completed",
     "encode_comment",
     "encode_event",
+    "iter_with_timeouts",
+    "map_concurrently",
+    "open_request_queue",
 ]

@@ -11,8 +11,10 @@ into status codes, JSON bodies and SSE ``error`` events::
     ├── ConcurrencyError                 the trio helpers in trio_agent.concurrency
     │   ├── QueueFullError               the bounded queue is full; refused at once
     │   ├── QueueTimeoutError            waited longer than max_wait for a worker
-    │   └── QueueClosedError             submitted to a queue that stopped intake
+    │   ├── QueueClosedError             submitted to a queue that stopped intake
+    │   └── ItemCancelledError           a mapped item was cancelled by the map's total_timeout
     ├── DeadlineError                    a deadline on a stream or a stage ran out
+    │   ├── ItemTimeoutError             one mapped item ran longer than item_timeout
     │   ├── FirstItemTimeoutError        nothing arrived before first_timeout
     │   ├── IdleTimeoutError             the gap between two items exceeded idle_timeout
     │   └── TotalTimeoutError            the whole stream exceeded total_timeout
@@ -52,6 +54,8 @@ __all__ = [
     "DeadlineError",
     "FirstItemTimeoutError",
     "IdleTimeoutError",
+    "ItemCancelledError",
+    "ItemTimeoutError",
     "KeyLimitError",
     "OverloadedError",
     "PayloadTooLargeError",
@@ -173,6 +177,20 @@ class QueueClosedError(ConcurrencyError):
     retryable = True
 
 
+class ItemCancelledError(ConcurrencyError):
+    """A mapped item was cancelled before it finished (the map's ``total_timeout`` ran out).
+
+    ``index`` is the item's position in the input.
+    """
+
+    code = "item_cancelled"
+    retryable = True
+
+    def __init__(self, message: str = "item cancelled", *, index: int = -1) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 # -- deadlines ----------------------------------------------------------------
 
 
@@ -185,6 +203,18 @@ class DeadlineError(TrioAgentError):
     def __init__(self, message: str = "deadline exceeded", *, timeout: float | None = None) -> None:
         super().__init__(message)
         self.timeout = timeout
+
+
+class ItemTimeoutError(DeadlineError):
+    """One mapped item ran longer than ``item_timeout``; ``index`` is its input position."""
+
+    code = "item_timeout"
+
+    def __init__(
+        self, message: str = "item timed out", *, timeout: float | None = None, index: int = -1
+    ) -> None:
+        super().__init__(message, timeout=timeout)
+        self.index = index
 
 
 class FirstItemTimeoutError(DeadlineError):
