@@ -9,6 +9,7 @@ event, or stop before the terminal event.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -54,22 +55,26 @@ async def handle_connection(stream: trio.abc.Stream, behaviour: Behaviour) -> No
     """Serve requests on ``stream`` until the client closes it."""
     buf = bytearray()
     async with stream:
-        while await _read_request(stream, buf):
-            if not await _respond(stream, behaviour):
-                return
+        try:
+            while await _read_request(stream, buf):
+                await _respond(stream, behaviour)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the client went away (as it does after a bad response)
 
 
-async def _respond(stream: trio.abc.Stream, b: Behaviour) -> bool:
+async def _respond(stream: trio.abc.Stream, b: Behaviour) -> None:
     if b.mode == "shed":
         body = b'{"error": {"code": "overloaded", "message": "busy"}}'
         await stream.send_all(
             b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-        return True
+        return
     if b.mode == "http_500":
-        await stream.send_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops")
-        return True
+        await stream.send_all(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops"
+        )
+        return
     ctype = b"application/json" if b.mode == "not_sse" else b"text/event-stream"
     await stream.send_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % ctype
@@ -88,10 +93,12 @@ async def _respond(stream: trio.abc.Stream, b: Behaviour) -> bool:
         sent += n
     if b.mode == "truncated":
         await stream.send_all(b"0\r\n\r\n")
-        return True
+        return
     if b.mode == "error_event":
         await stream.send_all(
-            _chunk(b'event: error\ndata: {"type":"error","code":"upstream_timeout","message":"slow"}\n\n')
+            _chunk(
+                b'event: error\ndata: {"type":"error","code":"upstream_timeout","message":"slow"}\n\n'
+            )
         )
     else:
         await stream.send_all(
@@ -101,4 +108,21 @@ async def _respond(stream: trio.abc.Stream, b: Behaviour) -> bool:
             )
         )
     await stream.send_all(b"0\r\n\r\n")
-    return True
+
+
+async def serve_forever(behaviour: Behaviour) -> None:
+    """Serve on 127.0.0.1, an OS-chosen port printed as ``listening on http://...``."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(
+                trio.serve_tcp, partial(handle_connection, behaviour=behaviour), 0, host="127.0.0.1"
+            )
+        )
+        port = listeners[0].socket.getsockname()[1]
+        print(f"listening on http://127.0.0.1:{port}", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    trio.run(serve_forever, Behaviour(tokens=int(sys.argv[1]) if len(sys.argv) > 1 else 8))
