@@ -13,7 +13,7 @@ from .concurrency import (
     map_concurrently,
     open_request_queue,
 )
-from .config import MockLLMConfig, ServerConfig, UpstreamConfig
+from .config import BenchConfig, MockLLMConfig, ServerConfig, UpstreamConfig
 from .errors import (
     AdmissionError,
     AuthenticationError,
@@ -58,6 +58,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdmissionError",
     "AuthenticationError",
+    "BenchConfig",
     "ChatBackend",
     "ChatChunk",
     "ChatCompletion",

@@ -38,7 +38,6 @@ from ._run import (
 from ._schedule import arrival_times, shard, split_evenly
 
 __all__ = [
-    "SLO",
     "BackendClient",
     "BenchMetrics",
     "BenchResult",
@@ -57,6 +56,7 @@ __all__ = [
     "RequestTrace",
     "ResponseHead",
     "ResponseParser",
+    "SLO",
     "ServerFigures",
     "Summary",
     "arrival_times",
