@@ -129,7 +129,9 @@ def test_progress_line() -> None:
     assert out.getvalue() == ""
     line(3, 10, 1.25)
     line(4, None, 2.5)
+    line(None, None, 3.0)
     line.finish()
     assert out.getvalue() == (
-        "\r[x] 3/10 requests done, 1.2 s elapsed   \r[x] 4 requests done, 2.5 s elapsed   \n"
+        "\r[x] 3/10 requests done, 1.2 s elapsed   \r[x] 4 requests done, 2.5 s elapsed   "
+        "\r[x] running, 3.0 s elapsed   \n"
     )

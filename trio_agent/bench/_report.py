@@ -250,30 +250,17 @@ def write_plots(
             float(r.config.concurrency if sweep == "concurrency" else (r.config.rate or 0))
             for r in results
         ]
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-        ax1.plot(
-            xs,
-            [r.metrics.output_token_throughput for r in results],
-            marker="o",
-            label="output tok/s",
-        )
-        ax1b = ax1.twinx()
-        ax1b.plot(
-            xs,
-            [r.metrics.request_throughput for r in results],
-            marker="s",
-            color="tab:orange",
-            label="req/s",
-        )
-        ax1.set_xlabel(sweep)
-        ax1.set_ylabel("output tokens/s")
-        ax1b.set_ylabel("requests/s")
-        ax1.set_title(f"throughput vs {sweep}")
-        ax2.plot(xs, [(r.metrics.ttft.p99 or 0) * 1000 for r in results], marker="o")
-        ax2.set_xlabel(sweep)
-        ax2.set_ylabel("ms")
-        ax2.set_title(f"p99 TTFT vs {sweep}")
-        for ax in (ax1, ax2):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        series = [
+            ("output tokens/s", [r.metrics.output_token_throughput for r in results]),
+            ("requests/s (ok)", [r.metrics.request_throughput for r in results]),
+            ("p99 TTFT, ms", [(r.metrics.ttft.p99 or 0.0) * 1000 for r in results]),
+        ]
+        for ax, (name, ys) in zip(axes, series, strict=True):
+            ax.plot(xs, ys, marker="o")
+            ax.set_xlabel(sweep)
+            ax.set_title(f"{name} vs {sweep}")
+            ax.set_ylim(bottom=0)
             ax.grid(True, alpha=0.3)
             if sweep == "concurrency" and max(xs) / max(min(xs), 1) >= 20:
                 ax.set_xscale("log")
@@ -288,7 +275,9 @@ def write_plots(
 class ProgressLine:
     """A one-line progress display on a terminal stream, rewritten in place.
 
-    Call it with ``(done, total, elapsed)``; :meth:`finish` ends the line.
+    Call it with ``(done, total, elapsed)`` (``done`` is ``None`` when the
+    count is not known, as with several generator processes); :meth:`finish`
+    ends the line.
     """
 
     def __init__(self, stream: TextIO, label: str = "") -> None:
@@ -296,9 +285,12 @@ class ProgressLine:
         self._label = f"[{label}] " if label else ""
         self._shown = False
 
-    def __call__(self, done: int, total: int | None, elapsed: float) -> None:
-        count = f"{done}/{total}" if total is not None else f"{done}"
-        self._stream.write(f"\r{self._label}{count} requests done, {elapsed:.1f} s elapsed   ")
+    def __call__(self, done: int | None, total: int | None, elapsed: float) -> None:
+        if done is None:
+            count = "running"
+        else:
+            count = (f"{done}/{total}" if total is not None else f"{done}") + " requests done"
+        self._stream.write(f"\r{self._label}{count}, {elapsed:.1f} s elapsed   ")
         self._stream.flush()
         self._shown = True
 

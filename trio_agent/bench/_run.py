@@ -50,8 +50,8 @@ _SAMPLE_INTERVAL = 0.5
 _PROGRESS_INTERVAL = 0.5
 _START_DELAY = 1.0  # child processes import and get ready in this time, then start together
 
-ProgressCallback = Callable[[int, int | None, float], None]
-"""``(done, total or None, elapsed seconds)``, called about twice a second."""
+ProgressCallback = Callable[[int | None, int | None, float], None]
+"""``(done or None if unknown, total or None, elapsed seconds)``, called about twice a second."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -193,7 +193,7 @@ class _ServerSampler:
 
 
 async def _progress_loop(
-    callback: ProgressCallback, done: Callable[[], int], total: int | None, origin: float
+    callback: ProgressCallback, done: Callable[[], int | None], total: int | None, origin: float
 ) -> None:
     while True:
         callback(done(), total, trio.current_time() - origin)
@@ -306,7 +306,7 @@ async def run_bench(
             if sampler is not None:
                 nursery.start_soon(sampler.run, origin + config.warmup)
             if progress is not None:
-                nursery.start_soon(_progress_loop, progress, lambda: 0, None, origin)
+                nursery.start_soon(_progress_loop, progress, lambda: None, None, origin)
             with tempfile.TemporaryDirectory(prefix="trio-agent-bench-") as tmpdir:
                 outputs, wall = await _run_in_children(config, origin_wall, tmpdir)
             cpu = CPUTimes(
