@@ -226,14 +226,9 @@ class Suite:
             build, api = SERVERS[server]
             name = f"saturation-{server}"
             with self.process(name, build(ServerArgs())) as (url, pid):
-                runs = self.bench(
-                    name,
-                    url,
-                    api,
-                    pid,
-                    ["--sweep", f"concurrency={sweep}"],
-                    points=len(self.timing.sweep),
-                )
+                plots = self.log_dir / "plots" / name
+                args = ["--sweep", f"concurrency={sweep}", "--plot-dir", str(plots)]
+                runs = self.bench(name, url, api, pid, args, points=len(self.timing.sweep))
             self.record("saturation", server, runs)
 
     def run_overload(self) -> None:
