@@ -80,7 +80,7 @@ def trio_agent_command(a: ServerArgs) -> list[str]:
         PY, "-m", "trio_agent", "serve", "--host", "127.0.0.1", "--port", "0",
         "--max-concurrency", str(a.max_concurrency), "--max-queued", str(a.max_queued),
         "--max-queue-wait", str(a.max_queue_wait), "--request-timeout", str(a.request_timeout),
-        *_mock_flags(),
+        "--no-access-log", *_mock_flags(),
         *(["--upstream-url", a.upstream_url] if a.upstream_url else []),
     ]  # fmt: skip
 

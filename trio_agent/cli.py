@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from functools import partial
-from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
@@ -39,6 +37,8 @@ def _run_mock_llm(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from pathlib import Path
+
     p = sub.add_parser(
         "bench",
         help="run the load benchmark",
@@ -95,6 +95,7 @@ def _parse_sweep(spec: str) -> tuple[str, list[float]]:
 
 def _run_bench(args: argparse.Namespace) -> int:
     import json
+    from functools import partial
 
     import trio
 
