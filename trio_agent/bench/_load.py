@@ -31,7 +31,7 @@ __all__ = ["LoadGenerator", "LoadResult", "LoadStatistics"]
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LoadStatistics:
-    """Live counts of a :class:`LoadGenerator`."""
+    """Live counts of a :class:`LoadGenerator`: ``in_flight`` counts requests not yet ended, queued in the client or sent."""
 
     scheduled: int
     in_flight: int
