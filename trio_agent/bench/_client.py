@@ -2,7 +2,7 @@
 
 :class:`HTTPStreamClient` is the load client. It is deliberately lean, because
 the generator must cost far less per event than the server it measures: a
-plain ``trio.open_tcp_stream``, request bytes built once, the incremental
+trio socket (read with ``wait_readable`` + one ``recv``), request bytes built once, the incremental
 :class:`~trio_agent.bench._http.ResponseParser` for the status line, headers
 and chunked framing, then :class:`~trio_agent.sse.SSEDecoder`. Token events
 are not JSON-decoded (their arrival time is what matters; the token count
@@ -24,9 +24,9 @@ the runner, which wraps each call in its own cancel scopes.
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import orjson
@@ -185,6 +185,39 @@ _APIS: dict[str, type[_TrioAgentAPI] | type[_OpenAIAPI]] = {
 }
 
 
+class _Connection:
+    """One keep-alive connection: a trio stream, and for TCP the socket it reads from directly.
+
+    Reading a TCP socket waits for readability first and then calls ``recv``
+    once (``trio.lowlevel.wait_readable``), instead of the try-``recv``-first
+    of ``SocketStream.receive_some``, which fails with ``EAGAIN`` on almost
+    every read of a stream that arrives event by event: a quarter less
+    client CPU per event at low load. Writes and closing go through the trio
+    stream.
+    """
+
+    __slots__ = ("raw", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, raw: socket.socket | None = None) -> None:
+        self.stream = stream
+        self.raw = raw
+
+    async def receive(self) -> bytes:
+        raw = self.raw
+        if raw is None:
+            data = await self.stream.receive_some(_RECEIVE_BYTES)
+            return data if type(data) is bytes else bytes(data)
+        while True:
+            await trio.lowlevel.wait_readable(raw)
+            try:
+                return raw.recv(_RECEIVE_BYTES)
+            except BlockingIOError:
+                continue
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
 class HTTPStreamClient:
     """The lean HTTP/1.1 + SSE load client for one server (see the module docstring).
 
@@ -193,8 +226,9 @@ class HTTPStreamClient:
     ``"trio-agent"`` (``/chat/stream``) or ``"openai"``
     (``/v1/chat/completions``). With ``keepalive`` false every request opens
     its own connection and asks the server to close it. At most
-    ``max_idle_connections`` idle connections are kept. ``connect`` replaces
-    ``trio.open_tcp_stream(host, port)`` (tests pass in-memory streams).
+    ``max_idle_connections`` idle connections are kept. ``connect``, if
+    given, opens a connection instead of TCP to the URL's host and port (tests
+    pass in-memory streams).
     """
 
     def __init__(
@@ -228,8 +262,9 @@ class HTTPStreamClient:
         )
         self._keepalive = keepalive
         self._max_idle = max_idle_connections
-        self._connect = connect or partial(trio.open_tcp_stream, self._host, self._port)
-        self._idle: list[trio.abc.Stream] = []
+        self._connect_stream = connect
+        self._address: tuple[Any, ...] | None = None
+        self._idle: list[_Connection] = []
         self._connects = 0
         self._reuses = 0
 
@@ -244,51 +279,67 @@ class HTTPStreamClient:
         """TCP connections opened so far."""
         return self._connects
 
+    async def _open_tcp(self) -> _Connection:
+        """Connect to the URL's host; its first address, resolved once (one benchmark target)."""
+        if self._address is None:
+            infos = await trio.socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+            if not infos:
+                raise OSError(f"no address for {self._host!r}")
+            self._address = infos[0]
+        family, kind, proto, _, address = self._address
+        raw = socket.socket(family, kind, proto)
+        try:
+            sock = trio.socket.from_stdlib_socket(raw)
+            await sock.connect(address)
+            return _Connection(trio.SocketStream(sock), raw)
+        except BaseException:
+            raw.close()
+            raise
+
     async def aclose(self) -> None:
         """Close the idle keep-alive connections."""
         idle, self._idle = self._idle, []
-        for stream in idle:
-            await trio.aclose_forcefully(stream)
+        for conn in idle:
+            await conn.aclose()
 
     async def run(self, trace: RequestTrace) -> None:
         trace.sent_at = trio.current_time()
         if self._idle:
-            stream = self._idle.pop()
+            conn = self._idle.pop()
             self._reuses += 1
             try:
-                await self._exchange(stream, trace, reused=True)
+                await self._exchange(conn, trace, reused=True)
                 return
             except _Stale:
                 pass
         try:
-            stream = await self._connect()
+            if self._connect_stream is not None:
+                conn = _Connection(await self._connect_stream())
+            else:
+                conn = await self._open_tcp()
         except OSError as exc:
             trace.fail(Outcome.CONNECT_ERROR, f"{type(exc).__name__}: {exc}")
             return
         self._connects += 1
         try:
-            await self._exchange(stream, trace, reused=False)
+            await self._exchange(conn, trace, reused=False)
         except _Stale:  # pragma: no cover - only raised for reused connections
             trace.fail(Outcome.CONNECT_ERROR, "connection closed before the response")
 
-    async def _exchange(
-        self, stream: trio.abc.Stream, trace: RequestTrace, *, reused: bool
-    ) -> None:
+    async def _exchange(self, conn: _Connection, trace: RequestTrace, *, reused: bool) -> None:
         keep = False
         try:
-            keep = await self._exchange_on(stream, trace, reused=reused)
+            keep = await self._exchange_on(conn, trace, reused=reused)
         finally:
             if keep and len(self._idle) < self._max_idle:
-                self._idle.append(stream)
+                self._idle.append(conn)
             else:
-                await trio.aclose_forcefully(stream)
+                await conn.aclose()
 
-    async def _exchange_on(
-        self, stream: trio.abc.Stream, trace: RequestTrace, *, reused: bool
-    ) -> bool:
-        """One request/response on ``stream``; True if the connection may be reused."""
+    async def _exchange_on(self, conn: _Connection, trace: RequestTrace, *, reused: bool) -> bool:
+        """One request/response on ``conn``; True if the connection may be reused."""
         try:
-            await stream.send_all(self._request)
+            await conn.stream.send_all(self._request)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if reused:
                 raise _Stale from exc
@@ -303,14 +354,13 @@ class HTTPStreamClient:
         on_event = self._api.on_event
         while not parser.complete:
             try:
-                received = await stream.receive_some(_RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                data = await conn.receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 if reused and trace.first_byte_at is None:
                     raise _Stale from exc
                 trace.fail(Outcome.PROTOCOL_ERROR, f"connection broken mid-response: {exc!r}")
                 return False
             now = trio.current_time()
-            data = received if type(received) is bytes else bytes(received)
             if not data:
                 if reused and trace.first_byte_at is None:
                     raise _Stale
