@@ -227,3 +227,15 @@ async def test_real_sockets_against_a_tiny_trio_server() -> None:
         assert t.output_tokens == 16 and len(t.token_times) == 16
         assert t.sent_at is not None and t.first_token_at is not None
         assert t.first_token_at - t.sent_at >= 0.005
+
+
+@pytest.mark.e2e
+async def test_real_socket_connect_error() -> None:
+    probe = trio.socket.socket()
+    await probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    with trio.fail_after(10):
+        trace = await one(HTTPStreamClient(f"http://127.0.0.1:{port}"))
+    assert trace.outcome is Outcome.CONNECT_ERROR
+    assert "ConnectionRefusedError" in trace.detail
