@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from tests._bench_server import Behaviour, handle_connection
-from trio_agent.bench import HTTPStreamClient, Outcome, RequestTrace
+from trio_agent.bench import HTTPClientStatistics, HTTPStreamClient, Outcome, RequestTrace
 
 URL = "http://test.invalid:8000"
 
@@ -157,9 +157,10 @@ async def test_keepalive_reuses_one_connection() -> None:
             assert trace.outcome is Outcome.OK
             assert trace.output_tokens == 2
         assert server.connections == 1
+        assert client.statistics() == HTTPClientStatistics(in_use=0, idle=1, connects=1, reuses=2)
         assert "idle=1" in repr(client)
         await client.aclose()
-        assert "idle=0" in repr(client)
+        assert client.statistics().idle == 0
 
 
 async def test_stale_keepalive_connection_is_retried_once_on_a_new_one() -> None:
@@ -218,7 +219,8 @@ async def test_real_sockets_against_a_tiny_trio_server() -> None:
             async with trio.open_nursery() as workers:
                 for _ in range(4):
                     workers.start_soon(worker)
-            assert client.connects == 4
+            assert client.statistics().connects == 4
+            assert client.statistics().in_use == 0
             await client.aclose()
             nursery.cancel_scope.cancel()
     assert len(traces) == 20
@@ -239,3 +241,19 @@ async def test_real_socket_connect_error() -> None:
         trace = await one(HTTPStreamClient(f"http://127.0.0.1:{port}"))
     assert trace.outcome is Outcome.CONNECT_ERROR
     assert "ConnectionRefusedError" in trace.detail
+
+
+async def test_cancelled_mid_stream_closes_the_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        behaviour = Behaviour(tokens=100, itl=1.0)
+        server = FakeServer(nursery, partial(handle_connection, behaviour=behaviour))
+        client = HTTPStreamClient(URL, connect=server.connect)
+        trace = RequestTrace(index=0, scheduled_at=0.0)
+        with trio.move_on_after(5.5):
+            await client.run(trace)
+        assert trace.outcome is None  # the runner decides: timeout or cancelled
+        assert len(trace.token_times) == 6  # at 0, 1, ..., 5 s
+        assert client.statistics() == HTTPClientStatistics(in_use=0, idle=0, connects=1, reuses=0)
+        nursery.cancel_scope.cancel()

@@ -12,7 +12,7 @@ Kept apart, as in vLLM's ``benchmarks/serve.py`` and GuideLLM's scheduler:
 * :mod:`._report`    terminal table, JSON, PNG plots
 """
 
-from ._client import BackendClient, HTTPStreamClient, RequestClient
+from ._client import BackendClient, HTTPClientStatistics, HTTPStreamClient, RequestClient
 from ._http import HTTPProtocolError, ResponseHead, ResponseParser, build_request
 from ._load import LoadGenerator, LoadResult, LoadStatistics
 from ._metrics import SLO, BenchMetrics, Summary, compute_metrics, peak_concurrency, percentile
@@ -43,6 +43,7 @@ __all__ = [
     "BenchResult",
     "CPUTimes",
     "ClientFigures",
+    "HTTPClientStatistics",
     "HTTPProtocolError",
     "HTTPStreamClient",
     "LoadGenerator",

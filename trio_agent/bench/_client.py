@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -38,7 +39,13 @@ from ..sse import ServerSentEvent, SSEDecoder
 from ._http import HTTPProtocolError, ResponseHead, ResponseParser, build_request
 from ._records import Outcome, RequestTrace
 
-__all__ = ["API_NAMES", "BackendClient", "HTTPStreamClient", "RequestClient"]
+__all__ = [
+    "API_NAMES",
+    "BackendClient",
+    "HTTPClientStatistics",
+    "HTTPStreamClient",
+    "RequestClient",
+]
 
 API_NAMES = ("trio-agent", "openai")
 
@@ -58,6 +65,16 @@ class RequestClient(Protocol):
     async def run(self, trace: RequestTrace) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HTTPClientStatistics:
+    """Connections of an :class:`HTTPStreamClient`: in use and idle now, opened and reused so far."""
+
+    in_use: int
+    idle: int
+    connects: int
+    reuses: int
 
 
 class _Stale(Exception):
@@ -267,17 +284,19 @@ class HTTPStreamClient:
         self._idle: list[_Connection] = []
         self._connects = 0
         self._reuses = 0
+        self._in_use = 0
 
     def __repr__(self) -> str:
         return (
-            f"<HTTPStreamClient {self._host}:{self._port}{self._api.path} idle={len(self._idle)} "
-            f"connects={self._connects} reuses={self._reuses}>"
+            f"<HTTPStreamClient {self._host}:{self._port}{self._api.path} in_use={self._in_use} "
+            f"idle={len(self._idle)} connects={self._connects} reuses={self._reuses}>"
         )
 
-    @property
-    def connects(self) -> int:
-        """TCP connections opened so far."""
-        return self._connects
+    def statistics(self) -> HTTPClientStatistics:
+        """Connections in use and idle now; connections opened and reused so far."""
+        return HTTPClientStatistics(
+            in_use=self._in_use, idle=len(self._idle), connects=self._connects, reuses=self._reuses
+        )
 
     async def _open_tcp(self) -> _Connection:
         """Connect to the URL's host; its first address, resolved once (one benchmark target)."""
@@ -328,9 +347,11 @@ class HTTPStreamClient:
 
     async def _exchange(self, conn: _Connection, trace: RequestTrace, *, reused: bool) -> None:
         keep = False
+        self._in_use += 1
         try:
             keep = await self._exchange_on(conn, trace, reused=reused)
         finally:
+            self._in_use -= 1
             if keep and len(self._idle) < self._max_idle:
                 self._idle.append(conn)
             else:
