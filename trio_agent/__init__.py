@@ -13,7 +13,7 @@ from .concurrency import (
     map_concurrently,
     open_request_queue,
 )
-from .config import MockLLMConfig, ServerConfig, UpstreamConfig
+from .config import BenchConfig, MockLLMConfig, ServerConfig, UpstreamConfig
 from .errors import (
     AdmissionError,
     AuthenticationError,
@@ -81,6 +81,7 @@ __all__ = [
     "AdmissionError",
     "AdmissionStatistics",
     "AuthenticationError",
+    "BenchConfig",
     "ChatBackend",
     "ChatChunk",
     "ChatCompletion",

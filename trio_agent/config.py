@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 from .errors import ConfigError
 
 __all__ = [
+    "BenchConfig",
     "MockLLMConfig",
     "ServerConfig",
     "UpstreamConfig",
@@ -176,6 +177,76 @@ class ServerConfig:
         ):
             _positive(name, getattr(self, name))
         _check(all(k for k in self.api_keys), "api_keys must not contain empty keys")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """One load-benchmark run (see :mod:`trio_agent.bench`).
+
+    Closed loop when ``rate`` is ``None``: ``concurrency`` workers each send
+    their next request as soon as the previous one ends. Open loop otherwise:
+    arrivals at ``rate`` per second with gamma-distributed gaps of shape
+    ``burstiness`` (1 = Poisson), at most ``concurrency`` in flight (later
+    arrivals wait in the client, which the from-scheduled latencies show).
+
+    The run sends for ``warmup`` seconds (results discarded) and then until
+    ``requests`` measured requests were sent or ``duration`` seconds passed;
+    requests in flight then finish, each bounded by ``request_timeout``. Hard
+    caps always hold: at most ``max_requests`` sends in all, and the whole run
+    (warm-up, sending, drain) ends after ``max_duration`` seconds, cancelling
+    what is still in flight. ``seed`` makes the open-loop schedule
+    reproducible. ``slo_*`` (seconds) define goodput; ``None`` = no bound.
+    """
+
+    url: str
+    api: Literal["trio-agent", "openai"] = "trio-agent"
+    concurrency: int = 10
+    requests: int | None = None
+    duration: float | None = None
+    rate: float | None = None
+    burstiness: float = 1.0
+    warmup: float = 0.0
+    seed: int = 0
+    max_tokens: int | None = None
+    question: str = "Explain structured concurrency in one paragraph."
+    model: str | None = None
+    request_timeout: float = 60.0
+    max_requests: int = 1_000_000
+    max_duration: float = 900.0
+    keepalive: bool = True
+    processes: int = 1
+    slo_ttft: float | None = None
+    slo_tpot: float | None = None
+    slo_e2e: float | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.url.startswith("http://"),
+            f"url must start with http:// (the load client speaks plain HTTP/1.1), got {self.url!r}",
+        )
+        _check(self.api in ("trio-agent", "openai"), f"api must be trio-agent or openai, got {self.api!r}")
+        _check(self.concurrency >= 1, f"concurrency must be >= 1, got {self.concurrency!r}")
+        _check(
+            self.requests is not None or self.duration is not None,
+            "give requests or duration (or both) to bound the run",
+        )
+        _positive("requests", self.requests)
+        _positive("duration", self.duration)
+        _positive("rate", self.rate)
+        _positive("burstiness", self.burstiness)
+        _non_negative("warmup", self.warmup)
+        _positive("max_tokens", self.max_tokens)
+        _positive("request_timeout", self.request_timeout)
+        _positive("max_requests", self.max_requests)
+        _positive("max_duration", self.max_duration)
+        _check(self.processes >= 1, f"processes must be >= 1, got {self.processes!r}")
+        _check(
+            self.processes <= self.concurrency,
+            f"processes ({self.processes}) must be <= concurrency ({self.concurrency})",
+        )
+        for name in ("slo_ttft", "slo_tpot", "slo_e2e"):
+            _positive(name, getattr(self, name))
 
 
 # -- building configs from mappings and the environment -------------------------

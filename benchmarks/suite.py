@@ -1,0 +1,390 @@
+"""The standard benchmark suite (run it with ``benchmarks/run``).
+
+Every server runs in its own process with one worker and the built-in mock
+LLM (ttft 0.2 s, itl 0.02 s, 128 tokens), or, for the proxy pair, in front
+of the mock LLM server in a third process. The load generator
+(``trio-agent bench``) runs in its own process and is given the server's pid,
+so the server's CPU and memory are measured. Scenarios, in order:
+
+* ``c10``, ``c100``, ``c1000``: closed loop at that concurrency, admission
+  wide open (nothing is shed);
+* ``saturation``: a closed-loop concurrency sweep; the best throughput seen
+  over it and the runs above is the server's capacity;
+* ``overload``: open loop (Poisson) at 5x that capacity, with admission set
+  to the concurrency where the capacity was reached: the server must shed the
+  excess quickly and keep the admitted streams healthy;
+* ``proxy64``: each gateway proxying to the mock LLM server, 64 streams.
+
+Writes ``benchmarks/results/<YYYY-MM-DD>.json`` (every run's full JSON) and
+``.md`` (one table), and the servers' and generator's output to a log
+directory. Every server is stopped at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PY = sys.executable
+
+MOCK_TTFT = 0.2
+MOCK_ITL = 0.02
+MOCK_TOKENS = 128
+SLO_TTFT = 1.0  # seconds, from the scheduled time
+SLO_TPOT = 0.05  # seconds per output token (2.5x the mock's 20 ms)
+OPEN_ADMISSION = 4096  # max-concurrency and max-queued when nothing should be shed
+STARTUP_TIMEOUT = 30.0
+_URL = re.compile(r"https?://[0-9a-zA-Z.\[\]:-]+:(\d+)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerArgs:
+    """How a gateway is started for one scenario."""
+
+    max_concurrency: int = OPEN_ADMISSION
+    max_queued: int = OPEN_ADMISSION
+    max_queue_wait: float = 30.0
+    request_timeout: float = 120.0
+    upstream_url: str | None = None
+
+
+def _mock_flags() -> list[str]:
+    return [
+        "--mock-ttft",
+        str(MOCK_TTFT),
+        "--mock-itl",
+        str(MOCK_ITL),
+        "--mock-tokens",
+        str(MOCK_TOKENS),
+    ]
+
+
+def trio_agent_command(a: ServerArgs) -> list[str]:
+    return [
+        PY, "-m", "trio_agent", "serve", "--host", "127.0.0.1", "--port", "0",
+        "--max-concurrency", str(a.max_concurrency), "--max-queued", str(a.max_queued),
+        "--max-queue-wait", str(a.max_queue_wait), "--request-timeout", str(a.request_timeout),
+        "--no-access-log", *_mock_flags(),
+        *(["--upstream-url", a.upstream_url] if a.upstream_url else []),
+    ]  # fmt: skip
+
+
+def baseline_command(a: ServerArgs) -> list[str]:
+    return [
+        PY, "-m", "benchmarks.baseline_asyncio", "--host", "127.0.0.1", "--port", "0",
+        "--max-concurrency", str(a.max_concurrency), "--max-queued", str(a.max_queued),
+        *_mock_flags(),
+        *(["--upstream-url", a.upstream_url] if a.upstream_url else []),
+    ]  # fmt: skip
+
+
+def mock_llm_command() -> list[str]:
+    return [
+        PY, "-m", "trio_agent", "mock-llm", "--host", "127.0.0.1", "--port", "0",
+        "--ttft", str(MOCK_TTFT), "--itl", str(MOCK_ITL), "--tokens", str(MOCK_TOKENS),
+        "--seed", "0", "--max-concurrency", str(OPEN_ADMISSION),
+    ]  # fmt: skip
+
+
+# The servers under test: name -> (command builder, --api of the bench). Adding one is a line.
+SERVERS: dict[str, tuple[Callable[[ServerArgs], list[str]], str]] = {
+    "trio_agent": (trio_agent_command, "trio-agent"),
+    "asyncio_baseline": (baseline_command, "trio-agent"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    warmup: float
+    duration: float
+    sweep: tuple[int, ...]
+
+    @property
+    def max_duration(self) -> float:
+        return self.warmup + self.duration + 60.0
+
+
+FULL = Timing(warmup=3.0, duration=12.0, sweep=(50, 200, 400, 800))
+QUICK = Timing(warmup=1.0, duration=3.0, sweep=(50, 400))
+
+
+class Suite:
+    def __init__(
+        self, servers: Sequence[str], timing: Timing, log_dir: Path, only: set[str] | None
+    ) -> None:
+        self.servers = servers
+        self.timing = timing
+        self.log_dir = log_dir
+        self.only = only
+        self.results: list[dict[str, Any]] = []
+        self.capacity: dict[str, tuple[float, int]] = {}  # server -> (req/s, at concurrency)
+
+    # -- processes ---------------------------------------------------------------
+
+    @contextmanager
+    def process(self, name: str, command: list[str]) -> Iterator[tuple[str, int]]:
+        """Start a server, wait for its URL in its output; always stop it."""
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
+            try:
+                url = self._wait_for_url(proc, log_path)
+                yield url, proc.pid
+            finally:
+                _stop(proc)
+
+    @staticmethod
+    def _wait_for_url(proc: subprocess.Popen[bytes], log_path: Path) -> str:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            text = log_path.read_text(errors="replace")
+            match = _URL.search(text)
+            if match:
+                return f"http://127.0.0.1:{match.group(1)}"
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {proc.returncode}; see {log_path}:\n{text[-2000:]}"
+                )
+            time.sleep(0.05)
+        raise RuntimeError(f"server printed no URL within {STARTUP_TIMEOUT} s; see {log_path}")
+
+    def bench(
+        self, name: str, url: str, api: str, pid: int, args: list[str], points: int = 1
+    ) -> list[dict[str, Any]]:
+        """Run ``trio-agent bench`` in its own process; return its runs."""
+        t = self.timing
+        out = self.log_dir / f"{name}.json"
+        command = [
+            PY, "-m", "trio_agent", "bench", "--url", url, "--api", api, "--server-pid", str(pid),
+            "--warmup", str(t.warmup), "--duration", str(t.duration), "--max-duration", str(t.max_duration),
+            "--request-timeout", "60", "--slo-ttft", str(SLO_TTFT), "--slo-tpot", str(SLO_TPOT),
+            "--label", name, "--json", str(out), "--no-progress", *args,
+        ]  # fmt: skip
+        log_path = self.log_dir / f"{name}.bench.txt"
+        with open(log_path, "w") as log:
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, check=True,
+                           timeout=points * (t.max_duration + 30))  # fmt: skip
+        runs: list[dict[str, Any]] = json.loads(out.read_text())["runs"]
+        return runs
+
+    # -- scenarios ---------------------------------------------------------------
+
+    def wanted(self, scenario: str) -> bool:
+        return self.only is None or scenario in self.only
+
+    def record(self, scenario: str, server: str, runs: list[dict[str, Any]], **extra: Any) -> None:
+        for run in runs:
+            m = run["metrics"]
+            print(
+                f"  {scenario:<12} {server:<18} c={run['config']['concurrency']:<5} "
+                f"rate={run['config']['rate'] or '-':<8} {m['request_throughput']:8.1f} req/s "
+                f"{m['output_token_throughput']:9.0f} tok/s  TTFT p99 {_ms(m['ttft']['p99'])} ms  "
+                f"shed {m['shed_rate']:.1%}",
+                flush=True,
+            )
+            self.results.append({"scenario": scenario, "server": server, **extra, **run})
+            if scenario in ("c10", "c100", "c1000", "saturation"):
+                best = self.capacity.get(server, (0.0, 0))
+                if m["request_throughput"] > best[0]:
+                    self.capacity[server] = (m["request_throughput"], run["config"]["concurrency"])
+
+    def run_closed(self, concurrency: int) -> None:
+        scenario = f"c{concurrency}"
+        if not self.wanted(scenario):
+            return
+        for server in self.servers:
+            build, api = SERVERS[server]
+            with self.process(f"{scenario}-{server}", build(ServerArgs())) as (url, pid):
+                runs = self.bench(
+                    f"{scenario}-{server}", url, api, pid, ["--concurrency", str(concurrency)]
+                )
+            self.record(scenario, server, runs)
+
+    def run_saturation(self) -> None:
+        if not self.wanted("saturation"):
+            return
+        sweep = ",".join(str(c) for c in self.timing.sweep)
+        for server in self.servers:
+            build, api = SERVERS[server]
+            name = f"saturation-{server}"
+            with self.process(name, build(ServerArgs())) as (url, pid):
+                plots = self.log_dir / "plots" / name
+                args = ["--sweep", f"concurrency={sweep}", "--plot-dir", str(plots)]
+                runs = self.bench(name, url, api, pid, args, points=len(self.timing.sweep))
+            self.record("saturation", server, runs)
+
+    def run_overload(self) -> None:
+        if not self.wanted("overload"):
+            return
+        for server in self.servers:
+            if server not in self.capacity:
+                print(
+                    f"  overload     {server:<18} skipped: no capacity measured (run c* or saturation)"
+                )
+                continue
+            capacity, knee = self.capacity[server]
+            admit = max(16, min(knee, 1024))
+            rate = round(5 * capacity, 1)
+            build, api = SERVERS[server]
+            name = f"overload-{server}"
+            args = ServerArgs(
+                max_concurrency=admit,
+                max_queued=max(1, admit // 2),
+                max_queue_wait=1.0,
+                request_timeout=30.0,
+            )
+            with self.process(name, build(args)) as (url, pid):
+                runs = self.bench(
+                    name, url, api, pid, ["--rate", str(rate), "--concurrency", "4000"]
+                )
+            self.record(
+                "overload", server, runs, capacity_rps=capacity, admission=dataclasses.asdict(args)
+            )
+
+    def run_proxy(self, streams: int = 64) -> None:
+        scenario = f"proxy{streams}"
+        if not self.wanted(scenario):
+            return
+        for server in self.servers:
+            build, api = SERVERS[server]
+            name = f"{scenario}-{server}"
+            with self.process(f"{name}-mock-llm", mock_llm_command()) as (mock_url, _mock_pid):
+                args = ServerArgs(upstream_url=f"{mock_url}/v1")
+                with self.process(name, build(args)) as (url, pid):
+                    runs = self.bench(name, url, api, pid, ["--concurrency", str(streams)])
+            self.record(scenario, server, runs)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"# Benchmark results {meta['date']}",
+        "",
+        f"Machine: {meta['environment']['platform']}, {meta['environment']['cpu_count']} CPUs, "
+        f"Python {meta['environment']['python']}, trio {meta['environment']['trio']}, "
+        f"commit {meta['environment']['git_commit']}. Mock LLM: ttft {MOCK_TTFT} s, itl {MOCK_ITL} s, "
+        f"{MOCK_TOKENS} tokens. Warm-up {meta['timing']['warmup']} s, measured {meta['timing']['duration']} s "
+        f"per run. Goodput SLOs: TTFT <= {SLO_TTFT} s from the scheduled time, TPOT <= {SLO_TPOT * 1000:.0f} ms.",
+        "",
+        "| scenario | server | load | req/s | out tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms "
+        "| E2E p99 ms | goodput req/s | shed | srv CPU ms/1k tok user | srv CPU ms/1k tok total | srv peak RSS MiB "
+        "| client µs/event | client CPU |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        m, cfg, srv, cli = r["metrics"], r["config"], r["server"] or {}, r["client"]
+        load = f"c={cfg['concurrency']}" if cfg["rate"] is None else f"{cfg['rate']:g}/s open"
+        lines.append(
+            f"| {r['scenario']} | {r['server']} | {load} | {m['request_throughput']:.1f} "
+            f"| {m['output_token_throughput']:.0f} | {_ms(m['ttft']['p50'])} | {_ms(m['ttft']['p99'])} "
+            f"| {_ms(m['itl']['p50'])} | {_ms(m['itl']['p99'])} | {_ms(m['e2e']['p99'])} "
+            f"| {_num(m['goodput'])} | {m['shed_rate']:.1%} "
+            f"| {_num(srv.get('cpu_ms_per_1k_tokens_user'), '.0f')} | {_num(srv.get('cpu_ms_per_1k_tokens_total'), '.0f')} "
+            f"| {_num((srv.get('peak_rss_bytes') or 0) / 2**20 if srv else None)} "
+            f"| {_num(cli['us_per_event'])} | {cli['max_process_utilization']:.0%} |"
+        )
+    lines += [
+        "",
+        "Columns: req/s and tok/s count completed (`ok`) requests over the measured window; TTFT from sending; "
+        "ITL between token events; shed = 503/429 share; server CPU over the measured window of the server's "
+        "process tree, per 1000 output tokens; client CPU = the load generator's CPU per SSE event and its "
+        "busiest process's share of a core (near 100% would make the generator the bottleneck).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help=f"comma-separated, from {', '.join(SERVERS)}"
+    )
+    parser.add_argument(
+        "--only", help="comma-separated scenarios: c10,c100,c1000,saturation,overload,proxy64"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short runs, for a smoke test of the suite"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    args = parser.parse_args(argv)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = [s for s in servers if s not in SERVERS]
+    if unknown:
+        parser.error(f"unknown servers {unknown}; known: {list(SERVERS)}")
+    timing = QUICK if args.quick else FULL
+    date = datetime.now(UTC).strftime("%Y-%m-%d")
+    log_dir = Path(tempfile.mkdtemp(prefix=f"trio-agent-bench-{date}-"))
+    only = {s.strip() for s in args.only.split(",")} if args.only else None
+    suite = Suite(servers, timing, log_dir, only)
+    started = time.monotonic()
+    print(f"benchmark suite: servers {', '.join(servers)}; logs in {log_dir}", flush=True)
+    try:
+        for c in (10, 100, 1000):
+            suite.run_closed(c)
+        suite.run_saturation()
+        suite.run_overload()
+        suite.run_proxy()
+    finally:
+        sys.path.insert(0, str(ROOT))
+        from trio_agent.bench import environment
+
+        meta = {
+            "date": date,
+            "environment": environment(),
+            "timing": dataclasses.asdict(timing),
+            "servers": servers,
+            "mock": {"ttft": MOCK_TTFT, "itl": MOCK_ITL, "tokens": MOCK_TOKENS},
+            "slo": {"ttft": SLO_TTFT, "tpot": SLO_TPOT},
+            "capacity": {k: {"rps": v[0], "concurrency": v[1]} for k, v in suite.capacity.items()},
+            "elapsed": time.monotonic() - started,
+            "logs": str(log_dir),
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        json_path = args.out / f"{date}.json"
+        md_path = args.out / f"{date}.md"
+        json_path.write_text(json.dumps({**meta, "results": suite.results}, indent=2) + "\n")
+        md_path.write_text(markdown(suite.results, meta))
+        print(
+            f"\nsuite took {meta['elapsed']:.0f} s\nresults: {json_path}\n         {md_path}\nlogs:    {log_dir}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
