@@ -1,6 +1,22 @@
 """LLM backends: the protocol, the in-process mock, the OpenAI-compatible client."""
 
 from ._mock import MockLLM, MockLLMStatistics
+from ._openai import OpenAIBackend, OpenAIBackendStatistics, open_openai_backend
+from ._retry import RetryBudget, RetryBudgetStatistics
 from ._types import ChatBackend, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Usage
 
-__all__ = ["MockLLM", "MockLLMStatistics", "ChatBackend", "ChatChunk", "ChatCompletion", "ChatMessage", "ChatRequest", "Usage"]
+__all__ = [
+    "ChatBackend",
+    "ChatChunk",
+    "ChatCompletion",
+    "ChatMessage",
+    "ChatRequest",
+    "MockLLM",
+    "MockLLMStatistics",
+    "OpenAIBackend",
+    "OpenAIBackendStatistics",
+    "RetryBudget",
+    "RetryBudgetStatistics",
+    "Usage",
+    "open_openai_backend",
+]

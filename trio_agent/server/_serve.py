@@ -55,7 +55,7 @@ _FLUSH_GRACE = 2.0
 async def open_backend(config: ServerConfig) -> AsyncIterator[ChatBackend]:
     """The backend ``config`` asks for: the upstream when set, else the in-process mock."""
     if config.upstream is not None:
-        from ..llm import open_openai_backend  # type: ignore[attr-defined]
+        from ..llm import open_openai_backend
 
         async with open_openai_backend(config.upstream) as backend:
             yield backend

@@ -1,0 +1,511 @@
+"""The upstream client: any OpenAI-compatible chat completions API over one pooled httpx client.
+
+One :class:`httpx.AsyncClient` lives as long as the server (HTTP/1.1: closing
+an HTTP/1.1 response early closes its connection, so an abandoned stream stops
+generating upstream; httpx sends no RST_STREAM on HTTP/2, so HTTP/2 is refused).
+
+Deadlines, each its own error: connect (``UpstreamConnectTimeoutError``),
+request sent to first content (``UpstreamFirstTokenTimeoutError``), the gap
+between two events (``UpstreamIdleTimeoutError``, measured per *event*, so an
+upstream dribbling one byte at a time is still caught) and the whole call
+(``UpstreamTotalTimeoutError``). An enclosing trio deadline of the caller still
+wins when it is tighter.
+
+Retries happen only before the first token reached the caller: on connection
+errors, 408, 409, 429 and 5xx, with full-jitter exponential backoff, honouring
+``retry-after-ms`` / ``Retry-After`` when the wait fits in the remaining
+deadline, and within a process-wide :class:`RetryBudget`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+import trio
+
+from ..config import UpstreamConfig
+from ..errors import (
+    ConfigError,
+    RetryBudgetExhaustedError,
+    SSEError,
+    UpstreamConnectError,
+    UpstreamConnectTimeoutError,
+    UpstreamError,
+    UpstreamFirstTokenTimeoutError,
+    UpstreamIdleTimeoutError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamStreamError,
+    UpstreamTimeoutError,
+    UpstreamTotalTimeoutError,
+)
+from ..sse import SSEDecoder
+from ._retry import RetryBudget, backoff_delay, is_retryable_status, parse_retry_after
+from ._types import ChatChunk, ChatCompletion, ChatRequest, Usage
+
+__all__ = ["OpenAIBackend", "OpenAIBackendStatistics", "open_openai_backend"]
+
+T = TypeVar("T")
+
+_CLOSE_GRACE = 1.0  # seconds a shielded response close may take
+_ERROR_BODY_LIMIT = 4096
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OpenAIBackendStatistics:
+    """Upstream call counts: ``in_flight`` streams open now (0 when idle); the rest only grow."""
+
+    requests: int
+    attempts: int
+    retries: int
+    in_flight: int
+    errors: dict[str, int]
+
+
+def _open_client(config: UpstreamConfig) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        limits=httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_keepalive_connections,
+            keepalive_expiry=config.keepalive_expiry,
+        ),
+        # httpx's read timeout is per chunk; our idle and total deadlines are the real guard.
+        timeout=httpx.Timeout(
+            connect=config.connect_timeout,
+            read=config.idle_timeout,
+            write=config.connect_timeout,
+            pool=config.connect_timeout,
+        ),
+        http2=False,
+    )
+
+
+@asynccontextmanager
+async def open_openai_backend(
+    config: UpstreamConfig, *, budget: RetryBudget | None = None
+) -> AsyncIterator[OpenAIBackend]:
+    """Open the shared connection pool, yield the backend, close the pool on exit."""
+    async with _open_client(config) as client:
+        yield OpenAIBackend(config, client=client, budget=budget)
+
+
+class OpenAIBackend:
+    """A :class:`~trio_agent.ChatBackend` for any OpenAI-compatible ``/chat/completions``.
+
+    Pass a shared ``client`` (see :func:`open_openai_backend`); the API key from
+    ``config`` is sent as ``Authorization: Bearer`` and never appears in reprs,
+    logs or error messages.
+    """
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        *,
+        client: httpx.AsyncClient,
+        budget: RetryBudget | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if config.http2:
+            raise ConfigError("http2 is not supported: httpx cannot cancel an HTTP/2 stream early")
+        self.config = config
+        self._client = client
+        self._base = config.base_url.rstrip("/")
+        self._headers = {"Accept": "application/json"}
+        if config.api_key:
+            self._headers["Authorization"] = f"Bearer {config.api_key}"
+        self._budget = budget or RetryBudget(
+            ratio=config.retry_budget_ratio,
+            window=config.retry_budget_window,
+            min_retries=config.retry_budget_min,
+        )
+        self._rng = rng or random.Random(config.seed)
+        self._requests = self._attempts = self._retries = self._in_flight = 0
+        self._errors: dict[str, int] = {}
+
+    @property
+    def model(self) -> str:
+        """The model asked for when a request names none."""
+        return self.config.model
+
+    def __repr__(self) -> str:
+        return f"<OpenAIBackend base_url={self._base!r} model={self.model!r} in_flight={self._in_flight}>"
+
+    def statistics(self) -> OpenAIBackendStatistics:
+        """A snapshot of call counts."""
+        return OpenAIBackendStatistics(
+            requests=self._requests,
+            attempts=self._attempts,
+            retries=self._retries,
+            in_flight=self._in_flight,
+            errors=dict(self._errors),
+        )
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        key = self.config.api_key
+        return text.replace(key, "***") if key else text
+
+    def _count_error(self, exc: UpstreamError) -> UpstreamError:
+        self._errors[exc.code] = self._errors.get(exc.code, 0) + 1
+        return exc
+
+    def _body(self, request: ChatRequest, *, stream: bool) -> bytes:
+        body: dict[str, Any] = {
+            "model": request.model or self.config.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": stream,
+        }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        return orjson.dumps(body)
+
+    async def _status_error(self, response: httpx.Response) -> UpstreamStatusError:
+        message = f"upstream answered {response.status_code}"
+        try:
+            with trio.move_on_after(1.0):
+                raw = b""
+                async for piece in response.aiter_bytes():
+                    raw += piece
+                    if len(raw) > _ERROR_BODY_LIMIT:
+                        break
+                detail = orjson.loads(raw).get("error", {})
+                if isinstance(detail, dict) and isinstance(detail.get("message"), str):
+                    message += ": " + detail["message"][:300]
+        except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError):
+            pass
+        return UpstreamStatusError(
+            self._redact(message),
+            status_code=response.status_code,
+            retry_after=parse_retry_after(response.headers),
+        )
+
+    def _transport_error(self, exc: httpx.HTTPError, what: str) -> UpstreamError:
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+            return UpstreamConnectTimeoutError(
+                f"could not connect to the upstream within {self.config.connect_timeout} s",
+                timeout=self.config.connect_timeout,
+            )
+        if isinstance(exc, httpx.ReadTimeout):
+            return UpstreamIdleTimeoutError(
+                f"upstream sent nothing for {self.config.idle_timeout} s",
+                timeout=self.config.idle_timeout,
+            )
+        if isinstance(exc, httpx.ConnectError):
+            return UpstreamConnectError(f"could not connect to the upstream ({type(exc).__name__})")
+        return UpstreamConnectError(f"upstream connection failed {what} ({type(exc).__name__})")
+
+    async def _with_retries(
+        self,
+        attempt_once: Callable[[], Awaitable[T]],
+        *,
+        first_deadline: float,
+        timeout_error: Callable[[], UpstreamTimeoutError],
+    ) -> T:
+        """Run ``attempt_once`` until it succeeds, retrying retryable failures within budget."""
+        self._requests += 1
+        self._budget.record_request()
+        retry = 0
+        while True:
+            self._attempts += 1
+            error: UpstreamError | None = None
+            retryable = False
+            with trio.move_on_at(first_deadline):
+                try:
+                    return await attempt_once()
+                except UpstreamStatusError as exc:
+                    error = exc
+                    retryable = exc.status_code is not None and is_retryable_status(exc.status_code)
+                except (UpstreamConnectError, UpstreamConnectTimeoutError) as exc:
+                    error, retryable = exc, True
+                except UpstreamError as exc:
+                    raise self._count_error(exc) from exc.__cause__
+            if error is None:  # the first-token (or total) deadline ran out
+                raise self._count_error(timeout_error())
+            if not retryable or retry + 1 >= self.config.max_attempts:
+                raise self._count_error(error)
+            delay = error.retry_after
+            if delay is None:
+                delay = backoff_delay(
+                    retry, self._rng, base=self.config.backoff_base, cap=self.config.backoff_max
+                )
+            if trio.current_time() + delay >= first_deadline:
+                raise self._count_error(
+                    error
+                )  # the wait does not fit: fail now, carrying retry_after
+            if not self._budget.try_spend():
+                exhausted = RetryBudgetExhaustedError(
+                    f"retry budget spent; last error: {error.message}",
+                    status_code=error.status_code,
+                    retry_after=error.retry_after,
+                )
+                raise self._count_error(exhausted) from error
+            retry += 1
+            self._retries += 1
+            await trio.sleep(delay)
+
+    # -- streaming -----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+        """Stream a reply; leaving the block closes the upstream response at once."""
+        cfg = self.config
+        start = trio.current_time()
+        total_deadline = start + cfg.total_timeout
+        first_deadline = min(start + cfg.first_token_timeout, total_deadline)
+        body = self._body(request, stream=True)
+        headers = {
+            **self._headers,
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
+
+        def first_timeout() -> UpstreamTimeoutError:
+            if first_deadline >= total_deadline:
+                return UpstreamTotalTimeoutError(
+                    f"upstream call exceeded {cfg.total_timeout} s", timeout=cfg.total_timeout
+                )
+            return UpstreamFirstTokenTimeoutError(
+                f"no first token from the upstream within {cfg.first_token_timeout} s",
+                timeout=cfg.first_token_timeout,
+            )
+
+        async def attempt() -> _UpstreamStream:
+            req = self._client.build_request(
+                "POST", f"{self._base}/chat/completions", content=body, headers=headers
+            )
+            try:
+                response = await self._client.send(req, stream=True)
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc, "while sending") from None
+            stream = _UpstreamStream(self, response, total_deadline)
+            try:
+                if response.status_code != 200:
+                    raise await self._status_error(response)
+                await stream.prime()
+            except BaseException:
+                await stream.aclose()
+                raise
+            return stream
+
+        stream = await self._with_retries(
+            attempt, first_deadline=first_deadline, timeout_error=first_timeout
+        )
+        self._in_flight += 1
+        try:
+            yield stream
+        except UpstreamError as exc:
+            self._count_error(exc)
+            raise
+        finally:
+            self._in_flight -= 1
+            await stream.aclose()
+
+    async def complete_chat(self, request: ChatRequest) -> ChatCompletion:
+        """The whole reply in one non-streamed call, with the same retries and deadlines."""
+        cfg = self.config
+        deadline = trio.current_time() + cfg.total_timeout
+        body = self._body(request, stream=False)
+        headers = {**self._headers, "Content-Type": "application/json"}
+
+        async def attempt() -> ChatCompletion:
+            try:
+                response = await self._client.post(
+                    f"{self._base}/chat/completions", content=body, headers=headers
+                )
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc, "during the call") from None
+            if response.status_code != 200:
+                raise await self._status_error(response)
+            try:
+                obj = orjson.loads(response.content)
+                choice = obj["choices"][0]
+                usage = obj.get("usage") or {}
+                return ChatCompletion(
+                    content=choice["message"].get("content") or "",
+                    finish_reason=choice.get("finish_reason") or "stop",
+                    usage=Usage(
+                        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                        completion_tokens=int(usage.get("completion_tokens", 0)),
+                    ),
+                    model=str(obj.get("model") or request.model or cfg.model),
+                )
+            except (
+                orjson.JSONDecodeError,
+                KeyError,
+                IndexError,
+                TypeError,
+                AttributeError,
+                ValueError,
+            ) as exc:
+                raise UpstreamProtocolError(
+                    "upstream reply is not a chat.completion object"
+                ) from exc
+
+        return await self._with_retries(
+            attempt,
+            first_deadline=deadline,
+            timeout_error=lambda: UpstreamTotalTimeoutError(
+                f"upstream call exceeded {cfg.total_timeout} s", timeout=cfg.total_timeout
+            ),
+        )
+
+    async def list_models(self) -> list[str]:
+        """Model ids from ``GET {base_url}/models``."""
+        with trio.fail_after(self.config.first_token_timeout):
+            try:
+                response = await self._client.get(f"{self._base}/models", headers=self._headers)
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc, "listing models") from None
+        if response.status_code != 200:
+            raise await self._status_error(response)
+        try:
+            return [str(m["id"]) for m in orjson.loads(response.content)["data"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UpstreamProtocolError("upstream /models reply is not a model list") from exc
+
+
+class _UpstreamStream:
+    """The chunks of one upstream response. Each ``__anext__`` opens its own deadline scope."""
+
+    __slots__ = (
+        "_backend",
+        "_closed",
+        "_decoder",
+        "_done",
+        "_events",
+        "_pending",
+        "_raw",
+        "_response",
+        "_total_deadline",
+    )
+
+    def __init__(
+        self, backend: OpenAIBackend, response: httpx.Response, total_deadline: float
+    ) -> None:
+        self._backend = backend
+        self._response = response
+        self._raw = response.aiter_raw()
+        self._decoder = SSEDecoder()
+        self._events: list[str] = []  # data of decoded, not yet parsed events
+        self._pending: list[ChatChunk] = []
+        self._total_deadline = total_deadline
+        self._done = False
+        self._closed = False
+
+    def __aiter__(self) -> _UpstreamStream:
+        return self
+
+    async def prime(self) -> None:
+        """Read until the first chunk with content (or the end); it is replayed by ``__anext__``."""
+        while True:
+            chunk = await self._next_chunk()
+            if chunk is None:
+                return
+            self._pending.append(chunk)
+            if chunk.delta or chunk.finish_reason is not None or chunk.usage is not None:
+                return
+
+    async def __anext__(self) -> ChatChunk:
+        if self._pending:
+            return self._pending.pop(0)
+        cfg = self._backend.config
+        idle_deadline = trio.current_time() + cfg.idle_timeout
+        deadline = min(idle_deadline, self._total_deadline)
+        with trio.move_on_at(deadline):
+            chunk = await self._next_chunk()
+            if chunk is None:
+                raise StopAsyncIteration
+            return chunk
+        if deadline == self._total_deadline:
+            raise UpstreamTotalTimeoutError(
+                f"upstream call exceeded {cfg.total_timeout} s", timeout=cfg.total_timeout
+            )
+        raise UpstreamIdleTimeoutError(
+            f"upstream sent nothing for {cfg.idle_timeout} s", timeout=cfg.idle_timeout
+        )
+
+    async def _next_chunk(self) -> ChatChunk | None:
+        """The next chunk worth returning, or None at ``[DONE]``."""
+        while True:
+            while not self._events:
+                if self._done:
+                    return None
+                try:
+                    data = await self._raw.__anext__()
+                except StopAsyncIteration:
+                    raise UpstreamProtocolError("upstream stream ended without [DONE]") from None
+                except httpx.HTTPError as exc:
+                    raise self._backend._transport_error(exc, "mid-stream") from None
+                try:
+                    self._events.extend(ev.data for ev in self._decoder.feed(data))
+                except SSEError as exc:
+                    raise UpstreamProtocolError(
+                        f"upstream sent a malformed event stream: {exc}"
+                    ) from None
+            payload = self._events.pop(0)
+            if payload == "[DONE]":
+                self._done = True
+                await self._drain()
+                return None
+            chunk = self._parse(payload)
+            if chunk is not None:
+                return chunk
+
+    async def _drain(self) -> None:
+        """Read what follows ``[DONE]`` (normally nothing) so the connection can be reused."""
+        with trio.move_on_after(_CLOSE_GRACE):
+            try:
+                async for _ in self._raw:
+                    pass
+            except httpx.HTTPError:
+                pass
+
+    def _parse(self, payload: str) -> ChatChunk | None:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError("upstream sent an event that is not JSON") from None
+        if not isinstance(obj, dict):
+            raise UpstreamProtocolError("upstream sent an event that is not a JSON object")
+        if "error" in obj:
+            err = obj["error"]
+            message = err.get("message") if isinstance(err, dict) else str(err)
+            raise UpstreamStreamError(
+                self._backend._redact(f"upstream error mid-stream: {message}"[:400])
+            )
+        usage_obj = obj.get("usage")
+        usage = None
+        if isinstance(usage_obj, dict):
+            usage = Usage(
+                prompt_tokens=int(usage_obj.get("prompt_tokens") or 0),
+                completion_tokens=int(usage_obj.get("completion_tokens") or 0),
+            )
+        choices = obj.get("choices") or ()
+        delta, finish = "", None
+        if choices:
+            choice = choices[0]
+            delta = (choice.get("delta") or {}).get("content") or ""
+            finish = choice.get("finish_reason")
+        if not delta and finish is None and usage is None:
+            return None
+        return ChatChunk(delta=delta, finish_reason=finish, usage=usage)
+
+    async def aclose(self) -> None:
+        """Close the response (and so its connection, if unread), shielded with a short deadline."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
+            await self._raw.aclose()  # type: ignore[attr-defined]
+            await self._response.aclose()
