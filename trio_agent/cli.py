@@ -133,6 +133,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(f"trio-agent serve: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # httpx logs every upstream request at INFO: per-request noise on the hot path.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if not config.access_log:
         logging.getLogger("trio_agent.access").disabled = True
 

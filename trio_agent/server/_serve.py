@@ -210,6 +210,7 @@ def worker_config(config: ServerConfig) -> ServerConfig:
 
 def _worker_main(config: ServerConfig, sockets: Sockets) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     trio.run(partial(serve, config, sockets=sockets))
 
 
