@@ -17,8 +17,10 @@ and write one access-log line at the end. Then it routes:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import importlib.resources
 import logging
 import re
 import time
@@ -81,6 +83,7 @@ Headers = list[tuple[bytes, bytes]]
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _ROUTES = frozenset(
     {
+        "/",
         "/chat",
         "/chat/stream",
         "/chat/batch",
@@ -92,7 +95,7 @@ _ROUTES = frozenset(
     }
 )
 # Probes and scrapes answer without an API key (they reveal no data).
-_PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 _CORS_METHODS = b"GET, POST, OPTIONS"
 _CORS_HEADERS = b"Authorization, Content-Type, Accept, X-Request-ID"
 _CORS_EXPOSE = b"X-Request-ID, Retry-After"
@@ -521,6 +524,14 @@ def _build_quart(gw: Gateway) -> QuartTrio:
             }
         )
 
+    @app.get("/")
+    async def chat_page() -> Response:
+        return Response(
+            _chat_page(),
+            content_type="text/html; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
     @app.get("/healthz")
     async def healthz() -> Response:
         return _json_response({"status": "ok"})
@@ -541,6 +552,12 @@ def _build_quart(gw: Gateway) -> QuartTrio:
         return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+@functools.cache
+def _chat_page() -> bytes:
+    """The one-file chat page (trio_agent/web/chat.html), read once."""
+    return importlib.resources.files("trio_agent.web").joinpath("chat.html").read_bytes()
 
 
 def create_app(

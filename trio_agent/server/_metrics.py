@@ -128,6 +128,17 @@ class GatewayMetrics:
         if isinstance(retries, int):
             metric("trio_agent_upstream_retries_total", "counter",
                    "Upstream attempts retried by the backend.", [("", retries)])
+        for field, name, kind, text in (
+            ("active", "trio_agent_backend_streams_active", "gauge",
+             "Streams open in the backend (the built-in mock) now."),
+            ("in_flight", "trio_agent_backend_streams_active", "gauge",
+             "Upstream streams open in the backend now."),
+            ("cancelled", "trio_agent_backend_streams_cancelled_total", "counter",
+             "Backend streams abandoned before their end (client gone, deadline, drain)."),
+        ):
+            value = getattr(backend_statistics, field, None)
+            if isinstance(value, int):
+                metric(name, kind, text, [("", value)])
         metric("trio_agent_disconnects_total", "counter", "Clients that left before the end.",
                [("", self.disconnects)])
         metric("trio_agent_write_stalls_total", "counter",

@@ -1,0 +1,1 @@
+"""The chat page served at ``GET /`` (one HTML file, no build step, no external assets)."""
