@@ -200,7 +200,7 @@ class Suite:
                 f"shed {m['shed_rate']:.1%}",
                 flush=True,
             )
-            self.results.append({"scenario": scenario, "server": server, **extra, **run})
+            self.results.append({"scenario": scenario, "server_name": server, **extra, **run})
             if scenario in ("c10", "c100", "c1000", "saturation"):
                 best = self.capacity.get(server, (0.0, 0))
                 if m["request_throughput"] > best[0]:
@@ -311,7 +311,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         m, cfg, srv, cli = r["metrics"], r["config"], r["server"] or {}, r["client"]
         load = f"c={cfg['concurrency']}" if cfg["rate"] is None else f"{cfg['rate']:g}/s open"
         lines.append(
-            f"| {r['scenario']} | {r['server']} | {load} | {m['request_throughput']:.1f} "
+            f"| {r['scenario']} | {r['server_name']} | {load} | {m['request_throughput']:.1f} "
             f"| {m['output_token_throughput']:.0f} | {_ms(m['ttft']['p50'])} | {_ms(m['ttft']['p99'])} "
             f"| {_ms(m['itl']['p50'])} | {_ms(m['itl']['p99'])} | {_ms(m['e2e']['p99'])} "
             f"| {_num(m['goodput'])} | {m['shed_rate']:.1%} "
