@@ -15,7 +15,7 @@ async def _collect(llm: MockLLM, req: ChatRequest) -> list[tuple[float, str, str
 
 
 async def test_tokens_paced_against_absolute_deadlines(autojump_clock: trio.testing.MockClock) -> None:
-    llm = MockLLM(ttft=0.2, itl=0.02, tokens=5)
+    llm = MockLLM(pacing_resolution=0, ttft=0.2, itl=0.02, tokens=5)
     start = trio.current_time()
     got = await _collect(llm, ChatRequest.from_question("hi"))
     times = [round(t - start, 9) for t, d, _ in got if d]
@@ -26,7 +26,7 @@ async def test_tokens_paced_against_absolute_deadlines(autojump_clock: trio.test
 
 
 async def test_slow_consumer_does_not_accumulate_delay(autojump_clock: trio.testing.MockClock) -> None:
-    llm = MockLLM(ttft=0.1, itl=0.1, tokens=4)
+    llm = MockLLM(pacing_resolution=0, ttft=0.1, itl=0.1, tokens=4)
     start = trio.current_time()
     arrivals = []
     async with llm.stream_chat(ChatRequest.from_question("hi")) as chunks:
@@ -38,7 +38,7 @@ async def test_slow_consumer_does_not_accumulate_delay(autojump_clock: trio.test
 
 
 async def test_echo_content_and_max_tokens_length(autojump_clock: trio.testing.MockClock) -> None:
-    llm = MockLLM(ttft=0, itl=0, tokens=10, content="echo")
+    llm = MockLLM(pacing_resolution=0, ttft=0, itl=0, tokens=10, content="echo")
     got = await _collect(llm, ChatRequest.from_question("alpha beta gamma", max_tokens=4))
     assert "".join(d for _, d, _ in got) == "alpha beta gamma alpha"
     assert got[-1][2] == "length"
@@ -46,7 +46,7 @@ async def test_echo_content_and_max_tokens_length(autojump_clock: trio.testing.M
 
 async def test_seeded_jitter_is_reproducible(autojump_clock: trio.testing.MockClock) -> None:
     async def times(seed: int) -> list[float]:
-        llm = MockLLM(ttft=0.1, itl=0.05, jitter=0.01, tokens=6, seed=seed)
+        llm = MockLLM(pacing_resolution=0, ttft=0.1, itl=0.05, jitter=0.01, tokens=6, seed=seed)
         start = trio.current_time()
         return [round(t - start, 9) for t, d, _ in await _collect(llm, ChatRequest.from_question("q")) if d]
 
@@ -55,7 +55,7 @@ async def test_seeded_jitter_is_reproducible(autojump_clock: trio.testing.MockCl
 
 
 async def test_fail_before_first(autojump_clock: trio.testing.MockClock) -> None:
-    llm = MockLLM(ttft=0.5, tokens=3, fail_before_first=True)
+    llm = MockLLM(pacing_resolution=0, ttft=0.5, tokens=3, fail_before_first=True)
     with pytest.raises(UpstreamStatusError):
         await _collect(llm, ChatRequest.from_question("q"))
     assert trio.current_time() == 0.5
@@ -64,7 +64,7 @@ async def test_fail_before_first(autojump_clock: trio.testing.MockClock) -> None
 
 
 async def test_fail_after_k_tokens(autojump_clock: trio.testing.MockClock) -> None:
-    llm = MockLLM(ttft=0, itl=0.01, tokens=10, fail_after_tokens=3)
+    llm = MockLLM(pacing_resolution=0, ttft=0, itl=0.01, tokens=10, fail_after_tokens=3)
     seen = []
     with pytest.raises(UpstreamStreamError):
         async with llm.stream_chat(ChatRequest.from_question("q")) as chunks:
@@ -75,7 +75,7 @@ async def test_fail_after_k_tokens(autojump_clock: trio.testing.MockClock) -> No
 
 
 async def test_stall_then_cancel_counts_cancelled(autojump_clock: trio.testing.MockClock) -> None:
-    llm = MockLLM(ttft=0, itl=0.01, tokens=10, stall_after_tokens=2)
+    llm = MockLLM(pacing_resolution=0, ttft=0, itl=0.01, tokens=10, stall_after_tokens=2)
     with trio.move_on_after(5) as scope:
         await _collect(llm, ChatRequest.from_question("q"))
     assert scope.cancelled_caught and trio.current_time() == 5
@@ -84,7 +84,7 @@ async def test_stall_then_cancel_counts_cancelled(autojump_clock: trio.testing.M
 
 
 async def test_early_exit_counts_cancelled(autojump_clock: trio.testing.MockClock) -> None:
-    llm = MockLLM(ttft=0, itl=0.01, tokens=10)
+    llm = MockLLM(pacing_resolution=0, ttft=0, itl=0.01, tokens=10)
     async with llm.stream_chat(ChatRequest.from_question("q")) as chunks:
         async for _ in chunks:
             break
@@ -92,7 +92,7 @@ async def test_early_exit_counts_cancelled(autojump_clock: trio.testing.MockCloc
 
 
 async def test_complete_chat_and_models(autojump_clock: trio.testing.MockClock) -> None:
-    llm = MockLLM(ttft=0.2, itl=0.02, tokens=3)
+    llm = MockLLM(pacing_resolution=0, ttft=0.2, itl=0.02, tokens=3)
     done = await llm.complete_chat(ChatRequest.from_question("hello there"))
     assert trio.current_time() == pytest.approx(0.24)
     assert done.usage.completion_tokens == 3 and done.finish_reason == "stop"

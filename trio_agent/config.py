@@ -54,6 +54,8 @@ class MockLLMConfig:
     Times are seconds on trio's clock. ``fail_before_first`` raises before any
     token; ``fail_after_tokens`` raises after that many tokens;
     ``stall_after_tokens`` stops sending (forever) after that many tokens.
+    ``pacing_resolution``: streams due within this many seconds of each other
+    are woken together by one shared clock (see ``Pacer``); 0 keeps exact times.
     """
 
     ttft: float = 0.2
@@ -66,8 +68,10 @@ class MockLLMConfig:
     fail_before_first: bool = False
     fail_after_tokens: int | None = None
     stall_after_tokens: int | None = None
+    pacing_resolution: float = 0.001
 
     def __post_init__(self) -> None:
+        _non_negative("pacing_resolution", self.pacing_resolution)
         _non_negative("ttft", self.ttft)
         _non_negative("itl", self.itl)
         _non_negative("jitter", self.jitter)

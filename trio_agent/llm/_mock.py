@@ -12,6 +12,7 @@ import trio
 
 from ..config import MockLLMConfig
 from ..errors import UpstreamStatusError, UpstreamStreamError
+from ._pacer import Pacer
 from ._types import ChatChunk, ChatCompletion, ChatRequest, Usage
 
 __all__ = ["MockLLM", "MockLLMStatistics"]
@@ -88,7 +89,7 @@ class _MockStream:
             raise StopAsyncIteration
         cfg, i = self._cfg, self._i
         if i == 0 and cfg.fail_before_first:
-            await trio.sleep_until(self._start + cfg.ttft)
+            await self._llm._pacer.sleep_until(self._start + cfg.ttft)
             self._done = self._failed = True
             raise UpstreamStatusError(
                 "mock LLM: injected failure before the first token", status_code=503
@@ -104,7 +105,7 @@ class _MockStream:
             raise UpstreamStreamError(f"mock LLM: injected failure after {i} tokens")
         if cfg.stall_after_tokens is not None and i == cfg.stall_after_tokens:
             await trio.sleep_forever()
-        await trio.sleep_until(self._due(i))
+        await self._llm._pacer.sleep_until(self._due(i))
         self._i = i + 1
         self._llm._tokens += 1
         return ChatChunk(delta=" " + self._words[i % len(self._words)] if i else self._words[0])
@@ -132,6 +133,7 @@ class MockLLM:
         self.config = replace(base, **overrides) if overrides else base
         self._active = self._started = self._finished = self._cancelled = 0
         self._failed = self._tokens = 0
+        self._pacer = Pacer(resolution=self.config.pacing_resolution)
 
     @property
     def model(self) -> str:
