@@ -210,6 +210,7 @@ class _Responder:
     __slots__ = (
         "_ctrl",
         "_gw",
+        "_pending_since",
         "_send",
         "_stall",
         "_write_timeout",
@@ -224,6 +225,7 @@ class _Responder:
         self._ctrl = ctrl
         self._write_timeout = gw.config.write_timeout
         self._stall = trio.CancelScope()
+        self._pending_since: float | None = None
         self.info = info
         self.started = False
         self.terminal_sent = False
@@ -235,9 +237,21 @@ class _Responder:
         write itself may be immune to cancellation (Hypercorn shields its
         socket writes), so the server's ``abort_transport`` hook, when set,
         closes the connection under it.
+
+        The deadline is armed lazily: a write only sets it when none is set,
+        and the watchdog re-arms it from the pending write's start when it
+        fires early. So a stream writing every 20 ms touches the deadline
+        once per ``write_timeout``, not twice per write, and a stalled write
+        is still caught exactly ``write_timeout`` after it began.
         """
-        with self._stall:
-            await trio.sleep_forever()
+        while True:
+            since = self._pending_since
+            deadline = math.inf if since is None else since + self._write_timeout
+            with trio.CancelScope(deadline=deadline) as self._stall:
+                await trio.sleep_forever()
+            since = self._pending_since
+            if since is not None and trio.current_time() - since >= self._write_timeout:
+                break
         self._ctrl.cancel(WRITE_STALLED)
         self._gw.metrics.write_stalls += 1
         abort = self._gw.abort_transport
@@ -245,7 +259,10 @@ class _Responder:
             abort(self._send)
 
     async def _send_watched(self, message: Message) -> None:
-        self._stall.deadline = trio.current_time() + self._write_timeout
+        now = trio.current_time()
+        self._pending_since = now
+        if self._stall.deadline == math.inf:
+            self._stall.deadline = now + self._write_timeout
         try:
             await self._send(message)
         except (trio.Cancelled, KeyboardInterrupt):
@@ -256,7 +273,7 @@ class _Responder:
             await trio.lowlevel.checkpoint()
             raise
         finally:
-            self._stall.deadline = math.inf
+            self._pending_since = None
 
     async def start(self) -> None:
         self.info.status = 200
