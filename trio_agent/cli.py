@@ -34,6 +34,14 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("max_tokens_limit", int, "largest max_tokens a client may ask for"),
     ("max_batch_items", int, "most items in one /chat/batch request"),
     ("batch_concurrency", int, "items of one batch run at once (each still goes through admission)"),
+    ("per_key_rate", float, "requests per second per API key (429 past it; shared through Redis)"),
+    ("per_key_burst", int, "burst allowed above per_key_rate"),
+    ("redis_url", str, "share the limits across processes through this Redis (redis://host:port/db)"),
+    ("redis_on_error", str, "when Redis is unreachable: fail_open (local share) or fail_closed (503)"),
+    ("redis_lease_ttl", float, "seconds after which a dead process's leases expire"),
+    ("redis_key_prefix", str, "prefix of the Redis keys (one per deployment)"),
+    ("redis_poll_interval", float, "seconds between polls of a waiter (pub/sub wakes it sooner)"),
+    ("redis_local_share", int, "slots this process uses while Redis is down (fail_open)"),
 )
 
 

@@ -137,6 +137,14 @@ class ServerConfig:
     the answer is 503 with ``Retry-After``. ``request_timeout`` covers queue
     wait and upstream together. ``upstream`` set means proxy to a real
     OpenAI-compatible API; ``None`` means answer from the built-in mock.
+
+    ``redis_url`` set means the limits are shared by every process using the
+    same Redis: ``max_concurrency`` is then the global cap, leases expire
+    ``redis_lease_ttl`` seconds after their holder stops renewing them, and
+    ``per_key_rate`` (requests per second, burst ``per_key_burst``) holds
+    across processes. If Redis is unreachable, ``redis_on_error`` decides:
+    ``fail_open`` falls back to local limits of ``redis_local_share`` slots
+    (default: ``max_concurrency // workers``), ``fail_closed`` answers 503.
     """
 
     host: str = "127.0.0.1"
@@ -159,6 +167,14 @@ class ServerConfig:
     max_batch_items: int = 64
     batch_concurrency: int = 8
     access_log: bool = True
+    per_key_rate: float | None = None
+    per_key_burst: int = 1
+    redis_url: str | None = field(default=None, repr=False)
+    redis_on_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    redis_lease_ttl: float = 10.0
+    redis_key_prefix: str = "trio_agent"
+    redis_poll_interval: float = 0.1
+    redis_local_share: int | None = None
     upstream: UpstreamConfig | None = None
     mock: MockLLMConfig = field(default_factory=MockLLMConfig)
 
@@ -171,6 +187,19 @@ class ServerConfig:
         for name in ("request_timeout", "keepalive_interval", "write_timeout", "drain_timeout"):
             _positive(name, getattr(self, name))
         _positive("per_key_max_concurrency", self.per_key_max_concurrency)
+        _positive("per_key_rate", self.per_key_rate)
+        _check(self.per_key_burst >= 1, f"per_key_burst must be >= 1, got {self.per_key_burst!r}")
+        _check(
+            self.redis_url is None or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+            "redis_url must start with redis://, rediss:// or unix://",
+        )
+        _check(
+            self.redis_on_error in ("fail_open", "fail_closed"),
+            f"redis_on_error must be 'fail_open' or 'fail_closed', got {self.redis_on_error!r}",
+        )
+        _positive("redis_lease_ttl", self.redis_lease_ttl)
+        _positive("redis_poll_interval", self.redis_poll_interval)
+        _positive("redis_local_share", self.redis_local_share)
         for name in (
             "max_body_bytes",
             "max_messages",

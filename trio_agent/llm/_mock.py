@@ -26,13 +26,15 @@ _FILLER = (
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MockLLMStatistics:
-    """Counts of :class:`MockLLM` streams: ``active`` now; the rest only grow.
+    """Counts of :class:`MockLLM` streams: ``active`` now, ``peak_active`` the most at once;
+    the rest only grow.
 
     ``cancelled`` counts streams whose consumer left before the end (closed the
     block early or was cancelled); ``failed`` counts injected faults.
     """
 
     active: int
+    peak_active: int
     started: int
     finished: int
     cancelled: int
@@ -131,7 +133,7 @@ class MockLLM:
     def __init__(self, config: MockLLMConfig | None = None, **overrides: Any) -> None:
         base = config or MockLLMConfig()
         self.config = replace(base, **overrides) if overrides else base
-        self._active = self._started = self._finished = self._cancelled = 0
+        self._active = self._peak_active = self._started = self._finished = self._cancelled = 0
         self._failed = self._tokens = 0
         self._pacer = Pacer(resolution=self.config.pacing_resolution)
 
@@ -144,6 +146,7 @@ class MockLLM:
         """A snapshot of stream counts."""
         return MockLLMStatistics(
             active=self._active,
+            peak_active=self._peak_active,
             started=self._started,
             finished=self._finished,
             cancelled=self._cancelled,
@@ -164,6 +167,7 @@ class MockLLM:
         stream = _MockStream(self, request, rng)
         self._started += 1
         self._active += 1
+        self._peak_active = max(self._peak_active, self._active)
         try:
             yield stream
         finally:

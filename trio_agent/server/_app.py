@@ -540,14 +540,22 @@ def _build_quart(gw: Gateway) -> QuartTrio:
     async def readyz() -> Response:
         if gw.drain.draining:
             return _json_response({"status": "shutting_down"}, 503)
-        return _json_response({"status": "ready"})
+        status = getattr(gw.limits, "status", None)
+        limits = status() if callable(status) else None
+        if limits is not None and not getattr(gw.limits, "ready", True):
+            return _json_response({"status": "limits_unavailable", "limits": limits}, 503)
+        return _json_response({"status": "ready", **({"limits": limits} if limits else {})})
 
     @app.get("/metrics")
     async def metrics() -> Response:
         stats_fn = getattr(gw.backend, "statistics", None)
         backend_stats = stats_fn() if callable(stats_fn) else None
+        limits_status_fn = getattr(gw.limits, "status", None)
         text = gw.metrics.render(
-            gw.limits.statistics(), draining=gw.drain.draining, backend_statistics=backend_stats
+            gw.limits.statistics(),
+            draining=gw.drain.draining,
+            backend_statistics=backend_stats,
+            limits_status=limits_status_fn() if callable(limits_status_fn) else None,
         )
         return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -90,6 +90,7 @@ class GatewayMetrics:
         *,
         draining: bool,
         backend_statistics: Any = None,
+        limits_status: dict[str, Any] | None = None,
     ) -> str:
         """The Prometheus exposition text."""
         lines: list[str] = []
@@ -133,12 +134,21 @@ class GatewayMetrics:
              "Streams open in the backend (the built-in mock) now."),
             ("in_flight", "trio_agent_backend_streams_active", "gauge",
              "Upstream streams open in the backend now."),
+            ("peak_active", "trio_agent_backend_streams_peak", "gauge",
+             "Most streams the backend (the built-in mock) had open at once."),
             ("cancelled", "trio_agent_backend_streams_cancelled_total", "counter",
              "Backend streams abandoned before their end (client gone, deadline, drain)."),
         ):
             value = getattr(backend_statistics, field, None)
             if isinstance(value, int):
                 metric(name, kind, text, [("", value)])
+        if limits_status is not None:
+            metric("trio_agent_shared_limits_healthy", "gauge",
+                   "1 while the shared (Redis) limits are reachable, 0 during an outage.",
+                   [("", int(bool(limits_status.get("healthy"))))])
+            metric("trio_agent_shared_limits_errors_total", "counter",
+                   "Redis errors seen by the shared limits.",
+                   [("", int(limits_status.get("redis_errors", 0)))])
         metric("trio_agent_disconnects_total", "counter", "Clients that left before the end.",
                [("", self.disconnects)])
         metric("trio_agent_write_stalls_total", "counter",

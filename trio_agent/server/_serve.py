@@ -41,6 +41,7 @@ from hypercorn.utils import wrap_app
 
 from ..config import ServerConfig
 from ..llm import ChatBackend
+from ._admission import Limits
 from ._app import Gateway, create_app
 
 __all__ = ["abort_hypercorn_transport", "open_backend", "run_workers", "serve", "worker_config"]
@@ -99,8 +100,8 @@ async def serve(
     ``config`` would open (the caller then owns it); ``on_app`` sees the app
     once it is built.
     """
-    async with _maybe_backend(config, backend) as be:
-        app = create_app(config, backend=be)
+    async with _maybe_backend(config, backend) as be, _maybe_shared_limits(config) as limits:
+        app = create_app(config, backend=be, limits=limits)
         app.abort_transport = abort_hypercorn_transport
         if on_app is not None:
             on_app(app)
@@ -197,9 +198,32 @@ async def _wait_then_set(trigger: Callable[[], Awaitable[Any]], event: trio.Even
 # -- several worker processes ---------------------------------------------------------
 
 
+@asynccontextmanager
+async def _maybe_shared_limits(config: ServerConfig) -> AsyncIterator[Limits | None]:
+    if config.redis_url is None:
+        yield None
+        return
+    from ._shared_limits import open_shared_limits
+
+    async with open_shared_limits(config) as limits:
+        yield limits
+
+
 def worker_config(config: ServerConfig) -> ServerConfig:
-    """One worker's share of ``config``: admission limits divided by ``workers``."""
+    """One worker's share of ``config``.
+
+    Without Redis, the admission limits are divided by ``workers``. With
+    Redis, ``max_concurrency`` stays the global cap that every worker shares;
+    only the local fallback share and the waiting room are divided.
+    """
     n = config.workers
+    if config.redis_url is not None:
+        return dataclasses.replace(
+            config,
+            workers=1,
+            max_queued=config.max_queued // n,
+            redis_local_share=config.redis_local_share or max(1, config.max_concurrency // n),
+        )
     return dataclasses.replace(
         config,
         workers=1,
