@@ -50,6 +50,8 @@ logger = logging.getLogger("trio_agent.server")
 
 # Seconds Hypercorn waits, after the drain deadline, for the last bytes to go out.
 _FLUSH_GRACE = 2.0
+# The kernel caps this at net.core.somaxconn (4096 on current Linux).
+_LISTEN_BACKLOG = 4096
 
 
 @asynccontextmanager
@@ -71,6 +73,9 @@ def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
     host = f"[{config.host}]" if ":" in config.host else config.host
     hc.bind = [f"{host}:{config.port}"]
     hc.graceful_timeout = config.drain_timeout + _FLUSH_GRACE
+    # Hypercorn's default listen backlog of 100 overflows when a thousand clients connect at
+    # once: the kernel drops their SYNs and they come back after TCP's 1 s, 3 s retransmits.
+    hc.backlog = _LISTEN_BACKLOG
     hc.accesslog = None  # ours is structured and knows the request id
     hc.errorlog = logging.getLogger("hypercorn.error")
     return hc
