@@ -337,7 +337,12 @@ async def _produce(
                 task_status.started((rx, lease))
                 async with gw.backend.stream_chat(request) as chunks:
                     async for chunk in chunks:
-                        await tx.send(chunk)
+                        # The backend's own wait was this iteration's checkpoint: hand the
+                        # chunk over without a second yield unless the writer is behind.
+                        try:
+                            tx.send_nowait(chunk)
+                        except trio.WouldBlock:
+                            await tx.send(chunk)
         except trio.BrokenResourceError:
             return  # the writer has finished; nobody is listening
         except TrioAgentError as exc:
