@@ -179,15 +179,19 @@ async def raw_request(
     *,
     json: Any = None,
     content_type: str | None = "application/json",
+    raw_body: bytes = b"",
 ) -> RawResponse:
-    """One request on a fresh connection, read to EOF. Resets are recorded, not raised."""
+    """One request on a fresh connection, read to EOF. Resets are recorded, not raised.
+
+    ``raw_body`` is sent as is after the head (for a chunked body, say)."""
     if json is not None:
         body = orjson.dumps(json)
     out = RawResponse(sent_at=trio.current_time())
     reader = _Reader(out)
     stream = await trio.open_tcp_stream(HOST, port)
     try:
-        await stream.send_all(build_request(method, path, body, headers, content_type=content_type))
+        request = build_request(method, path, body, headers, content_type=content_type)
+        await stream.send_all(request + raw_body)
         while True:
             try:
                 data = await stream.receive_some(65536)

@@ -174,8 +174,10 @@ class Gateway:
             await self._quart_asgi(scope, receive, send)
             return
         headers: dict[bytes, bytes] = {}
+        header_bytes = 0
         for name, value in scope["headers"]:
             headers[name.lower()] = value
+            header_bytes += len(name) + len(value) + 4
         rid = headers.get(b"x-request-id")
         request_id = (
             rid.decode() if rid is not None and _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
@@ -190,6 +192,16 @@ class Gateway:
             info.response_headers.extend(self._cors_headers(origin))
         scope[INFO_KEY] = info
         try:
+            if header_bytes > self.config.max_header_bytes:
+                # Hypercorn (h11) refuses a head over this size only while it is still
+                # incomplete; one that arrived whole in a single read gets here.
+                err = RequestError(
+                    f"request headers larger than {self.config.max_header_bytes} bytes",
+                    code="headers_too_large",
+                )
+                err.status_code = 431
+                await send_error(send, err, info, openai=path.startswith("/v1/"))
+                return
             await self._route(scope, receive, send, headers, info)
         except Exception:
             logger.exception("unhandled error (request_id=%s)", request_id)

@@ -70,6 +70,12 @@ def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
     host = f"[{config.host}]" if ":" in config.host else config.host
     hc.bind = [f"{host}:{config.port}"]
     hc.graceful_timeout = config.drain_timeout + _FLUSH_GRACE
+    # Hypercorn's idle timer runs from accept until a whole request head has
+    # arrived, and between requests: it bounds slowloris headers too.
+    hc.keep_alive_timeout = config.keep_alive_timeout
+    # h11 answers 431 to a head still incomplete past this size; the app checks
+    # the same limit on heads that arrived whole (see Gateway.__call__).
+    hc.h11_max_incomplete_size = config.max_header_bytes
     hc.accesslog = None  # ours is structured and knows the request id
     hc.errorlog = logging.getLogger("hypercorn.error")
     return hc
