@@ -11,7 +11,8 @@ and write one access-log line at the end. Then it routes:
   by ``write_timeout``, no Quart per-chunk overhead and no Quart response
   timeout;
 * everything else goes to the Quart app: ``POST /chat``, ``POST /chat/batch``
-  (JSON), ``GET /v1/models``, ``/healthz``, ``/readyz``, ``/metrics``, and the
+  (JSON), ``GET /v1/models``, ``/healthz``, ``/readyz``, ``/metrics``,
+  ``/openapi.json`` (the OpenAPI 3.1 description, :mod:`._openapi`), and the
   JSON 404/405 answers.
 """
 
@@ -53,6 +54,7 @@ from ._errors import (
     status_for,
 )
 from ._metrics import GatewayMetrics
+from ._openapi import OPENAPI
 from ._stream import (
     NativeFormat,
     OpenAIFormat,
@@ -92,10 +94,11 @@ _ROUTES = frozenset(
         "/healthz",
         "/readyz",
         "/metrics",
+        "/openapi.json",
     }
 )
-# Probes and scrapes answer without an API key (they reveal no data).
-_PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+# Probes, scrapes and the API description answer without an API key (they reveal no data).
+_PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/openapi.json"})
 _CORS_METHODS = b"GET, POST, OPTIONS"
 _CORS_HEADERS = b"Authorization, Content-Type, Accept, X-Request-ID"
 _CORS_EXPOSE = b"X-Request-ID, Retry-After"
@@ -547,6 +550,10 @@ def _build_quart(gw: Gateway) -> QuartTrio:
     @app.get("/healthz")
     async def healthz() -> Response:
         return _json_response({"status": "ok"})
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return _json_response(OPENAPI)
 
     @app.get("/readyz")
     async def readyz() -> Response:
