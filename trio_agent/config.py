@@ -135,7 +135,12 @@ class ServerConfig:
     Admission: at most ``max_concurrency`` upstream calls run at once; up to
     ``max_queued`` more wait at most ``max_queue_wait`` seconds, past which
     the answer is 503 with ``Retry-After``. ``request_timeout`` covers queue
-    wait and upstream together. ``upstream`` set means proxy to a real
+    wait and upstream together. ``keep_alive_timeout`` closes a connection
+    that is idle between requests or still sending its request head (a
+    slowloris client); a slow body is bounded by ``request_timeout`` (408).
+    A request head over ``max_header_bytes`` gets 431, a body over
+    ``max_body_bytes`` 413.
+    ``upstream`` set means proxy to a real
     OpenAI-compatible API; ``None`` means answer from the built-in mock.
 
     ``redis_url`` set means the limits are shared by every process using the
@@ -157,10 +162,12 @@ class ServerConfig:
     keepalive_interval: float = 15.0
     write_timeout: float = 10.0
     drain_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
     per_key_max_concurrency: int | None = None
     api_keys: frozenset[str] = field(default=frozenset(), repr=False)
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1 << 20
+    max_header_bytes: int = 16 * 1024
     max_messages: int = 256
     max_message_chars: int = 100_000
     max_tokens_limit: int = 8192
@@ -184,7 +191,13 @@ class ServerConfig:
         _check(self.max_concurrency >= 1, f"max_concurrency must be >= 1, got {self.max_concurrency!r}")
         _check(self.max_queued >= 0, f"max_queued must be >= 0, got {self.max_queued!r}")
         _non_negative("max_queue_wait", self.max_queue_wait)
-        for name in ("request_timeout", "keepalive_interval", "write_timeout", "drain_timeout"):
+        for name in (
+            "request_timeout",
+            "keepalive_interval",
+            "write_timeout",
+            "drain_timeout",
+            "keep_alive_timeout",
+        ):
             _positive(name, getattr(self, name))
         _positive("per_key_max_concurrency", self.per_key_max_concurrency)
         _positive("per_key_rate", self.per_key_rate)
@@ -202,6 +215,7 @@ class ServerConfig:
         _positive("redis_local_share", self.redis_local_share)
         for name in (
             "max_body_bytes",
+            "max_header_bytes",
             "max_messages",
             "max_message_chars",
             "max_tokens_limit",

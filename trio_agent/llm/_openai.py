@@ -78,7 +78,7 @@ def _open_client(config: UpstreamConfig) -> httpx.AsyncClient:
         # httpx's read timeout is per chunk; our idle and total deadlines are the real guard.
         timeout=httpx.Timeout(
             connect=config.connect_timeout,
-            read=config.idle_timeout,
+            read=max(config.idle_timeout, config.first_token_timeout),
             write=config.connect_timeout,
             pool=config.connect_timeout,
         ),

@@ -11,7 +11,8 @@ and write one access-log line at the end. Then it routes:
   by ``write_timeout``, no Quart per-chunk overhead and no Quart response
   timeout;
 * everything else goes to the Quart app: ``POST /chat``, ``POST /chat/batch``
-  (JSON), ``GET /v1/models``, ``/healthz``, ``/readyz``, ``/metrics``, and the
+  (JSON), ``GET /v1/models``, ``/healthz``, ``/readyz``, ``/metrics``,
+  ``/openapi.json`` (the OpenAPI 3.1 description, :mod:`._openapi`), and the
   JSON 404/405 answers.
 """
 
@@ -53,6 +54,7 @@ from ._errors import (
     status_for,
 )
 from ._metrics import GatewayMetrics
+from ._openapi import OPENAPI
 from ._stream import (
     NativeFormat,
     OpenAIFormat,
@@ -92,10 +94,11 @@ _ROUTES = frozenset(
         "/healthz",
         "/readyz",
         "/metrics",
+        "/openapi.json",
     }
 )
-# Probes and scrapes answer without an API key (they reveal no data).
-_PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+# Probes, scrapes and the API description answer without an API key (they reveal no data).
+_PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/openapi.json"})
 _CORS_METHODS = b"GET, POST, OPTIONS"
 _CORS_HEADERS = b"Authorization, Content-Type, Accept, X-Request-ID"
 _CORS_EXPOSE = b"X-Request-ID, Retry-After"
@@ -174,8 +177,10 @@ class Gateway:
             await self._quart_asgi(scope, receive, send)
             return
         headers: dict[bytes, bytes] = {}
+        header_bytes = 0
         for name, value in scope["headers"]:
             headers[name.lower()] = value
+            header_bytes += len(name) + len(value) + 4
         rid = headers.get(b"x-request-id")
         request_id = (
             rid.decode() if rid is not None and _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
@@ -190,6 +195,16 @@ class Gateway:
             info.response_headers.extend(self._cors_headers(origin))
         scope[INFO_KEY] = info
         try:
+            if header_bytes > self.config.max_header_bytes:
+                # Hypercorn (h11) refuses a head over this size only while it is still
+                # incomplete; one that arrived whole in a single read gets here.
+                err = RequestError(
+                    f"request headers larger than {self.config.max_header_bytes} bytes",
+                    code="headers_too_large",
+                )
+                err.status_code = 431
+                await send_error(send, err, info, openai=path.startswith("/v1/"))
+                return
             await self._route(scope, receive, send, headers, info)
         except Exception:
             logger.exception("unhandled error (request_id=%s)", request_id)
@@ -535,6 +550,10 @@ def _build_quart(gw: Gateway) -> QuartTrio:
     @app.get("/healthz")
     async def healthz() -> Response:
         return _json_response({"status": "ok"})
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return _json_response(OPENAPI)
 
     @app.get("/readyz")
     async def readyz() -> Response:

@@ -76,6 +76,12 @@ def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
     # Hypercorn's default listen backlog of 100 overflows when a thousand clients connect at
     # once: the kernel drops their SYNs and they come back after TCP's 1 s, 3 s retransmits.
     hc.backlog = _LISTEN_BACKLOG
+    # Hypercorn's idle timer runs from accept until a whole request head has
+    # arrived, and between requests: it bounds slowloris headers too.
+    hc.keep_alive_timeout = config.keep_alive_timeout
+    # h11 answers 431 to a head still incomplete past this size; the app checks
+    # the same limit on heads that arrived whole (see Gateway.__call__).
+    hc.h11_max_incomplete_size = config.max_header_bytes
     hc.accesslog = None  # ours is structured and knows the request id
     hc.errorlog = logging.getLogger("hypercorn.error")
     return hc

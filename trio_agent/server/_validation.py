@@ -122,6 +122,8 @@ def _options(body: Mapping[str, Any], limits: ServerConfig, prefix: str = "") ->
         value = body.get(name)
         if value is None:
             continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON (and JSON Schema) do not tell 5.0 from 5
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise _invalid(f"{name} must be a positive integer", prefix + name)
         if value > limits.max_tokens_limit:

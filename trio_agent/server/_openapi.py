@@ -1,0 +1,421 @@
+"""The gateway's HTTP API as an OpenAPI 3.1 document, served at ``GET /openapi.json``.
+
+A static description (limits are the :class:`~trio_agent.config.ServerConfig`
+defaults). ``tests/test_server_openapi.py`` runs schemathesis against a real
+server with it, so the document and the server cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["OPENAPI"]
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR_DESCRIPTIONS = {
+    "400": "malformed JSON or wrong Content-Type",
+    "401": "missing or wrong API key",
+    "404": "no such path",
+    "405": "method not allowed",
+    "408": "the body did not arrive within request_timeout",
+    "413": "body over max_body_bytes (or a batch over max_batch_items)",
+    "415": "unsupported media type",
+    "422": "a field is missing, wrong or unknown",
+    "429": "the API key has per_key_max_concurrency requests in flight",
+    "431": "request headers over max_header_bytes",
+    "500": "internal error",
+    "502": "the upstream failed",
+    "503": "overloaded or shutting down (Retry-After set)",
+    "504": "a deadline ran out before the answer started",
+}
+
+
+def _errors(*codes: str, openai: bool = False) -> dict[str, Any]:
+    schema = _ref("OpenAIError" if openai else "Error")
+    out: dict[str, Any] = {}
+    for code in codes:
+        resp = _json(schema, _ERROR_DESCRIPTIONS[code])
+        if code in ("429", "503"):
+            resp["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+        out[code] = resp
+    return out
+
+
+_COMMON = ("400", "401", "404", "405", "408", "413", "422", "429", "431", "500", "502", "503", "504")
+
+
+def _sse(kinds: list[str] | None) -> dict[str, Any]:
+    """An event stream; the schema describes ONE event (``event``, ``id``, ``data``)."""
+    if kinds is None:  # OpenAI's frames: data only, a JSON chunk or [DONE]
+        event: dict[str, Any] = {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"type": "string"}},
+        }
+    else:
+        event = {
+            "type": "object",
+            "required": ["event", "id", "data"],
+            "properties": {
+                "event": {"enum": kinds},
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {"type": {"enum": kinds}},
+                    },
+                },
+            },
+        }
+    return {"text/event-stream": {"schema": event}}
+
+
+_STREAM_EVENTS = ["thinking", "token", "done", "error"]
+_BATCH_EVENTS = ["thinking", "result", "done", "error"]
+
+# "Not only whitespace" as the server checks it (Python's str.isspace, not ECMA's \s).
+_NOT_BLANK = r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+_MESSAGE = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"enum": ["system", "user", "assistant", "tool", "developer"]},
+        "content": {"type": "string", "minLength": 1, "maxLength": 100_000, "pattern": _NOT_BLANK},
+    },
+}
+# null is the same as leaving the option out.
+_OPTIONS = {
+    "model": {"type": ["string", "null"], "minLength": 1, "maxLength": 256},
+    "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 8192},
+    "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+}
+_CHAT_BODY = {
+    "type": "object",
+    "description": "Exactly one of `question` or `messages`; unknown fields are refused (422).",
+    "additionalProperties": False,
+    "properties": {
+        "question": {"type": "string", "minLength": 1, "maxLength": 100_000, "pattern": _NOT_BLANK},
+        "messages": {"type": "array", "minItems": 1, "maxItems": 256, "items": _ref("Message")},
+        **_OPTIONS,
+    },
+    "oneOf": [{"required": ["question"]}, {"required": ["messages"]}],
+}
+_USAGE = {
+    "type": "object",
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+    "properties": {k: {"type": "integer", "minimum": 0} for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+}
+_TIMINGS = {
+    "type": "object",
+    "required": ["queued_ms", "ttft_ms", "total_ms"],
+    "properties": {
+        "queued_ms": {"type": "number"},
+        "ttft_ms": {"type": ["number", "null"]},
+        "total_ms": {"type": "number"},
+    },
+}
+_CHAT_RESULT = {
+    "type": "object",
+    "required": ["content", "finish_reason", "model", "usage", "timings"],
+    "properties": {
+        "content": {"type": "string"},
+        "finish_reason": {"type": ["string", "null"]},
+        "model": {"type": "string"},
+        "usage": _ref("Usage"),
+        "timings": _ref("Timings"),
+    },
+}
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "retryable", "request_id"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "retryable": {"type": "boolean"},
+                "request_id": {"type": "string"},
+                "field": {"type": "string"},
+                "retry_after": {"type": "integer", "minimum": 1},
+                "limit_bytes": {"type": "integer"},
+                "upstream_status": {"type": "integer"},
+            },
+        }
+    },
+}
+_OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "code": {"type": ["string", "null"]},
+                "param": {"type": ["string", "null"]},
+                "request_id": {"type": "string"},
+            },
+        }
+    },
+}
+_BATCH_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "questions": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 64,
+            "items": {"type": "string", "minLength": 1, "maxLength": 100_000, "pattern": _NOT_BLANK},
+        },
+        "requests": {"type": "array", "minItems": 1, "maxItems": 64, "items": _ref("ChatBody")},
+    },
+    "oneOf": [{"required": ["questions"]}, {"required": ["requests"]}],
+}
+_BATCH_RESULT = {
+    "type": "object",
+    "required": ["request_id", "results"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "status"],
+                "properties": {
+                    "index": {"type": "integer", "minimum": 0},
+                    "status": {"enum": ["ok", "error", "timeout"]},
+                },
+            },
+        },
+    },
+}
+_OPENAI_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"enum": ["system", "user", "assistant", "tool", "developer"]},
+        "content": {
+            "anyOf": [
+                {"type": "string", "maxLength": 100_000},
+                {"type": "null"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "text"],
+                        "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                    },
+                },
+            ]
+        },
+    },
+}
+_OPENAI_BODY = {
+    "type": "object",
+    "description": "OpenAI's chat completions request; fields not listed are ignored.",
+    "required": ["messages"],
+    "properties": {
+        "messages": {"type": "array", "minItems": 1, "maxItems": 256, "items": _ref("OpenAIMessage")},
+        "stream": {"type": ["boolean", "null"]},
+        "stream_options": {
+            "type": ["object", "null"],
+            "properties": {"include_usage": {"type": "boolean"}},
+        },
+        "n": {"enum": [1, None]},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 8192},
+        **_OPTIONS,
+    },
+}
+_OPENAI_COMPLETION = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices", "usage"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "chat.completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {"type": "array", "minItems": 1},
+        "usage": _ref("Usage"),
+    },
+}
+_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+# A bearer key when the server runs with --api-key, none otherwise (an empty requirement).
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}, {}]
+_PUBLIC: list[dict[str, list[str]]] = [{}]
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "trio_agent gateway",
+        "version": "0.1.0",
+        "description": (
+            "Streams an LLM's reply over Server-Sent Events with admission control, deadlines "
+            "and cancellation. Every error is JSON with a request id; every response carries "
+            "X-Request-ID. Routes other than the probes, /metrics, /openapi.json and / need "
+            "`Authorization: Bearer <key>` when the server is started with API keys."
+        ),
+    },
+    "servers": [{"url": "http://127.0.0.1:8000"}],
+    "security": _BEARER,
+    "paths": {
+        "/chat/stream": {
+            "post": {
+                "summary": "One reply as Server-Sent Events: thinking, token..., then done or error.",
+                "operationId": "chatStream",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ChatBody")}}},
+                "responses": {
+                    "200": {"description": "the event stream", "content": _sse(_STREAM_EVENTS)},
+                    **_errors(*_COMMON),
+                },
+            }
+        },
+        "/chat": {
+            "post": {
+                "summary": "One reply as a whole JSON answer.",
+                "operationId": "chat",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ChatBody")}}},
+                "responses": {"200": _json(_ref("ChatResult"), "the answer"), **_errors(*_COMMON)},
+            }
+        },
+        "/chat/batch": {
+            "post": {
+                "summary": "Several requests through the same admission; JSON, or SSE with Accept: text/event-stream.",
+                "operationId": "chatBatch",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchBody")}}},
+                "responses": {
+                    "200": {
+                        "description": "results in input order (JSON) or one result event each (SSE)",
+                        "content": {
+                            "application/json": {"schema": _ref("BatchResult")},
+                            **_sse(_BATCH_EVENTS),
+                        },
+                    },
+                    **_errors(*_COMMON),
+                },
+            }
+        },
+        "/v1/chat/completions": {
+            "post": {
+                "summary": "OpenAI-compatible chat completions, streamed or not.",
+                "operationId": "openaiChatCompletions",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("OpenAIBody")}}},
+                "responses": {
+                    "200": {
+                        "description": "a chat.completion, or chat.completion.chunk events then [DONE]",
+                        "content": {
+                            "application/json": {"schema": _ref("OpenAICompletion")},
+                            **_sse(None),
+                        },
+                    },
+                    **_errors(*_COMMON, openai=True),
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "The backend's models, OpenAI's list shape.",
+                "operationId": "openaiModels",
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "required": ["object", "data"],
+                         "properties": {"object": {"const": "list"}, "data": {"type": "array"}}},
+                        "the models",
+                    ),
+                    **_errors("401", "405", "431", "500", "502", "504", openai=True),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness.",
+                "operationId": "healthz",
+                "security": _PUBLIC,
+                "responses": {"200": _json(_STATUS, "the process runs"), **_errors("405", "431")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: 503 once a drain started.",
+                "operationId": "readyz",
+                "security": _PUBLIC,
+                "responses": {
+                    "200": _json(_STATUS, "ready"),
+                    "503": _json(_STATUS, "shutting down"),
+                    **_errors("405", "431"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text exposition.",
+                "operationId": "metrics",
+                "security": _PUBLIC,
+                "responses": {
+                    "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **_errors("405", "431"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document.",
+                "operationId": "openapi",
+                "security": _PUBLIC,
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"), **_errors("405", "431")},
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The chat page.",
+                "operationId": "chatPage",
+                "security": _PUBLIC,
+                "responses": {
+                    "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    **_errors("405", "431"),
+                },
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "headers": {
+            "RetryAfter": {
+                "description": "whole seconds to wait before retrying",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        },
+        "schemas": {
+            "Message": _MESSAGE,
+            "ChatBody": _CHAT_BODY,
+            "Usage": _USAGE,
+            "Timings": _TIMINGS,
+            "ChatResult": _CHAT_RESULT,
+            "BatchBody": _BATCH_BODY,
+            "BatchResult": _BATCH_RESULT,
+            "OpenAIMessage": _OPENAI_MESSAGE,
+            "OpenAIBody": _OPENAI_BODY,
+            "OpenAICompletion": _OPENAI_COMPLETION,
+            "Error": _ERROR,
+            "OpenAIError": _OPENAI_ERROR,
+        },
+    },
+}
