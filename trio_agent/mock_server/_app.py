@@ -54,6 +54,7 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _DONE = b"data: [DONE]\n\n"
+_COALESCE_BYTES = 16384  # flush coalesced frames at this size
 
 _STATUS_ERRORS: dict[int, tuple[str, str, str | None]] = {
     429: ("Rate limit reached (injected by the mock LLM).", "requests", "rate_limit_exceeded"),
@@ -410,7 +411,12 @@ class MockServerApp:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         pending = role  # the role frame goes out with the first token, as OpenAI's does
         sent = 0
-        async with self._llm_for(fault).stream_chat(call.request) as chunks:
+        llm = self._llm_for(fault)
+        cfg = llm.config
+        async with llm.stream_chat(call.request) as chunks:
+            # Token i is due at start + ttft + i * itl (+- jitter) on the stream's clock; taken
+            # after the stream's own start, this bound errs late, never early.
+            start = trio.current_time() + cfg.ttft + cfg.jitter
             async for chunk in chunks:
                 if sent == fault.stall_after:
                     if pending:
@@ -429,10 +435,15 @@ class MockServerApp:
                     await out(pending + frame, True)
                     return
                 if chunk.delta:
-                    await out(pending + head + orjson.dumps(chunk.delta) + tail, False)
-                    pending = b""
+                    pending += head + orjson.dumps(chunk.delta) + tail
                     sent += 1
                     self._tokens += 1
+                    # Coalesce frames that are all due now (itl 0, or a backlog): one write
+                    # instead of one per token. A frame waits only if the next token is
+                    # surely due already, so no frame is ever sent later than its token.
+                    if len(pending) >= _COALESCE_BYTES or start + sent * cfg.itl > trio.current_time():
+                        await out(pending, False)
+                        pending = b""
                 if chunk.finish_reason is not None:
                     end = (
                         pending + envelope + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
