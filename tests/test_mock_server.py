@@ -324,8 +324,8 @@ async def test_ttft_fault_delays_the_first_token() -> None:
 
 @pytest.mark.e2e
 async def test_slow_bytes_dribbles_the_same_stream() -> None:
-    llm = replace(FAST, tokens=3)
-    config = MockServerConfig(port=0, llm=llm, slow_bytes_delay=0.001, drain_timeout=0.2)
+    llm = replace(FAST, tokens=2)
+    config = MockServerConfig(port=0, llm=llm, slow_bytes_delay=0.0005, drain_timeout=0.2)
     with trio.fail_after(10):
         async with running(config) as (client, app):
             fast = frames((await client.post("/v1/chat/completions", json=STREAM)).content)
@@ -338,15 +338,33 @@ async def test_slow_bytes_dribbles_the_same_stream() -> None:
                     reads += 1
                     raw += piece
             slow = frames(raw)
-            assert trio.current_time() - start >= len(raw) * 0.001
+            assert trio.current_time() - start >= len(raw) * 0.0005
             assert reads > len(raw) // 4  # mostly single bytes (a slow reader may get a few at once)
             await wait_for_idle(app)
-            assert len(slow) == len(fast) == 6  # role, 3 tokens, finish, [DONE]
+            assert len(slow) == len(fast) == 5  # role, 2 tokens, finish, [DONE]
             for data in (fast, slow):
                 chunks = [orjson.loads(d)["choices"][0] for d in data[:-1]]
-                assert len("".join(c["delta"].get("content", "") for c in chunks).split()) == 3
+                assert len("".join(c["delta"].get("content", "") for c in chunks).split()) == 2
                 assert chunks[-1]["finish_reason"] == "stop"
             assert slow[-1] == "[DONE]" and app.statistics().completed == 2
+
+
+@pytest.mark.e2e
+async def test_faults_configured_on_the_mock_llm_become_openai_errors() -> None:
+    config = MockServerConfig(port=0, llm=replace(FAST, fail_after_tokens=2), drain_timeout=0.2)
+    with trio.fail_after(5):
+        async with running(config) as (client, app):
+            data = frames((await client.post("/v1/chat/completions", json=STREAM)).content)
+            assert len(data) == 4 and orjson.loads(data[-1])["error"]["type"] == "server_error"
+            r = await client.post("/v1/chat/completions", json=BODY)
+            assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    config = MockServerConfig(port=0, llm=replace(FAST, fail_before_first=True), drain_timeout=0.2)
+    with trio.fail_after(5):
+        async with running(config) as (client, app):
+            r = await client.post("/v1/chat/completions", json=BODY)
+            assert r.status_code == 503
+            await wait_for_idle(app)
+            assert app.statistics().completed == 0
 
 
 @pytest.mark.e2e

@@ -38,8 +38,10 @@ from ..errors import (
     PayloadTooLargeError,
     RequestError,
     RequestValidationError,
+    UpstreamError,
+    UpstreamStatusError,
 )
-from ..llm import ChatMessage, ChatRequest, MockLLM
+from ..llm import ChatMessage, ChatRequest, MockLLM, Usage
 from ._faults import Fault, draw_fault, parse_fault_header
 
 __all__ = ["MockServerApp", "MockServerStatistics"]
@@ -100,6 +102,20 @@ class _Exchange:
         self.done = False  # the reply ended on our side (set before its last send)
         self.faulted = False  # ... by an injected drop or error
         self.gone = False  # the client left before that
+
+
+def _error_frame(message: str) -> bytes:
+    return b"data: " + _error_doc(message, "server_error", "mock_stream_error") + b"\n\n"
+
+
+def _usage_json(usage: Usage) -> bytes:
+    return orjson.dumps(
+        {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        }
+    )
 
 
 def _error_doc(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
@@ -409,7 +425,8 @@ class MockServerApp:
         role = envelope + b'[{"index":0,"delta":{"role":"assistant","content":""}' + tail[1:]
         out = _slow_writer(send, self.config.slow_bytes_delay) if fault.slow_bytes else _writer(send)
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        pending = role  # the role frame goes out with the first token, as OpenAI's does
+        pending = [role]  # the role frame goes out with the first token, as OpenAI's does
+        pending_bytes = 0
         sent = 0
         llm = self._llm_for(fault)
         cfg = llm.config
@@ -417,50 +434,51 @@ class MockServerApp:
             # Token i is due at start + ttft + i * itl (+- jitter) on the stream's clock; taken
             # after the stream's own start, this bound errs late, never early.
             start = trio.current_time() + cfg.ttft + cfg.jitter
-            async for chunk in chunks:
-                if sent == fault.stall_after:
-                    if pending:
-                        await out(pending, False)
-                    await trio.sleep_forever()
-                if sent == fault.drop_after:
-                    if pending:
-                        await out(pending, False)
-                    exchange.done = exchange.faulted = True
-                    return  # Hypercorn closes a connection whose response did not end
-                if sent == fault.error_after:
-                    frame = b"data: " + _error_doc(
-                        "The mock LLM failed mid-stream (injected).", "server_error", "mock_stream_error"
-                    ) + b"\n\n"
-                    exchange.done = exchange.faulted = True
-                    await out(pending + frame, True)
-                    return
-                if chunk.delta:
-                    pending += head + orjson.dumps(chunk.delta) + tail
-                    sent += 1
-                    self._tokens += 1
-                    # Coalesce frames that are all due now (itl 0, or a backlog): one write
-                    # instead of one per token. A frame waits only if the next token is
-                    # surely due already, so no frame is ever sent later than its token.
-                    if len(pending) >= _COALESCE_BYTES or start + sent * cfg.itl > trio.current_time():
-                        await out(pending, False)
-                        pending = b""
-                if chunk.finish_reason is not None:
-                    end = (
-                        pending + envelope + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
-                        + orjson.dumps(chunk.finish_reason) + b"}]" + usage_null + b"}\n\n"
-                    )
-                    if call.include_usage and chunk.usage is not None:
-                        usage = chunk.usage
-                        end += envelope + b"[]," + b'"usage":' + orjson.dumps(
-                            {
-                                "prompt_tokens": usage.prompt_tokens,
-                                "completion_tokens": usage.completion_tokens,
-                                "total_tokens": usage.total_tokens,
-                            }
-                        ) + b"}\n\n"
-                    exchange.done = True  # before the last send: its end wakes the listener
-                    await out(end + _DONE, True)
-                    return
+            try:
+                async for chunk in chunks:
+                    if sent == fault.stall_after:
+                        await out(b"".join(pending), False)
+                        await trio.sleep_forever()
+                    if sent == fault.drop_after:
+                        await out(b"".join(pending), False)
+                        exchange.done = exchange.faulted = True
+                        return  # Hypercorn closes a connection whose response did not end
+                    if sent == fault.error_after:
+                        exchange.done = exchange.faulted = True
+                        pending.append(_error_frame("The mock LLM failed mid-stream (injected)."))
+                        await out(b"".join(pending), True)
+                        return
+                    if chunk.delta:
+                        frame = head + orjson.dumps(chunk.delta) + tail
+                        pending.append(frame)
+                        pending_bytes += len(frame)
+                        sent += 1
+                        self._tokens += 1
+                        # Coalesce frames that are all due now (itl 0, or a backlog): one write
+                        # instead of one per token. A frame waits only if the next token is
+                        # surely due already, so no frame goes out later than its token.
+                        if (
+                            pending_bytes >= _COALESCE_BYTES
+                            or start + sent * cfg.itl > trio.current_time()
+                        ):
+                            await out(b"".join(pending), False)
+                            pending.clear()
+                            pending_bytes = 0
+                    if chunk.finish_reason is not None:
+                        pending.append(
+                            envelope + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
+                            + orjson.dumps(chunk.finish_reason) + b"}]" + usage_null + b"}\n\n"
+                        )
+                        if call.include_usage and chunk.usage is not None:
+                            pending.append(envelope + b'[],"usage":' + _usage_json(chunk.usage) + b"}\n\n")
+                        pending.append(_DONE)
+                        exchange.done = True  # before the last send: its end wakes the listener
+                        await out(b"".join(pending), True)
+                        return
+            except UpstreamError as exc:  # a fault configured on the MockLLM itself
+                exchange.done = exchange.faulted = True
+                pending.append(_error_frame(f"The mock LLM failed: {exc}"))
+                await out(b"".join(pending), True)
 
     async def _complete(
         self, send: Send, call: _ChatCall, fault: Fault, exchange: _Exchange
@@ -469,31 +487,38 @@ class MockServerApp:
         finish = "stop"
         prompt_tokens = completion_tokens = 0
         async with self._llm_for(fault).stream_chat(call.request) as chunks:
-            async for chunk in chunks:
-                if len(parts) == fault.stall_after:
-                    await trio.sleep_forever()
-                if len(parts) == fault.drop_after:
-                    # Promise a body, send a piece of it, hang up.
-                    headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
-                    await send({"type": "http.response.start", "status": 200, "headers": headers})
-                    await send({"type": "http.response.body", "body": b'{"id":', "more_body": True})
-                    exchange.done = exchange.faulted = True
-                    return
-                if len(parts) == fault.error_after:
-                    err = _error_doc(
-                        "The mock LLM failed mid-generation (injected).", "server_error", None
-                    )
-                    exchange.done = exchange.faulted = True
-                    await _send_json(send, 500, err)
-                    return
-                if chunk.delta:
-                    parts.append(chunk.delta)
-                    self._tokens += 1
-                if chunk.finish_reason is not None:
-                    finish = chunk.finish_reason
-                if chunk.usage is not None:
-                    prompt_tokens = chunk.usage.prompt_tokens
-                    completion_tokens = chunk.usage.completion_tokens
+            try:
+                async for chunk in chunks:
+                    if len(parts) == fault.stall_after:
+                        await trio.sleep_forever()
+                    if len(parts) == fault.drop_after:
+                        # Promise a body, send a piece of it, hang up.
+                        headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
+                        await send({"type": "http.response.start", "status": 200, "headers": headers})
+                        await send({"type": "http.response.body", "body": b'{"id":', "more_body": True})
+                        exchange.done = exchange.faulted = True
+                        return
+                    if len(parts) == fault.error_after:
+                        err = _error_doc(
+                            "The mock LLM failed mid-generation (injected).", "server_error", None
+                        )
+                        exchange.done = exchange.faulted = True
+                        await _send_json(send, 500, err)
+                        return
+                    if chunk.delta:
+                        parts.append(chunk.delta)
+                        self._tokens += 1
+                    if chunk.finish_reason is not None:
+                        finish = chunk.finish_reason
+                    if chunk.usage is not None:
+                        prompt_tokens = chunk.usage.prompt_tokens
+                        completion_tokens = chunk.usage.completion_tokens
+            except UpstreamError as exc:  # a fault configured on the MockLLM itself
+                exchange.done = exchange.faulted = True
+                status = exc.status_code if isinstance(exc, UpstreamStatusError) else 500
+                err = _error_doc(f"The mock LLM failed: {exc}", "server_error", None)
+                await _send_json(send, status or 500, err)
+                return
         doc: dict[str, Any] = {
             "id": f"chatcmpl-mock{next(self._ids):012x}",
             "object": "chat.completion",
