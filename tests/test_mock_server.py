@@ -414,6 +414,25 @@ async def test_past_capacity_is_429_with_retry_after_and_a_queued_request_waits(
 
 
 @pytest.mark.e2e
+async def test_a_client_leaving_the_queue_frees_its_place_at_once() -> None:
+    llm = replace(FAST, itl=0.01, tokens=1000)
+    config = MockServerConfig(
+        port=0, llm=llm, max_concurrency=1, max_queued=1, max_queue_wait=30, drain_timeout=0.2
+    )
+    with trio.fail_after(5):
+        async with running(config) as (client, app):
+            async with client.stream("POST", "/v1/chat/completions", json=STREAM) as r:
+                raws = r.aiter_raw()
+                await _content_frames(raws, 1)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(client.post, "/v1/chat/completions", json=BODY))
+                    await app.wait_until(lambda s: s.queued == 1)
+                    nursery.cancel_scope.cancel()  # the queued client hangs up
+                stats = await app.wait_until(lambda s: s.cancelled == 1)
+                assert (stats.queued, stats.active, stats.rejected) == (0, 1, 0)
+
+
+@pytest.mark.e2e
 async def test_stats_count_cancelled_and_peak_active_and_reset_zeroes_them() -> None:
     llm = replace(FAST, itl=0.01, tokens=1000)
     config = MockServerConfig(port=0, llm=llm, drain_timeout=0.2)

@@ -1,9 +1,10 @@
 """The mock LLM server's ASGI app: OpenAI's chat completions wire format over :class:`MockLLM`.
 
-A thin raw ASGI app rather than a Quart app: the per-token path is one
-``bytes`` concatenation (a prebuilt JSON prefix and suffix around the
-orjson-escaped delta) and one ASGI ``send``, which roughly halves the CPU per
-token compared with a framework response generator.
+A thin raw ASGI app rather than a Quart app, so that nothing but Hypercorn sits
+between a token and its write: the per-token path is one ``bytes``
+concatenation (a JSON prefix and suffix built once per request around the
+orjson-escaped delta); frames already due together (``itl`` 0, a backlog) go
+out in one ASGI ``send``.
 
 Routes::
 
@@ -73,7 +74,8 @@ class MockServerStatistics:
 
     ``active`` chat requests are being served now (``queued`` wait for a
     slot); ``peak_active`` is the most at once. Of the ``requests`` received:
-    ``completed`` ended normally, ``cancelled`` lost their client mid-reply,
+    ``completed`` ended normally, ``cancelled`` lost their client while
+    queued or mid-reply,
     ``rejected`` got 429 for want of capacity, ``faults`` had a fault injected
     (random or ``X-Mock-Fault``). ``tokens`` counts content deltas sent.
     """
@@ -346,12 +348,30 @@ class MockServerApp:
             self._changed.unpark_all()
             await self._send_status_fault(send, fault)
             return
+        exchange = _Exchange()
+        # The listener runs from here on: a client that leaves while queued or mid-reply
+        # cancels its request at once.
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_listen_for_disconnect, receive, nursery.cancel_scope, exchange)
+                await self._admit_and_reply(send, call, fault, exchange)
+                nursery.cancel_scope.cancel()
+            if exchange.gone:
+                self._cancelled += 1
+            elif exchange.done and not exchange.faulted:
+                self._completed += 1
+        finally:
+            self._changed.unpark_all()
+
+    async def _admit_and_reply(
+        self, send: Send, call: _ChatCall, fault: Fault, exchange: _Exchange
+    ) -> None:
         limiter = self._limiter
         try:
             limiter.acquire_nowait()
         except trio.WouldBlock:
             if self._queued >= self.config.max_queued:
-                await self._reject(send)
+                await self._reject(send, exchange)
                 return
             self._queued += 1
             self._changed.unpark_all()
@@ -361,28 +381,19 @@ class MockServerApp:
             finally:
                 self._queued -= 1
             if waited.cancelled_caught:
-                await self._reject(send)
+                await self._reject(send, exchange)
                 return
         self._active += 1
         self._peak_active = max(self._peak_active, self._active)
         self._changed.unpark_all()
         try:
-            exchange = _Exchange()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_listen_for_disconnect, receive, nursery.cancel_scope, exchange)
-                if call.stream:
-                    await self._stream(send, call, fault, exchange)
-                else:
-                    await self._complete(send, call, fault, exchange)
-                nursery.cancel_scope.cancel()
-            if exchange.gone:
-                self._cancelled += 1
-            elif exchange.done and not exchange.faulted:
-                self._completed += 1
+            if call.stream:
+                await self._stream(send, call, fault, exchange)
+            else:
+                await self._complete(send, call, fault, exchange)
         finally:
             self._active -= 1
             limiter.release()
-            self._changed.unpark_all()
 
     async def _send_status_fault(self, send: Send, fault: Fault) -> None:
         status = fault.status or 500
@@ -395,9 +406,9 @@ class MockServerApp:
         extra = _retry_after_header(retry_after) if retry_after is not None else None
         await _send_json(send, status, _error_doc(message, type_, code), extra)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, exchange: _Exchange) -> None:
         self._rejected += 1
-        self._changed.unpark_all()
+        exchange.done = exchange.faulted = True  # not completed, and its end is no disconnect
         doc = _error_doc(
             f"The mock LLM is at capacity ({self.config.max_concurrency} running, "
             f"{self.config.max_queued} queued); retry later.",
