@@ -309,13 +309,15 @@ async def test_error_after_sends_an_error_frame_and_no_done() -> None:
 
 @pytest.mark.e2e
 async def test_ttft_fault_delays_the_first_token() -> None:
+    config = MockServerConfig(port=0, llm=replace(FAST, itl=0.01, tokens=1000), drain_timeout=0.2)
     with trio.fail_after(5):
-        async with running() as (client, app):
+        async with running(config) as (client, app):
             start = trio.current_time()
             headers = {"x-mock-fault": "ttft=0.3"}
             async with client.stream("POST", "/v1/chat/completions", json=STREAM, headers=headers) as r:
                 assert r.status_code == 200  # headers come at once
-                await _content_frames(r.aiter_raw(), 1)
+                raws = r.aiter_raw()
+                await _content_frames(raws, 1)
                 assert trio.current_time() - start >= 0.3
             await wait_for_idle(app)
             assert app.statistics().completed == 0  # closed after the first token: cancelled
