@@ -13,7 +13,7 @@ from .concurrency import (
     map_concurrently,
     open_request_queue,
 )
-from .config import BenchConfig, MockLLMConfig, ServerConfig, UpstreamConfig
+from .config import BenchConfig, MockLLMConfig, MockServerConfig, ServerConfig, UpstreamConfig
 from .errors import (
     AdmissionError,
     AuthenticationError,
@@ -67,6 +67,7 @@ from .llm import (
     Usage,
     open_openai_backend,
 )
+from .mock_server import MockServerApp, MockServerStatistics, serve_mock_llm
 from .server import (
     Admission,
     AdmissionStatistics,
@@ -108,6 +109,9 @@ __all__ = [
     "MockLLM",
     "MockLLMConfig",
     "MockLLMStatistics",
+    "MockServerApp",
+    "MockServerConfig",
+    "MockServerStatistics",
     "NotFoundError",
     "OpenAIBackend",
     "OpenAIBackendStatistics",
@@ -157,4 +161,5 @@ __all__ = [
     "open_openai_backend",
     "open_request_queue",
     "serve",
+    "serve_mock_llm",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -166,13 +167,96 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _add_mock_llm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("mock-llm", help="run the OpenAI-compatible mock LLM server")
+    from .config import MOCK_FAULT_KINDS, MockLLMConfig, MockServerConfig
+
+    d = MockServerConfig()
+    m = MockLLMConfig()
+    p = sub.add_parser(
+        "mock-llm",
+        help="run the OpenAI-compatible mock LLM server",
+        description=(
+            "Serve POST /v1/chat/completions (streamed or not) and GET /v1/models like OpenAI, "
+            "paced like a real model, with faults on demand (X-Mock-Fault header) or at random. "
+            "GET /mock/stats shows counters, POST /mock/reset zeroes them."
+        ),
+    )
+    p.add_argument("--host", default=d.host, help=f"address to listen on [default: {d.host}]")
+    p.add_argument("--port", type=int, default=d.port, help=f"port (0: any free port) [default: {d.port}]")
+    p.add_argument("--ttft", type=float, default=m.ttft, metavar="SECONDS",
+                   help=f"time to first token [default: {m.ttft}]")
+    p.add_argument("--itl", type=float, default=m.itl, metavar="SECONDS",
+                   help=f"time between tokens [default: {m.itl}]")
+    p.add_argument("--itl-spread", type=float, default=m.jitter, metavar="SECONDS",
+                   help=f"uniform +- jitter on each token's due time [default: {m.jitter}]")
+    p.add_argument("--tokens", type=int, default=m.tokens, help=f"tokens per reply [default: {m.tokens}]")
+    p.add_argument("--seed", type=int, default=m.seed, help=f"seed of content, jitter and faults [default: {m.seed}]")
+    p.add_argument("--content", choices=("filler", "echo"), default=m.content,
+                   help=f"reply with filler text or echo the last user message [default: {m.content}]")
+    p.add_argument("--model", default=m.model, help=f"the model name reported [default: {m.model}]")
+    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency,
+                   help=f"requests served at once [default: {d.max_concurrency}]")
+    p.add_argument("--max-queued", type=int, default=d.max_queued,
+                   help=f"requests that may wait for a slot; 429 past it [default: {d.max_queued}]")
+    p.add_argument("--max-queue-wait", type=float, default=d.max_queue_wait, metavar="SECONDS",
+                   help=f"longest wait for a slot before 429 [default: {d.max_queue_wait}]")
+    p.add_argument("--fault-rate", action="append", default=[], metavar="KIND=RATE",
+                   help=f"inject a fault into this fraction of requests (repeatable); KIND is one of "
+                   f"{', '.join(MOCK_FAULT_KINDS)}")
+    p.add_argument("--fault-after-tokens", type=int, default=d.fault_after_tokens, metavar="N",
+                   help=f"where random stall/drop/error faults strike [default: {d.fault_after_tokens}]")
     p.set_defaults(func=_run_mock_llm)
 
 
+def _parse_fault_rates(specs: list[str]) -> dict[str, Any]:
+    from .config import MOCK_FAULT_KINDS
+
+    rates: dict[str, Any] = {}
+    for spec in specs:
+        kind, eq, raw = (s.strip() for s in spec.partition("="))
+        if not eq or kind not in MOCK_FAULT_KINDS:
+            raise ValueError(
+                f"--fault-rate must be KIND=RATE with KIND one of {', '.join(MOCK_FAULT_KINDS)}, got {spec!r}"
+            )
+        try:
+            rates[f"fault_{kind}_rate"] = float(raw)
+        except ValueError:
+            raise ValueError(f"--fault-rate {kind}: RATE must be a number, got {raw!r}") from None
+    return rates
+
+
 def _run_mock_llm(args: argparse.Namespace) -> int:
-    print("trio-agent mock-llm: not built yet", file=sys.stderr)
-    return 2
+    import logging
+
+    import trio
+
+    from .config import MockLLMConfig, MockServerConfig
+    from .errors import ConfigError
+    from .mock_server import serve_mock_llm
+
+    try:
+        llm = MockLLMConfig(
+            ttft=args.ttft, itl=args.itl, jitter=args.itl_spread, tokens=args.tokens,
+            seed=args.seed, content=args.content, model=args.model,
+        )
+        config = MockServerConfig(
+            host=args.host, port=args.port, llm=llm,
+            max_concurrency=args.max_concurrency, max_queued=args.max_queued,
+            max_queue_wait=args.max_queue_wait, fault_after_tokens=args.fault_after_tokens,
+            **_parse_fault_rates(args.fault_rate),
+        )
+    except (ConfigError, ValueError) as exc:
+        print(f"trio-agent mock-llm: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(serve_mock_llm, config)
+            shown = f"[{host}]" if ":" in host else host
+            print(f"mock LLM listening on http://{shown}:{port}", flush=True)
+
+    trio.run(main)
+    return 0
 
 
 def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -20,6 +20,7 @@ from .errors import ConfigError
 __all__ = [
     "BenchConfig",
     "MockLLMConfig",
+    "MockServerConfig",
     "ServerConfig",
     "UpstreamConfig",
     "config_from_env",
@@ -79,6 +80,67 @@ class MockLLMConfig:
         _check(self.content in ("echo", "filler"), f"content must be 'echo' or 'filler', got {self.content!r}")
         _non_negative("fail_after_tokens", self.fail_after_tokens)
         _non_negative("stall_after_tokens", self.stall_after_tokens)
+
+
+# The fault kinds of the mock LLM server, as ``--fault-rate KIND=RATE`` names them.
+MOCK_FAULT_KINDS = ("429", "500", "503", "stall", "drop", "error")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MockServerConfig:
+    """The OpenAI-compatible mock LLM server (``trio-agent mock-llm``, ``serve_mock_llm``).
+
+    ``llm`` paces and fills every reply. Admission: at most ``max_concurrency``
+    chat requests run at once; up to ``max_queued`` more wait at most
+    ``max_queue_wait`` seconds; past either the answer is 429 with
+    ``Retry-After: retry_after``. Random faults, drawn per request from an RNG
+    seeded with ``llm.seed`` (at most one per request, so the rates must sum
+    to <= 1): ``fault_429_rate``/``fault_500_rate``/``fault_503_rate`` answer
+    that status; ``fault_stall_rate`` stops sending after
+    ``fault_after_tokens`` tokens, ``fault_drop_rate`` cuts the connection
+    there, ``fault_error_rate`` sends an ``{"error": ...}`` frame there. The
+    ``X-Mock-Fault`` request header asks for one fault explicitly.
+    ``slow_bytes_delay`` is the pause between bytes of a ``slow-bytes``
+    stream; ``drain_timeout`` how long streams may run on after shutdown.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8100
+    llm: MockLLMConfig = field(default_factory=MockLLMConfig)
+    max_concurrency: int = 1000
+    max_queued: int = 1000
+    max_queue_wait: float = 5.0
+    retry_after: float = 1.0
+    fault_429_rate: float = 0.0
+    fault_500_rate: float = 0.0
+    fault_503_rate: float = 0.0
+    fault_stall_rate: float = 0.0
+    fault_drop_rate: float = 0.0
+    fault_error_rate: float = 0.0
+    fault_after_tokens: int = 5
+    slow_bytes_delay: float = 0.002
+    max_body_bytes: int = 1 << 20
+    drain_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port!r}")
+        _check(self.max_concurrency >= 1, f"max_concurrency must be >= 1, got {self.max_concurrency!r}")
+        _check(self.max_queued >= 0, f"max_queued must be >= 0, got {self.max_queued!r}")
+        _non_negative("max_queue_wait", self.max_queue_wait)
+        _non_negative("retry_after", self.retry_after)
+        rates = [getattr(self, f"fault_{kind}_rate") for kind in MOCK_FAULT_KINDS]
+        for kind, rate in zip(MOCK_FAULT_KINDS, rates, strict=True):
+            _check(0 <= rate <= 1, f"fault_{kind}_rate must be in [0, 1], got {rate!r}")
+        _check(sum(rates) <= 1 + 1e-9, f"the fault rates must sum to <= 1, got {sum(rates)!r}")
+        _non_negative("fault_after_tokens", self.fault_after_tokens)
+        _non_negative("slow_bytes_delay", self.slow_bytes_delay)
+        _positive("max_body_bytes", self.max_body_bytes)
+        _non_negative("drain_timeout", self.drain_timeout)
+
+    def fault_rates(self) -> dict[str, float]:
+        """The non-zero random fault rates, by kind (``"429"``, ``"stall"``, ...)."""
+        rates = {kind: getattr(self, f"fault_{kind}_rate") for kind in MOCK_FAULT_KINDS}
+        return {kind: rate for kind, rate in rates.items() if rate}
 
 
 @dataclass(frozen=True, kw_only=True)
