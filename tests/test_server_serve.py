@@ -22,6 +22,7 @@ from trio_agent.server import Gateway, serve, worker_config
 from trio_agent.sse import ServerSentEvent, SSEDecoder
 
 Q = {"question": "hello"}
+V1_STREAM = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "stream": True}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -140,6 +141,33 @@ async def test_streams_through_hypercorn() -> None:
             assert [e.event for e in events] == ["thinking"] + ["token"] * 5 + ["done"]
             assert health.status_code == 200
             assert_released(gw, llm)
+            # Under the pinned Hypercorn the tokens take the direct path (a Hypercorn
+            # whose objects no longer fit would silently fall back: this fails then).
+            assert gw.metrics.direct_token_events >= 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("direct", [True, False])
+async def test_direct_writes_and_asgi_writes_send_the_same_stream(direct: bool) -> None:
+    with trio.fail_after(10):
+        mock = MockLLMConfig(ttft=0.01, itl=0.002, tokens=40, seed=3)
+        async with running(mock, direct_writes=direct) as (url, gw, llm):
+            async with httpx.AsyncClient(base_url=url) as client:
+                for path, body in (("/chat/stream", Q), ("/v1/chat/completions", V1_STREAM)):
+                    async with client.stream("POST", path, json=body) as r:
+                        assert r.status_code == 200
+                        events = await read_events(r)
+                    text = "".join(
+                        orjson.loads(e.data)["content"] if e.event == "token"
+                        else (orjson.loads(e.data)["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+                        if e.event == "message" and e.data != "[DONE]" else ""
+                        for e in events
+                    )
+                    assert len(text.split()) == 40
+                    assert events[-1].data == "[DONE]" or events[-1].event == "done"
+            assert_released(gw, llm)
+            assert (gw.metrics.direct_token_events > 0) is direct
+            assert gw.metrics.tokens_streamed == 80
 
 
 @pytest.mark.e2e

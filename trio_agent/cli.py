@@ -92,6 +92,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help=f"one JSON line per request on stderr [default: {defaults.access_log}; env TRIO_AGENT_ACCESS_LOG]",
     )
     p.add_argument(
+        "--direct-writes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write streamed tokens straight to Hypercorn's socket when it is free "
+        f"[default: {defaults.direct_writes}; env TRIO_AGENT_DIRECT_WRITES]",
+    )
+    p.add_argument(
         "--upstream-url",
         metavar="URL",
         help="OpenAI-compatible base URL to proxy to, e.g. https://api.openai.com/v1 "
@@ -128,6 +135,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     server = {name: getattr(args, name) for name, _, _ in _SERVE_FLAGS}
     server["access_log"] = args.access_log
+    server["direct_writes"] = args.direct_writes
     if args.api_keys is not None:
         server["api_keys"] = frozenset(args.api_keys)
     if args.cors_origins is not None:

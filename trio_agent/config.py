@@ -201,7 +201,9 @@ class ServerConfig:
     that is idle between requests or still sending its request head (a
     slowloris client); a slow body is bounded by ``request_timeout`` (408).
     A request head over ``max_header_bytes`` gets 431, a body over
-    ``max_body_bytes`` 413.
+    ``max_body_bytes`` 413. ``direct_writes`` lets a stream write its token
+    events straight to Hypercorn's socket when it is free (HTTP/1.1 over TCP;
+    see ``trio_agent/server/_direct.py``); off, every write goes through ASGI.
     ``upstream`` set means proxy to a real
     OpenAI-compatible API; ``None`` means answer from the built-in mock.
 
@@ -236,6 +238,7 @@ class ServerConfig:
     max_batch_items: int = 64
     batch_concurrency: int = 8
     access_log: bool = True
+    direct_writes: bool = True
     per_key_rate: float | None = None
     per_key_burst: int = 1
     redis_url: str | None = field(default=None, repr=False)

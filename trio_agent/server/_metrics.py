@@ -71,6 +71,7 @@ class GatewayMetrics:
         self.drain_cancelled = 0
         self.tokens_streamed = 0
         self.token_events = 0
+        self.direct_token_events = 0
         self.streams_started = 0
         self.streams_done = 0
         self.queue_wait = Histogram("trio_agent_queue_wait_seconds", "Time spent waiting for admission.")
@@ -165,6 +166,9 @@ class GatewayMetrics:
         metric("trio_agent_token_events_total", "counter",
                "SSE token events written (fewer than deltas when coalesced).",
                [("", self.token_events)])
+        metric("trio_agent_direct_token_events_total", "counter",
+               "Token events written straight to the socket, without a task hop.",
+               [("", self.direct_token_events)])
         for hist in (self.queue_wait, self.ttft, self.total):
             lines.extend(hist.render())
         lines.append("")

@@ -6,14 +6,18 @@
     └── request nursery
         ├── disconnect listener   receive() -> http.disconnect cancels the scope
         ├── stall watchdog        a write pending past write_timeout cancels the scope
-        ├── producer              lease (admission) -> backend.stream_chat -> small channel
-        └── writer (this task)    200 + thinking, then token events, one terminal event
+        ├── producer              lease (admission) -> backend.stream_chat -> _TokenPipe.offer
+        └── writer (this task)    200 + thinking, then what the producer could not send, one terminal event
 
 Admission is decided (``nursery.start`` returns the lease, or raises) before
 a single byte of the response is sent, so a refusal is a plain JSON 503/429.
-The writer takes whatever piled up in the channel and sends it as ONE token
-event, so a slow reader costs at most the channel size plus one event of
-memory, while a reader that keeps up gets each token at once.
+
+Per token, the producer writes the token event itself, straight to the
+socket, when the writer is idle and the socket is free (``_direct.py``:
+no task hop, no yield; one task switch per token in all). Otherwise the
+delta waits in the pipe and the writer takes whatever piled up and sends it
+as ONE token event, so a slow reader costs at most ``CHANNEL_SIZE`` deltas
+plus one event of memory, while a reader that keeps up gets each token at once.
 
 Under Hypercorn a socket write is shielded from cancellation, so a stalled
 write cannot be interrupted; the watchdog therefore cancels the *producer*
@@ -46,6 +50,7 @@ from ._chat import (
     timeout_outcome,
     usage_payload,
 )
+from ._direct import ClientGoneError, DirectBody, direct_body
 from ._drain import DISCONNECT, SHUTTING_DOWN, WRITE_STALLED, RequestControl
 from ._errors import (
     error_headers,
@@ -214,6 +219,7 @@ class _Responder:
         "_send",
         "_stall",
         "_write_timeout",
+        "direct",
         "info",
         "started",
         "terminal_sent",
@@ -226,6 +232,7 @@ class _Responder:
         self._write_timeout = gw.config.write_timeout
         self._stall = trio.CancelScope()
         self._pending_since: float | None = None
+        self.direct: DirectBody | None = None
         self.info = info
         self.started = False
         self.terminal_sent = False
@@ -259,12 +266,15 @@ class _Responder:
             abort(self._send)
 
     async def _send_watched(self, message: Message) -> None:
+        await self._watched(self._send, message)
+
+    async def _watched(self, fn: Callable[[Any], Awaitable[None]], arg: Any) -> None:
         now = trio.current_time()
         self._pending_since = now
         if self._stall.deadline == math.inf:
             self._stall.deadline = now + self._write_timeout
         try:
-            await self._send(message)
+            await fn(arg)
         except (trio.Cancelled, KeyboardInterrupt):
             raise
         except Exception:
@@ -285,14 +295,52 @@ class _Responder:
             }
         )
         self.started = True
+        if self._gw.config.direct_writes:
+            self.direct = direct_body(self._send)
 
     async def write(self, data: bytes) -> None:
-        await self._send_watched({"type": "http.response.body", "body": data, "more_body": True})
+        direct = self.direct
+        if direct is None:
+            await self._send_watched(
+                {"type": "http.response.body", "body": data, "more_body": True}
+            )
+        else:
+            await self._watched(direct.send, data)
+
+    @property
+    def can_write_now(self) -> bool:
+        """:meth:`write_nowait` will take the next event (the direct path is free)."""
+        direct = self.direct
+        return direct is not None and direct.ready
+
+    def write_nowait(self, data: bytes) -> None:
+        """Send ``data`` without yielding; only when :attr:`can_write_now`.
+
+        What the socket does not take at once stays :attr:`flush_pending`. A
+        client found gone cancels the request.
+        """
+        assert self.direct is not None
+        try:
+            self.direct.send_nowait(data)
+        except ClientGoneError:
+            self._ctrl.cancel(DISCONNECT)
+
+    @property
+    def flush_pending(self) -> bool:
+        """Bytes of a :meth:`write_nowait` are still unsent: :meth:`flush` before writing more."""
+        return self.direct is not None and self.direct.pending
+
+    async def flush(self) -> None:
+        direct = self.direct
+        if direct is not None and direct.pending:
+            await self._watched(lambda _: direct.flush(), None)
 
     async def finish_unwatched(self, data: bytes = b"") -> None:
         """The last bytes, after the request scope ended: bounded by ``write_timeout``."""
         with trio.move_on_after(self._write_timeout):
             try:
+                if self.direct is not None:
+                    await self.direct.flush()
                 await self._send({"type": "http.response.body", "body": data, "more_body": False})
             except (trio.Cancelled, KeyboardInterrupt):
                 raise
@@ -308,14 +356,122 @@ async def _watch_disconnect(receive: Receive, ctrl: RequestControl) -> None:
             return
 
 
-class _Failure:
-    __slots__ = ("error",)
+class _TokenPipe:
+    """Hands a stream's chunks from the producer (the upstream reader) to the writer task.
 
-    def __init__(self, error: TrioAgentError) -> None:
-        self.error = error
+    When the writer is idle and Hypercorn's socket is free, :meth:`offer`
+    writes the token event straight to the socket from the producer's task
+    (:class:`~trio_agent.server._direct.DirectBody`): no task hop, no yield.
+    Otherwise the deltas wait here and the writer sends everything that
+    piled up as ONE event (coalescing), so a slow reader costs at most
+    ``CHANNEL_SIZE`` chunks plus one event of memory.
+    """
 
+    __slots__ = (
+        "_out",
+        "_parked",
+        "_room",
+        "closed",
+        "deltas",
+        "failure",
+        "finish",
+        "first_at",
+        "fmt",
+        "last_write_at",
+        "metrics",
+        "pending",
+        "usage",
+        "writing",
+    )
 
-Item = ChatChunk | _Failure
+    def __init__(self, out: _Responder, fmt: NativeFormat | OpenAIFormat, metrics: Any) -> None:
+        self._out = out
+        self.fmt = fmt
+        self.metrics = metrics
+        self.pending: list[str] = []
+        self.writing = True  # until the writer has sent the head and the thinking event
+        self.closed = False
+        self.failure: TrioAgentError | None = None
+        self.deltas = 0
+        self.first_at: float | None = None
+        self.last_write_at = 0.0
+        self.usage: Usage | None = None
+        self.finish: str | None = None
+        self._parked: trio.lowlevel.Task | None = None
+        self._room: trio.Event | None = None
+
+    # -- the producer's side ----------------------------------------------------------
+
+    def offer(self, chunk: ChatChunk) -> None:
+        """Take one chunk; never yields. Check :attr:`full` before the next one."""
+        if chunk.finish_reason is not None:
+            self.finish = chunk.finish_reason
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        delta = chunk.delta
+        if not delta:
+            return
+        out = self._out
+        if not self.writing and not self.pending and out.can_write_now:
+            out.write_nowait(self.fmt.token(delta))
+            self._count(1, 1)
+            self.metrics.direct_token_events += 1
+            if out.flush_pending:
+                self._wake()  # the socket took part of it: the writer sends the rest
+            return
+        self.pending.append(delta)
+        self._wake()
+
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= CHANNEL_SIZE
+
+    async def wait_for_room(self) -> None:
+        while self.full:
+            self._room = trio.Event()
+            await self._room.wait()
+
+    def close(self, failure: TrioAgentError | None = None) -> None:
+        self.failure = failure
+        self.closed = True
+        self._wake()
+
+    # -- the writer's side ------------------------------------------------------------
+
+    def _count(self, tokens: int, events: int) -> None:
+        now = trio.current_time()
+        if self.first_at is None:
+            self.first_at = now
+        self.last_write_at = now
+        self.deltas += tokens
+        self.metrics.tokens_streamed += tokens
+        self.metrics.token_events += events
+
+    def _wake(self) -> None:
+        task = self._parked
+        if task is not None:
+            self._parked = None
+            trio.lowlevel.reschedule(task)
+
+    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        self._parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def wait(self) -> None:
+        """Park until there is something to write or the stream ended."""
+        if self.pending or self.closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._parked = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def take(self) -> list[str]:
+        taken, self.pending = self.pending, []
+        room = self._room
+        if room is not None:
+            self._room = None
+            room.set()
+        return taken
 
 
 async def _produce(
@@ -323,119 +479,92 @@ async def _produce(
     request: ChatRequest,
     info: RequestInfo,
     ctrl: RequestControl,
+    pipe: _TokenPipe,
     *,
-    task_status: trio.TaskStatus[tuple[trio.MemoryReceiveChannel[Item], Lease]],
+    task_status: trio.TaskStatus[Lease],
 ) -> None:
-    tx, rx = trio.open_memory_channel[Item](CHANNEL_SIZE)
     started = False
-    with tx:
-        try:
-            async with gw.limits.lease(info.key_id) as lease:
-                ctrl.admitted = True
-                gw.metrics.queue_wait.observe(lease.queued)
-                started = True
-                task_status.started((rx, lease))
-                async with gw.backend.stream_chat(request) as chunks:
-                    async for chunk in chunks:
-                        # The backend's own wait was this iteration's checkpoint: hand the
-                        # chunk over without a second yield unless the writer is behind.
-                        try:
-                            tx.send_nowait(chunk)
-                        except trio.WouldBlock:
-                            await tx.send(chunk)
-        except trio.BrokenResourceError:
-            return  # the writer has finished; nobody is listening
-        except TrioAgentError as exc:
-            if not started:
-                raise
-            if isinstance(exc, UpstreamError):
-                gw.metrics.count_upstream_error(exc.code)
-            await _send_failure(tx, exc)
-        except Exception:
-            if not started:
-                raise
-            logger.exception("backend failed (request_id=%s)", info.request_id)
-            await _send_failure(tx, TrioAgentError("internal server error"))
-
-
-async def _send_failure(tx: trio.MemorySendChannel[Item], exc: TrioAgentError) -> None:
     try:
-        await tx.send(_Failure(exc))
-    except trio.BrokenResourceError:
-        pass
+        async with gw.limits.lease(info.key_id) as lease:
+            ctrl.admitted = True
+            gw.metrics.queue_wait.observe(lease.queued)
+            started = True
+            task_status.started(lease)
+            async with gw.backend.stream_chat(request) as chunks:
+                async for chunk in chunks:
+                    # The backend's own wait was this iteration's checkpoint.
+                    pipe.offer(chunk)
+                    if pipe.full:
+                        await pipe.wait_for_room()
+        pipe.close()
+    except TrioAgentError as exc:
+        if not started:
+            raise
+        if isinstance(exc, UpstreamError):
+            gw.metrics.count_upstream_error(exc.code)
+        pipe.close(exc)
+    except Exception:
+        if not started:
+            raise
+        logger.exception("backend failed (request_id=%s)", info.request_id)
+        pipe.close(TrioAgentError("internal server error"))
 
 
-async def _pump(
+async def _write_stream(
     gw: Gateway,
     out: _Responder,
-    rx: trio.MemoryReceiveChannel[Item],
-    fmt: NativeFormat | OpenAIFormat,
+    pipe: _TokenPipe,
     lease: Lease,
     request: ChatRequest,
 ) -> None:
+    """The writer: head and thinking event, then whatever the producer could not send, then the end."""
     info = out.info
     metrics = gw.metrics
+    fmt = pipe.fmt
     model = request.model or gw.backend.model
     await out.start()
     metrics.streams_started += 1
     await out.write(fmt.begin(lease, model))
+    pipe.last_write_at = trio.current_time()
     keepalive_interval = gw.config.keepalive_interval
-    deltas = 0
-    first_at: float | None = None
-    usage: Usage | None = None
-    finish: str | None = None
     while True:
-        ended = False
-        with trio.move_on_after(keepalive_interval) as idle:
-            try:
-                items = [await rx.receive()]
-            except trio.EndOfChannel:
-                items = []
-                ended = True
-        if idle.cancelled_caught:
-            await out.write(KEEPALIVE)
-            continue
-        while not ended:
-            try:
-                items.append(rx.receive_nowait())
-            except trio.WouldBlock:
-                break
-            except trio.EndOfChannel:
-                ended = True
-        texts: list[str] = []
-        failure: TrioAgentError | None = None
-        for item in items:
-            if isinstance(item, _Failure):
-                failure = item.error
+        # The keepalive deadline is armed from the last write, and re-armed only
+        # when it fires early: one cancel scope per keepalive interval, not per token.
+        pipe.writing = bool(pipe.pending) or out.flush_pending
+        if not pipe.writing:
+            with trio.CancelScope(deadline=pipe.last_write_at + keepalive_interval) as idle:
+                await pipe.wait()
+            if idle.cancelled_caught:
+                if trio.current_time() - pipe.last_write_at >= keepalive_interval:
+                    pipe.writing = True
+                    await out.write(KEEPALIVE)
+                    pipe.last_write_at = trio.current_time()
                 continue
-            if item.delta:
-                texts.append(item.delta)
-            if item.finish_reason is not None:
-                finish = item.finish_reason
-            if item.usage is not None:
-                usage = item.usage
+        pipe.writing = True
+        await out.flush()
+        texts = pipe.take()
         if texts:
-            if first_at is None:
-                first_at = trio.current_time()
-            deltas += len(texts)
-            metrics.tokens_streamed += len(texts)
-            metrics.token_events += 1
+            pipe._count(len(texts), 1)
             await out.write(fmt.token(texts[0] if len(texts) == 1 else "".join(texts)))
+        if pipe.pending:
+            continue
+        failure = pipe.failure
         if failure is not None:
             info.outcome = failure.code
             await out.write(fmt.error(failure))
             out.terminal_sent = True
             return
-        if ended:
+        if pipe.closed:
             end = trio.current_time()
             start = info.started_at
+            first_at = pipe.first_at
             if first_at is not None:
                 metrics.ttft.observe(first_at - start)
             metrics.total.observe(end - start)
             result = ChatResult(
                 content="",
-                finish_reason=finish,
-                usage=usage or Usage(prompt_tokens=0, completion_tokens=deltas),
+                finish_reason=pipe.finish,
+                usage=pipe.usage or Usage(prompt_tokens=0, completion_tokens=pipe.deltas),
                 model=model,
                 queued_ms=lease.queued * 1000.0,
                 ttft_ms=None if first_at is None else (first_at - start) * 1000.0,
@@ -446,6 +575,7 @@ async def _pump(
             metrics.streams_done += 1
             info.outcome = "done"
             return
+        pipe.writing = False
 
 
 async def serve_stream(
@@ -469,13 +599,13 @@ async def serve_stream(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_disconnect, receive, ctrl)
                 nursery.start_soon(out.watchdog)
+                pipe = _TokenPipe(out, fmt, gw.metrics)
                 try:
-                    rx, lease = await nursery.start(_produce, gw, request, info, ctrl)
+                    lease = await nursery.start(_produce, gw, request, info, ctrl, pipe)
                 except TrioAgentError as exc:
                     refused = exc
                 else:
-                    with rx:
-                        await _pump(gw, out, rx, fmt, lease, request)
+                    await _write_stream(gw, out, pipe, lease, request)
                 nursery.cancel_scope.cancel()
     finally:
         gw.drain.unregister(ctrl)

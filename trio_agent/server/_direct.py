@@ -1,0 +1,156 @@
+"""Streamed body bytes written straight to Hypercorn's socket when it is free.
+
+Under Hypercorn's trio worker every ASGI ``http.response.body`` message goes
+``HTTPStream.app_send`` -> ``H11Protocol`` -> ``TCPServer.protocol_send``,
+which takes a :class:`trio.Lock` and calls ``SocketStream.send_all`` in a
+shielded cancel scope: two reschedules of the writing task and half a dozen
+frames per streamed event, about a third of the server's CPU per token in the
+profile (benchmarks/README.md). uvicorn writes the same bytes with one
+synchronous ``transport.write``.
+
+:class:`DirectBody` does what uvicorn does for the body of an HTTP/1.1
+response whose head Hypercorn has already sent: h11 frames the chunk (so h11's
+own state stays right and Hypercorn's final ``EndOfMessage`` is correct), and
+the bytes go to the socket with one non-blocking ``send``, no yield, when
+Hypercorn holds no write on that connection. Anything else (the socket
+would block, a partial send, a write of Hypercorn's in progress) takes
+Hypercorn's own lock and ``send_all``, exactly as Hypercorn would, so bytes
+are never reordered.
+
+It reaches into Hypercorn's objects (``HTTPStream.app_send`` ->
+``H11Protocol.stream_send`` -> ``TCPServer``), like
+:func:`~trio_agent.server.abort_hypercorn_transport`. :func:`direct_body`
+returns ``None`` for any other shape (HTTP/2, TLS, a test harness, a future
+Hypercorn), and the caller keeps using ASGI ``send``; a test fails if the
+fast path stops being found under the pinned Hypercorn.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import h11
+import trio
+
+__all__ = ["ClientGoneError", "DirectBody", "direct_body"]
+
+
+class ClientGoneError(Exception):
+    """A body write failed because the client left (the stream maps it to a disconnect)."""
+
+
+class DirectBody:
+    """Body writes for one Hypercorn HTTP/1.1 response, without the ASGI hop when possible.
+
+    ``send_nowait`` never yields; ``send`` yields only when the socket is
+    busy. Both raise :class:`ClientGoneError` once the connection is gone.
+    """
+
+    __slots__ = ("_conn", "_http_stream", "_lock", "_rest", "_stream", "direct", "waited")
+
+    def __init__(
+        self, http_stream: Any, conn: h11.Connection, lock: trio.Lock, stream: trio.SocketStream
+    ) -> None:
+        self._http_stream = http_stream
+        self._conn = conn
+        self._lock = lock
+        self._stream = stream
+        self._rest = b""
+        #: writes that went out whole at once / that waited for the socket
+        self.direct = 0
+        self.waited = 0
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of an accepted write are still unsent: ``await flush()`` before anything else."""
+        return bool(self._rest)
+
+    @property
+    def ready(self) -> bool:
+        """:meth:`send_nowait` would start now: no write of Hypercorn's, nothing pending."""
+        return not self._rest and not self._lock.locked()
+
+    def _framed(self, body: bytes) -> bytes:
+        if self._http_stream.closed:
+            raise ClientGoneError("the connection was closed")
+        data = self._conn.send(h11.Data(data=body))
+        assert data is not None
+        return data
+
+    def send_nowait(self, body: bytes) -> None:
+        """Frame ``body`` as one chunk and hand it to the socket without yielding.
+
+        Raises :class:`trio.WouldBlock` (nothing consumed) while Hypercorn is
+        writing on this connection or an earlier write is still pending.
+        Whatever the socket did not take stays :attr:`pending`.
+        """
+        if self._rest or self._lock.locked():
+            raise trio.WouldBlock
+        fd = self._stream.socket.fileno()
+        if fd < 0:
+            raise ClientGoneError("the socket is closed")
+        data = self._framed(body)
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise ClientGoneError(str(exc)) from None
+        if sent < len(data):
+            self._rest = data[sent:]
+        else:
+            self.direct += 1
+
+    async def flush(self) -> None:
+        """Send what an earlier :meth:`send_nowait` left pending, under Hypercorn's lock."""
+        if self._rest:
+            rest, self._rest = self._rest, b""
+            await self._send_locked(rest)
+
+    async def send(self, body: bytes) -> None:
+        """Send ``body`` as one chunk: at once when the socket is free, else under the lock."""
+        await self.flush()
+        try:
+            self.send_nowait(body)
+        except trio.WouldBlock:
+            await self._send_locked(self._framed(body))
+            return
+        if self._rest:
+            await self.flush()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _send_locked(self, data: bytes) -> None:
+        self.waited += 1
+        async with self._lock:
+            try:
+                # Shielded as Hypercorn does: a half-written chunk would corrupt the stream.
+                with trio.CancelScope(shield=True):
+                    await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ClientGoneError(str(exc)) from None
+
+
+def direct_body(send: Callable[..., Awaitable[None]]) -> DirectBody | None:
+    """The direct writer under a Hypercorn HTTP/1.1 ASGI ``send`` over plain TCP, else None."""
+    try:
+        http_stream = send.__self__  # type: ignore[attr-defined]
+        protocol = http_stream.send.__self__
+        if type(protocol).__name__ != "H11Protocol":
+            return None
+        conn = protocol.connection
+        server = protocol.send.__self__
+        lock = server.send_lock
+        stream = server.stream
+    except AttributeError:
+        return None
+    if not (
+        isinstance(conn, h11.Connection)
+        and isinstance(lock, trio.Lock)
+        and isinstance(stream, trio.SocketStream)
+        and hasattr(http_stream, "closed")
+    ):
+        return None
+    return DirectBody(http_stream, conn, lock, stream)
