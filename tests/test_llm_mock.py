@@ -98,3 +98,30 @@ async def test_complete_chat_and_models(autojump_clock: trio.testing.MockClock) 
     assert done.usage.completion_tokens == 3 and done.finish_reason == "stop"
     assert len(done.content.split()) == 3
     assert await llm.list_models() == ["mock-llm"]
+
+
+async def test_receive_nowait_hands_over_only_tokens_already_due(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    llm = MockLLM(pacing_resolution=0, ttft=0.1, itl=0.01, tokens=6, jitter=0.002, seed=4)
+    paced = [d for _, d, _ in await _collect(llm, ChatRequest.from_question("hi")) if d]
+    llm = MockLLM(pacing_resolution=0, ttft=0.1, itl=0.01, tokens=6, jitter=0.002, seed=4)
+    async with llm.stream_chat(ChatRequest.from_question("hi")) as chunks:
+        with pytest.raises(trio.WouldBlock):
+            chunks.receive_nowait()  # type: ignore[attr-defined]  # the first token is __anext__'s
+        first = await chunks.__anext__()
+        with pytest.raises(trio.WouldBlock):
+            chunks.receive_nowait()  # type: ignore[attr-defined]  # token 1 is not due yet
+        await trio.sleep(0.035)  # fall behind: tokens 1..3 are due by now
+        ready = []
+        while True:
+            try:
+                ready.append(chunks.receive_nowait())  # type: ignore[attr-defined]
+            except trio.WouldBlock:
+                break
+        assert len(ready) == 3
+        rest = [c async for c in chunks]
+    assert rest[-1].finish_reason == "stop" and rest[-1].usage is not None
+    # Same words, same seeded schedule, whichever way they were taken.
+    assert [first.delta, *(c.delta for c in ready), *(c.delta for c in rest if c.delta)] == paced
+    assert llm.statistics().tokens == 6

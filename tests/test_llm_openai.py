@@ -392,3 +392,25 @@ async def test_real_socket_stream_and_cancel_seen_upstream() -> None:
                     await trio.sleep(0.005)
                 assert llm.statistics().active == 0
                 assert backend.statistics().in_flight == 0
+
+
+async def test_receive_nowait_hands_over_events_already_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Four events arrive in one read (the caller fell behind), then the end later.
+    burst = frame("a") + frame("b") + ROLE + frame("c") + frame(finish="stop")
+    script = Script(ok((0.1, burst), (0.05, DONE)))
+    backend = make_backend(script)
+    async with backend.stream_chat(Q) as chunks:
+        first = await chunks.__anext__()
+        ready = []
+        while True:
+            try:
+                ready.append(chunks.receive_nowait())  # type: ignore[attr-defined]
+            except trio.WouldBlock:
+                break
+        rest = [c async for c in chunks]
+    assert first.delta == "a"
+    assert [(c.delta, c.finish_reason) for c in ready] == [("b", None), ("c", None), ("", "stop")]
+    assert rest == []  # [DONE] was left to __anext__, which ended the stream
+    assert backend.statistics().in_flight == 0

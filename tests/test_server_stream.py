@@ -541,3 +541,31 @@ async def test_many_requests_with_random_endings_leave_nothing_behind(
 async def _leave_later(ex: Exchange, delay: float) -> None:
     await trio.sleep(delay)
     ex.disconnect()
+
+
+async def test_tokens_that_are_already_there_go_out_as_one_event(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # itl 0: every token is due at once, as when the gateway falls behind its upstream.
+    from trio_agent import MockLLM, ServerConfig
+    from trio_agent.server import create_app
+
+    def run(itl: float) -> MockLLM:
+        return MockLLM(ttft=0.05, itl=itl, tokens=40, seed=2, pacing_resolution=0)
+
+    texts = {}
+    for itl in (0.0, 0.01):
+        llm = run(itl)
+        gw = create_app(ServerConfig(), backend=llm)
+        r = await request(gw, "POST", "/chat/stream", json=Q)
+        tokens = [orjson.loads(e.data)["content"] for e in r.events if e.event == "token"]
+        done = orjson.loads(r.events[-1].data)
+        assert done["usage"]["completion_tokens"] == 40
+        assert gw.metrics.tokens_streamed == 40
+        texts[itl] = "".join(tokens)
+        if itl == 0.0:
+            assert len(tokens) <= 3  # the first token, then what was ready, 64 at most per event
+        else:
+            assert len(tokens) == 40  # a gateway that keeps up sends each token at once
+        assert llm.statistics().active == 0 and gw.limits.statistics().in_flight == 0
+    assert texts[0.0] == texts[0.01] and len(texts[0.0].split()) == 40

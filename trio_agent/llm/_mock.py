@@ -48,6 +48,8 @@ class _MockStream:
     __slots__ = (
         "_cfg",
         "_done",
+        "_due_at",
+        "_due_index",
         "_failed",
         "_i",
         "_limit",
@@ -75,6 +77,8 @@ class _MockStream:
             self._words = _FILLER[offset:] + _FILLER[:offset]
         self._start = trio.current_time()
         self._i = 0
+        self._due_index = -1
+        self._due_at = 0.0
         self._done = False
         self._failed = False
 
@@ -82,9 +86,34 @@ class _MockStream:
         return self
 
     def _due(self, i: int) -> float:
-        cfg = self._cfg
-        jitter = self._rng.uniform(-cfg.jitter, cfg.jitter) if cfg.jitter else 0.0
-        return self._start + cfg.ttft + i * cfg.itl + jitter
+        if i != self._due_index:  # one jitter draw per token, however often it is asked
+            cfg = self._cfg
+            jitter = self._rng.uniform(-cfg.jitter, cfg.jitter) if cfg.jitter else 0.0
+            self._due_index = i
+            self._due_at = self._start + cfg.ttft + i * cfg.itl + jitter
+        return self._due_at
+
+    def _token(self, i: int) -> ChatChunk:
+        self._i = i + 1
+        self._llm._tokens += 1
+        return ChatChunk(delta=" " + self._words[i % len(self._words)] if i else self._words[0])
+
+    def receive_nowait(self) -> ChatChunk:
+        """The next token if it is already due (the caller fell behind), else ``trio.WouldBlock``.
+
+        Ends, faults and the first token are left to ``__anext__``.
+        """
+        cfg, i = self._cfg, self._i
+        if (
+            self._done
+            or i == 0
+            or i >= self._limit
+            or i == cfg.fail_after_tokens
+            or i == cfg.stall_after_tokens
+            or self._due(i) > trio.current_time()
+        ):
+            raise trio.WouldBlock
+        return self._token(i)
 
     async def __anext__(self) -> ChatChunk:
         if self._done:
@@ -108,9 +137,7 @@ class _MockStream:
         if cfg.stall_after_tokens is not None and i == cfg.stall_after_tokens:
             await trio.sleep_forever()
         await self._llm._pacer.sleep_until(self._due(i))
-        self._i = i + 1
-        self._llm._tokens += 1
-        return ChatChunk(delta=" " + self._words[i % len(self._words)] if i else self._words[0])
+        return self._token(i)
 
 
 class MockLLM:

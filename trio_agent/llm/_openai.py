@@ -435,6 +435,21 @@ class _UpstreamStream:
             f"upstream sent nothing for {cfg.idle_timeout} s", timeout=cfg.idle_timeout
         )
 
+    def receive_nowait(self) -> ChatChunk:
+        """The next chunk if it is already read and decoded, else ``trio.WouldBlock``.
+
+        Several events arrive in one read when the caller fell behind; this
+        hands them over without waiting (``[DONE]`` is left to ``__anext__``).
+        """
+        if self._pending:
+            return self._pending.pop(0)
+        events = self._events
+        while events and events[0] != "[DONE]":
+            chunk = self._parse(events.pop(0))
+            if chunk is not None:
+                return chunk
+        raise trio.WouldBlock
+
     async def _next_chunk(self) -> ChatChunk | None:
         """The next chunk worth returning, or None at ``[DONE]``."""
         while True:

@@ -82,6 +82,11 @@ class ChatBackend(Protocol):
                 ...
 
     Errors are raised as :class:`trio_agent.errors.UpstreamError` subclasses.
+
+    The chunk iterator may also offer ``receive_nowait() -> ChatChunk``: the
+    next chunk if it is already there (read, or due), else
+    :class:`trio.WouldBlock`. The gateway uses it to send the chunks that
+    piled up while it was busy as one event (both built-in backends have it).
     """
 
     @property

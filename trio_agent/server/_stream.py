@@ -74,6 +74,7 @@ Headers = list[tuple[bytes, bytes]]
 
 KEEPALIVE = encode_comment("keepalive")
 CHANNEL_SIZE = 16
+MERGE_LIMIT = 64  # most ready chunks merged into one event
 SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -380,6 +381,7 @@ class _TokenPipe:
         "last_write_at",
         "metrics",
         "pending",
+        "pending_tokens",
         "usage",
         "writing",
     )
@@ -389,6 +391,7 @@ class _TokenPipe:
         self.fmt = fmt
         self.metrics = metrics
         self.pending: list[str] = []
+        self.pending_tokens = 0
         self.writing = True  # until the writer has sent the head and the thinking event
         self.closed = False
         self.failure: TrioAgentError | None = None
@@ -408,18 +411,44 @@ class _TokenPipe:
             self.finish = chunk.finish_reason
         if chunk.usage is not None:
             self.usage = chunk.usage
-        delta = chunk.delta
-        if not delta:
+        if chunk.delta:
+            self._offer_text(chunk.delta, 1)
+
+    def offer_all(self, chunk: ChatChunk, ready: Callable[[], ChatChunk]) -> None:
+        """Take ``chunk`` and every chunk ``ready()`` still has (up to ``MERGE_LIMIT``) as one."""
+        try:
+            more = ready()
+        except trio.WouldBlock:
+            self.offer(chunk)
             return
+        chunks = [chunk, more]
+        try:
+            while len(chunks) < MERGE_LIMIT:
+                chunks.append(ready())
+        except trio.WouldBlock:
+            pass
+        texts: list[str] = []
+        for c in chunks:
+            if c.finish_reason is not None:
+                self.finish = c.finish_reason
+            if c.usage is not None:
+                self.usage = c.usage
+            if c.delta:
+                texts.append(c.delta)
+        if texts:
+            self._offer_text("".join(texts), len(texts))
+
+    def _offer_text(self, text: str, tokens: int) -> None:
         out = self._out
         if not self.writing and not self.pending and out.can_write_now:
-            out.write_nowait(self.fmt.token(delta))
-            self._count(1, 1)
+            out.write_nowait(self.fmt.token(text))
+            self._count(tokens, 1)
             self.metrics.direct_token_events += 1
             if out.flush_pending:
                 self._wake()  # the socket took part of it: the writer sends the rest
             return
-        self.pending.append(delta)
+        self.pending.append(text)
+        self.pending_tokens += tokens
         self._wake()
 
     @property
@@ -465,13 +494,15 @@ class _TokenPipe:
         self._parked = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abort)
 
-    def take(self) -> list[str]:
+    def take(self) -> tuple[list[str], int]:
+        """The texts waiting and how many tokens they hold."""
         taken, self.pending = self.pending, []
+        tokens, self.pending_tokens = self.pending_tokens, 0
         room = self._room
         if room is not None:
             self._room = None
             room.set()
-        return taken
+        return taken, tokens
 
 
 async def _produce(
@@ -491,9 +522,14 @@ async def _produce(
             started = True
             task_status.started(lease)
             async with gw.backend.stream_chat(request) as chunks:
+                ready = getattr(chunks, "receive_nowait", None)
                 async for chunk in chunks:
-                    # The backend's own wait was this iteration's checkpoint.
-                    pipe.offer(chunk)
+                    # The backend's own wait was this iteration's checkpoint. Chunks that
+                    # are already there (the server fell behind) go out with it as one event.
+                    if ready is None:
+                        pipe.offer(chunk)
+                    else:
+                        pipe.offer_all(chunk, ready)
                     if pipe.full:
                         await pipe.wait_for_room()
         pipe.close()
@@ -542,9 +578,9 @@ async def _write_stream(
                 continue
         pipe.writing = True
         await out.flush()
-        texts = pipe.take()
+        texts, tokens = pipe.take()
         if texts:
-            pipe._count(len(texts), 1)
+            pipe._count(tokens, 1)
             await out.write(fmt.token(texts[0] if len(texts) == 1 else "".join(texts)))
         if pipe.pending:
             continue
