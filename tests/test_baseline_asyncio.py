@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -124,9 +124,21 @@ async def test_a_full_queue_answers_service_busy_at_once() -> None:
                     else:
                         assert SSEDecoder().feed(r.content)[-1].event == "done"
 
+                async def until(check: Callable[[dict[str, Any]], bool]) -> None:
+                    while True:  # polling another process: no event to wait on
+                        if check(await _health(client, url)):
+                            return
+                        await trio.sleep(0.01)
+
                 async with trio.open_nursery() as nursery:
-                    for _ in range(4):
-                        nursery.start_soon(ask)
+                    # In order, each seen by the server before the next (two requests in one
+                    # loop iteration can both meet the queue before its worker takes one).
+                    nursery.start_soon(ask)
+                    await until(lambda h: h["in_flight"] == 1 and h["queued"] == 0)
+                    nursery.start_soon(ask)
+                    await until(lambda h: h["queued"] == 1)
+                    nursery.start_soon(ask)
+                    nursery.start_soon(ask)
                 # One runs, one waits in the queue, two are refused.
                 assert sorted(statuses) == [200, 200, 503, 503]
                 for r in busy:
