@@ -35,6 +35,7 @@ from trio_agent import (
     open_openai_backend,
 )
 from trio_agent.config import MockLLMConfig, ServerConfig
+from trio_agent.errors import ConfigError
 from trio_agent.server import serve
 
 CANARY = "sk-canary-upstream-0123456789"
@@ -414,3 +415,40 @@ async def test_receive_nowait_hands_over_events_already_read(
     assert [(c.delta, c.finish_reason) for c in ready] == [("b", None), ("c", None), ("", "stop")]
     assert rest == []  # [DONE] was left to __anext__, which ended the stream
     assert backend.statistics().in_flight == 0
+
+
+def test_the_pool_is_split_into_shards_of_about_32_connections() -> None:
+    from trio_agent.llm._openai import _open_clients, pool_shards
+
+    def cfg(**kw: Any) -> UpstreamConfig:
+        return UpstreamConfig(base_url="http://u.test/v1", **kw)
+
+    assert pool_shards(cfg(max_connections=200)) == 7
+    assert pool_shards(cfg(max_connections=32)) == 1
+    assert pool_shards(cfg(max_connections=200, pool_shards=2)) == 2
+    clients = _open_clients(cfg(max_connections=10, max_keepalive_connections=5, pool_shards=3))
+    pools = [c._transport._pool for c in clients]  # type: ignore[attr-defined]
+    assert [p._max_connections for p in pools] == [4, 3, 3]  # every connection is somewhere
+    assert [p._max_keepalive_connections for p in pools] == [2, 2, 1]
+    with pytest.raises(ConfigError):
+        cfg(max_connections=4, pool_shards=5)
+    with pytest.raises(ConfigError):
+        cfg(pool_shards=-1)
+
+
+async def test_calls_go_to_the_shard_with_the_fewest_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scripts = [Script(standard_stream()) for _ in range(3)]
+    clients = [httpx.AsyncClient(transport=httpx.MockTransport(s)) for s in scripts]
+    config = UpstreamConfig(base_url="http://upstream.test/v1", api_key=CANARY, seed=1)
+    backend = OpenAIBackend(config, client=clients, rng=random.Random(1))
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):  # 5 streams open at once over 3 shards: 2, 2, 1
+            nursery.start_soon(collect, backend)
+    assert sorted(len(s.requests) for s in scripts) == [1, 2, 2]
+    assert backend._load == [0, 0, 0] and backend.statistics().in_flight == 0
+    before = [len(s.requests) for s in scripts]
+    got = await collect(backend)  # all idle again: the first shard
+    assert [len(s.requests) - b for s, b in zip(scripts, before, strict=True)] == [1, 0, 0]
+    assert got[-1][1].usage is not None

@@ -153,6 +153,9 @@ class UpstreamConfig:
     chunks, ``total_timeout`` for the whole call. Retries happen only before
     the first token reached the caller, at most ``max_attempts`` attempts, and
     at most ``retry_budget_ratio`` of requests over ``retry_budget_window``.
+    The pool (``max_connections``) is split over ``pool_shards`` httpx
+    clients (0: one per 32 connections), since httpcore's pool costs O(n^2)
+    in its connections per request.
     """
 
     base_url: str
@@ -161,6 +164,7 @@ class UpstreamConfig:
     max_connections: int = 200
     max_keepalive_connections: int = 100
     keepalive_expiry: float = 30.0
+    pool_shards: int = 0
     http2: bool = False
     connect_timeout: float = 5.0
     first_token_timeout: float = 30.0
@@ -181,6 +185,10 @@ class UpstreamConfig:
         )
         _positive("max_connections", self.max_connections)
         _non_negative("max_keepalive_connections", self.max_keepalive_connections)
+        _check(
+            0 <= self.pool_shards <= self.max_connections,
+            f"pool_shards must be in 0..max_connections, got {self.pool_shards!r}",
+        )
         for name in ("connect_timeout", "first_token_timeout", "idle_timeout", "total_timeout"):
             _positive(name, getattr(self, name))
         _check(self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts!r}")
