@@ -22,6 +22,7 @@ import orjson
 import pytest
 import trio
 
+from tests._mock_server import serving_mock_llm
 from trio_agent.cli import main
 from trio_agent.config import MockLLMConfig, MockServerConfig
 from trio_agent.errors import ConfigError, RequestValidationError
@@ -30,7 +31,6 @@ from trio_agent.mock_server import (
     MockServerApp,
     draw_fault,
     parse_fault_header,
-    serve_mock_llm,
 )
 from trio_agent.sse import SSEDecoder
 
@@ -45,16 +45,9 @@ async def running(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, MockServerApp]]:
     config = config or MockServerConfig(port=0, llm=FAST, drain_timeout=0.2)
     app = MockServerApp(config)
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        host, port = await nursery.start(
-            partial(serve_mock_llm, config, app=app, shutdown_trigger=stop.wait)
-        )
-        try:
-            async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=5) as client:
-                yield client, app
-        finally:
-            stop.set()
+    async with serving_mock_llm(config, app) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            yield client, app
 
 
 def frames(raw: bytes) -> list[str]:
@@ -349,6 +342,30 @@ async def test_slow_bytes_dribbles_the_same_stream() -> None:
                 assert len("".join(c["delta"].get("content", "") for c in chunks).split()) == 2
                 assert chunks[-1]["finish_reason"] == "stop"
             assert slow[-1] == "[DONE]" and app.statistics().completed == 2
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+async def test_leaving_a_slow_bytes_reply_during_its_last_write_cancels_it(stream: bool) -> None:
+    # Tokens due together go out in one write, so the last write of a slow-bytes reply holds
+    # most of it (here ~2.5 KB, > 2.5 s at 1 ms a byte). A client leaving during it must stop it
+    # at once and count as cancelled, as anywhere else in the reply.
+    config = MockServerConfig(port=0, llm=FAST, slow_bytes_delay=0.001, drain_timeout=0.2)
+    with trio.fail_after(5):
+        async with running(config) as (client, app):
+            headers = {"x-mock-fault": "slow-bytes"}
+            body = STREAM if stream else BODY
+            async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+                seen = 0
+                async for piece in r.aiter_raw():
+                    seen += len(piece)
+                    # Streaming: past the first write (role and first token), into the last one.
+                    if seen > (600 if stream else 100):
+                        break
+            with trio.fail_after(1):
+                await wait_for_idle(app)
+            stats = app.statistics()
+            assert (stats.cancelled, stats.completed) == (1, 0)
 
 
 @pytest.mark.e2e

@@ -434,7 +434,11 @@ class MockServerApp:
         head = envelope + b'[{"index":0,"delta":{"content":'
         tail = b'},"logprobs":null,"finish_reason":null}]' + usage_null + b"}\n\n"
         role = envelope + b'[{"index":0,"delta":{"role":"assistant","content":""}' + tail[1:]
-        out = _slow_writer(send, self.config.slow_bytes_delay) if fault.slow_bytes else _writer(send)
+        out = (
+            _slow_writer(send, exchange, self.config.slow_bytes_delay)
+            if fault.slow_bytes
+            else _writer(send, exchange)
+        )
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         pending = [role]  # the role frame goes out with the first token, as OpenAI's does
         pending_bytes = 0
@@ -455,7 +459,7 @@ class MockServerApp:
                         exchange.done = exchange.faulted = True
                         return  # Hypercorn closes a connection whose response did not end
                     if sent == fault.error_after:
-                        exchange.done = exchange.faulted = True
+                        exchange.faulted = True
                         pending.append(_error_frame("The mock LLM failed mid-stream (injected)."))
                         await out(b"".join(pending), True)
                         return
@@ -483,11 +487,10 @@ class MockServerApp:
                         if call.include_usage and chunk.usage is not None:
                             pending.append(envelope + b'[],"usage":' + _usage_json(chunk.usage) + b"}\n\n")
                         pending.append(_DONE)
-                        exchange.done = True  # before the last send: its end wakes the listener
                         await out(b"".join(pending), True)
                         return
             except UpstreamError as exc:  # a fault configured on the MockLLM itself
-                exchange.done = exchange.faulted = True
+                exchange.faulted = True
                 pending.append(_error_frame(f"The mock LLM failed: {exc}"))
                 await out(b"".join(pending), True)
 
@@ -551,28 +554,38 @@ class MockServerApp:
             },
         }
         body = orjson.dumps(doc)
-        exchange.done = True
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if fault.slow_bytes:
-            await _slow_writer(send, self.config.slow_bytes_delay)(body, True)
+            await _slow_writer(send, exchange, self.config.slow_bytes_delay)(body, True)
         else:
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            await _writer(send, exchange)(body, True)
 
 
-def _writer(send: Send) -> Callable[[bytes, bool], Awaitable[None]]:
+# A writer's ``write(data, end=True)`` marks the exchange done just before the ASGI send that
+# ends the reply (its end wakes the disconnect listener, which must not count it as a client
+# leaving) and not earlier: a client that leaves while a slow-bytes reply still dribbles its
+# last write is cancelled at once and counted as such.
+
+
+def _writer(send: Send, exchange: _Exchange) -> Callable[[bytes, bool], Awaitable[None]]:
     async def write(data: bytes, end: bool) -> None:
+        if end:
+            exchange.done = True
         await send({"type": "http.response.body", "body": data, "more_body": not end})
 
     return write
 
 
-def _slow_writer(send: Send, delay: float) -> Callable[[bytes, bool], Awaitable[None]]:
+def _slow_writer(
+    send: Send, exchange: _Exchange, delay: float
+) -> Callable[[bytes, bool], Awaitable[None]]:
     async def write(data: bytes, end: bool) -> None:
         for i in range(len(data)):
             await send({"type": "http.response.body", "body": data[i : i + 1], "more_body": True})
             await trio.sleep(delay)
         if end:
+            exchange.done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     return write
