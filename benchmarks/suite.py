@@ -321,7 +321,10 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Columns: req/s and tok/s count completed (`ok`) requests over the measured window; TTFT from sending; "
+        "Columns: the measured window is the send window after the warm-up; req/s = `ok` requests that ended "
+        "in it, tok/s = output tokens delivered in it (all requests, so a saturated closed loop whose requests "
+        "outlive the window still counts what it delivered); latencies over the requests scheduled after the "
+        "warm-up, TTFT from sending; "
         "ITL between token events; shed = 503/429 share; server CPU over the measured window of the server's "
         "process tree, per 1000 output tokens; client CPU = the load generator's CPU per SSE event and its "
         "busiest process's share of a core (near 100% would make the generator the bottleneck).",

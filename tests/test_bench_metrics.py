@@ -70,9 +70,13 @@ def test_counts_throughput_and_rates() -> None:
     }
     assert m.outcome_rates["ok"] == 0.5
     assert m.shed_rate == 0.125
-    assert m.request_throughput == 0.4
-    assert m.output_tokens == 11
-    assert m.output_token_throughput == 1.1
+    # Throughput counts what happened in the window [1, 11], whatever the schedule: request 0
+    # (scheduled in the warm-up) ended at 2.0, inside it, with both its token events.
+    assert m.completed == 5  # requests 0, 1, 2, 3, 6
+    assert m.request_throughput == 0.5
+    assert m.output_tokens == 11  # of the measured ok requests: 3 + 2 + 5 + 1
+    assert m.delivered_tokens == 13.0  # 2 + 3 + 2 + 4 events x 1.25 + 1
+    assert m.output_token_throughput == 1.3
     assert m.peak_concurrency == 3
     assert m.goodput is None and m.good_requests is None
 
@@ -98,6 +102,30 @@ def test_goodput_judges_from_the_scheduled_time() -> None:
     assert m.goodput == 0.3
     strict = compute_metrics(RECORDS, duration=11.0, warmup=1.0, slo=SLO(tpot=0.2))
     assert strict.good_requests == 2  # requests 3 and 6 (no TPOT with one token)
+
+
+def test_the_window_ends_at_measure_end_and_splits_requests_that_straddle_it() -> None:
+    m = compute_metrics(RECORDS, duration=11.0, warmup=1.0, measure_end=4.25)
+    assert m.window == 3.25
+    # Ended in [1, 4.25]: requests 0, 1, 2 (request 3 ends at 4.5, request 6 at 7.0).
+    assert m.completed == 3
+    # Token events in [1, 4.25]: 2 + 3 + 2, and request 3's first two of four events,
+    # each worth 5/4 tokens (coalesced); request 6's token at 6.5 is past the end.
+    assert m.delivered_tokens == 9.5
+    assert m.output_token_throughput == 9.5 / 3.25
+    # Latencies still follow every measured request to its end.
+    assert m.ttft.n == 4 and m.e2e.max == 1.0
+    late = compute_metrics(RECORDS, duration=11.0, warmup=3.5, measure_end=4.25)
+    # Only request 2's last event (3.75) and request 3's first two events count.
+    assert late.delivered_tokens == 1 + 2.5
+    assert late.completed == 1  # request 2, ended at 3.75
+
+
+def test_goodput_counts_requests_that_ended_in_the_window() -> None:
+    slo = SLO(ttft=0.5, tpot=0.3, e2e=1.0)
+    m = compute_metrics(RECORDS, duration=11.0, warmup=1.0, slo=slo, measure_end=4.25)
+    assert m.good_requests == 1  # of 0, 1, 2 only request 1 (0: e2e 1.5 s; 2: queued 1 s)
+    assert m.goodput == 1 / 3.25
 
 
 def test_no_warmup_counts_everything() -> None:

@@ -84,7 +84,7 @@ def test_format_result_shows_the_figures() -> None:
     text = format_result(make_result())
     assert "trio-agent bench: unit" in text
     assert "ok 1, shed 1" in text
-    assert "0.50 req/s, 1.5 output tok/s" in text
+    assert "0.50 req/s (1 ended in the window), 1.5 output tok/s delivered" in text
     assert "shed rate    50.0%" in text
     assert "TTFT" in text and "500.0" in text
     assert "pid 42 (2 processes)" in text and "peak RSS 50.0 MiB" in text

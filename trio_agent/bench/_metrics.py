@@ -1,13 +1,32 @@
 """Benchmark metrics as a pure function of the records. No I/O, no clock.
 
-:func:`compute_metrics` takes the records, the run's duration and the
-warm-up cut, and returns a frozen :class:`BenchMetrics`. Definitions (all
-times in seconds):
+:func:`compute_metrics` takes the records, the run's duration, the
+warm-up cut and the end of the measurement window, and returns a frozen
+:class:`BenchMetrics`. Definitions (all times in seconds from the run's origin):
 
-* measured requests: those *scheduled* at or after ``warmup``; the
-  measurement window is ``duration - warmup``;
-* request throughput: ``ok`` requests per second of the window; output token
-  throughput: their output tokens per second;
+* the measurement window is ``[warmup, measure_end]``; ``measure_end`` is the
+  end of the send window for a run bounded by duration (requests still in
+  flight then drain after it and are cut off at it), else the run's
+  ``duration``;
+* throughput counts what happened *inside the window*, over all records
+  whatever their scheduled time (a saturated closed loop has requests that
+  outlive the whole window: counting only requests scheduled and finished in
+  it would report a fraction of what the server delivered):
+
+  - delivered output tokens: each token event that arrived in the window
+    counts ``output_tokens / len(token_times)`` tokens of its request (a
+    server may coalesce several tokens into one event); output token
+    throughput = delivered tokens / window;
+  - request throughput: ``ok`` requests that *ended* in the window
+    (``completed``) / window;
+  - goodput: those of them meeting every SLO given, judged from the scheduled
+    time as a user sees it (TTFT from scheduled, e2e from scheduled, TPOT),
+    per second of the window; ``None`` if no SLO is set;
+* measured requests: those *scheduled* at or after ``warmup``; latencies,
+  outcome counts and rates (shed rate = the ``shed`` share) are over them,
+  each request followed to its end even past ``measure_end``;
+* ``output_tokens``: the output tokens of the measured ``ok`` requests (not
+  a throughput figure);
 * TTFT: first token minus sent; TTFT from scheduled: first token minus
   scheduled, which includes time queued in the client (open loop at the
   concurrency cap), so a slow generator cannot hide latency;
@@ -17,11 +36,6 @@ times in seconds):
 * e2e: end minus sent;
 * latency figures are over ``ok`` requests only; percentiles interpolate
   linearly between closest ranks (numpy's default);
-* goodput: ``ok`` requests per second meeting every SLO given, judged from
-  the scheduled time as a user sees it (TTFT from scheduled, e2e from
-  scheduled, TPOT); ``None`` if no SLO is set;
-* outcome counts and rates over the measured requests; shed rate is the
-  ``shed`` share;
 * peak concurrency: the most requests in flight at once (sent to end,
   half-open intervals), over all records including warm-up, since those load
   the server too.
@@ -35,7 +49,15 @@ from dataclasses import dataclass
 
 from ._records import Outcome, RequestRecord
 
-__all__ = ["SLO", "BenchMetrics", "Summary", "compute_metrics", "peak_concurrency", "percentile"]
+__all__ = [
+    "SLO",
+    "BenchMetrics",
+    "Summary",
+    "compute_metrics",
+    "delivered_tokens",
+    "peak_concurrency",
+    "percentile",
+]
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -122,8 +144,10 @@ class BenchMetrics:
     outcomes: dict[str, int]
     outcome_rates: dict[str, float]
     shed_rate: float
+    completed: int
     request_throughput: float
     output_tokens: int
+    delivered_tokens: float
     output_token_throughput: float
     sse_events: int
     ttft: Summary
@@ -158,22 +182,42 @@ def peak_concurrency(records: Iterable[RequestRecord]) -> int:
     return peak
 
 
+def delivered_tokens(records: Iterable[RequestRecord], start: float, end: float) -> float:
+    """Output tokens whose events arrived in ``[start, end]``, over every record."""
+    total = 0.0
+    for r in records:
+        times = r.token_times
+        if not times:
+            continue
+        inside = sum(1 for t in times if start <= t <= end)
+        if inside:
+            total += r.output_tokens * inside / len(times)
+    return total
+
+
 def compute_metrics(
     records: Sequence[RequestRecord],
     *,
     duration: float,
     warmup: float = 0.0,
     slo: SLO | None = None,
+    measure_end: float | None = None,
 ) -> BenchMetrics:
     """The metrics of one run (see the module docstring for every definition).
 
     ``duration`` is the run's length from its origin (the last request's
-    end); ``warmup`` the cut: records scheduled before it are left out.
+    end); ``warmup`` the cut: records scheduled before it are left out of
+    the latencies; ``measure_end`` (default ``duration``) ends the window
+    throughput is counted in.
     """
     slo = slo or SLO()
+    end = duration if measure_end is None else measure_end
     measured = [r for r in records if r.scheduled_at >= warmup]
     ok = [r for r in measured if r.outcome is Outcome.OK]
-    window = duration - warmup
+    ended_ok = [
+        r for r in records if r.outcome is Outcome.OK and warmup <= r.end_at <= end
+    ]
+    window = max(0.0, end - warmup)
 
     def per_second(count: float) -> float:
         return count / window if window > 0 else 0.0
@@ -184,6 +228,7 @@ def compute_metrics(
     total = len(measured)
     rates = {k: (v / total if total else 0.0) for k, v in outcomes.items()}
     output_tokens = sum(r.output_tokens for r in ok)
+    delivered = delivered_tokens(records, warmup, end)
 
     ttfts = [r.first_token_at - r.sent_at for r in ok if r.first_token_at is not None]
     ttfts_sched = [r.first_token_at - r.scheduled_at for r in ok if r.first_token_at is not None]
@@ -193,7 +238,7 @@ def compute_metrics(
         for earlier, later in zip(r.token_times, r.token_times[1:], strict=False)
     ]
     tpots = [t for t in (_tpot(r) for r in ok) if t is not None]
-    good = sum(1 for r in ok if slo.met_by(r)) if slo.any else None
+    good = sum(1 for r in ended_ok if slo.met_by(r)) if slo.any else None
     return BenchMetrics(
         window=window,
         requests=total,
@@ -201,9 +246,11 @@ def compute_metrics(
         outcomes=outcomes,
         outcome_rates=rates,
         shed_rate=rates[Outcome.SHED.value],
-        request_throughput=per_second(len(ok)),
+        completed=len(ended_ok),
+        request_throughput=per_second(len(ended_ok)),
         output_tokens=output_tokens,
-        output_token_throughput=per_second(output_tokens),
+        delivered_tokens=delivered,
+        output_token_throughput=per_second(delivered),
         sse_events=sum(r.sse_events for r in measured),
         ttft=Summary.of(ttfts),
         ttft_from_scheduled=Summary.of(ttfts_sched),

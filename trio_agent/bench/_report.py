@@ -69,9 +69,14 @@ def format_result(result: BenchResult) -> str:
         "outcomes     "
         + ", ".join(f"{k} {v}" for k, v in m.outcomes.items() if v)
         + (f" (+{m.warmup_requests} warm-up)" if m.warmup_requests else ""),
-        f"throughput   {m.request_throughput:.2f} req/s, {m.output_token_throughput:.1f} output tok/s",
+        f"throughput   {m.request_throughput:.2f} req/s ({m.completed} ended in the window), "
+        f"{m.output_token_throughput:.1f} output tok/s delivered",
         "goodput      "
-        + ("-" if m.goodput is None else f"{m.goodput:.2f} req/s ({m.good_requests} of {m.ok} ok)"),
+        + (
+            "-"
+            if m.goodput is None
+            else f"{m.goodput:.2f} req/s ({m.good_requests} of {m.completed} ended ok)"
+        ),
         f"shed rate    {m.shed_rate:.1%}    peak concurrency {m.peak_concurrency}",
         "",
         f"{'latency (ms)':<22}{'mean':>8}{'p50':>8}{'p90':>8}{'p95':>8}{'p99':>8}{'max':>9}{'n':>8}",

@@ -145,6 +145,7 @@ class _ServerSampler:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.start: ProcessTreeSample | None = None
+        self.end: ProcessTreeSample | None = None
         self.last: ProcessTreeSample | None = None
         self.peak_rss = 0
         self.processes = 0
@@ -159,24 +160,32 @@ class _ServerSampler:
         self.processes = max(self.processes, len(s.pids))
         return s
 
-    async def run(self, window_start: float) -> None:
+    async def run(self, window_start: float, window_end: float | None = None) -> None:
+        """CPU at the window's start and end (``None``: the run's end); RSS all along."""
         self.start = self.sample()
         if window_start > trio.current_time():
             await trio.sleep_until(window_start)
             self.start = self.sample()
         while True:
-            await trio.sleep(_SAMPLE_INTERVAL)
+            now = trio.current_time()
+            if window_end is not None and self.end is None and now >= window_end:
+                self.end = self.sample()
+            wake = now + _SAMPLE_INTERVAL
+            if window_end is not None and self.end is None:
+                wake = min(wake, window_end)
+            await trio.sleep_until(wake)
             self.sample()
 
     def figures(self, metrics: BenchMetrics) -> ServerFigures | None:
-        end = self.sample() or self.last
+        """Server CPU over the window, per delivered token and per request ended in it."""
+        end = self.end or self.sample() or self.last
         if self.start is None or end is None:
             return None
         cpu = end.cpu - self.start.cpu
-        tokens = metrics.output_tokens
-        requests = metrics.ok
+        tokens = metrics.delivered_tokens
+        requests = metrics.completed
 
-        def per(value: float, count: int, scale: float) -> float | None:
+        def per(value: float, count: float, scale: float) -> float | None:
             return value * 1000 * scale / count if count else None
 
         return ServerFigures(
@@ -280,13 +289,18 @@ async def run_bench(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     sampler = _ServerSampler(server_pid) if server_pid is not None else None
     total = config.requests
+    # A run bounded by duration is measured over its send window; one bounded by count, to its end.
+    measure_end = None if config.duration is None else config.warmup + config.duration
+
+    def window_end(origin: float) -> float | None:
+        return None if measure_end is None else origin + measure_end
     async with trio.open_nursery() as nursery:
         if config.processes == 1:
             client = make_client(config)
             gen = LoadGenerator(client, config)
             origin = trio.current_time()
             if sampler is not None:
-                nursery.start_soon(sampler.run, origin + config.warmup)
+                nursery.start_soon(sampler.run, origin + config.warmup, window_end(origin))
             if progress is not None:
                 nursery.start_soon(
                     _progress_loop, progress, lambda: gen.statistics().done, total, origin
@@ -304,7 +318,7 @@ async def run_bench(
             origin_wall = time.time() + _START_DELAY
             origin = trio.current_time() + _START_DELAY
             if sampler is not None:
-                nursery.start_soon(sampler.run, origin + config.warmup)
+                nursery.start_soon(sampler.run, origin + config.warmup, window_end(origin))
             if progress is not None:
                 nursery.start_soon(_progress_loop, progress, lambda: None, None, origin)
             with tempfile.TemporaryDirectory(prefix="trio-agent-bench-") as tmpdir:
@@ -317,7 +331,13 @@ async def run_bench(
             records = tuple(sorted(merged, key=lambda r: r.index))
             duration = max(o.load.duration for o in outputs)
         nursery.cancel_scope.cancel()
-    metrics = compute_metrics(records, duration=duration, warmup=config.warmup, slo=slo_of(config))
+    metrics = compute_metrics(
+        records,
+        duration=duration,
+        warmup=config.warmup,
+        slo=slo_of(config),
+        measure_end=None if measure_end is None else min(measure_end, duration),
+    )
     events = sum(r.sse_events for r in records)
     client_figures = ClientFigures(
         processes=config.processes,
