@@ -53,6 +53,7 @@ from ._errors import (
     openai_error_payload,
     status_for,
 )
+from ._listen import DrainingListener
 from ._metrics import GatewayMetrics
 from ._openapi import OPENAPI
 from ._stream import (
@@ -161,6 +162,8 @@ class Gateway:
         # Set by the server that runs the app: closes the connection under an
         # ASGI ``send`` whose write stalled (see _stream._Responder.watchdog).
         self.abort_transport: Callable[[Send], bool] | None = None
+        # The listeners serve() accepts through (see _listen.py), for statistics.
+        self.listeners: list[DrainingListener] = []
         self._key_digests = tuple(hashlib.sha256(k.encode()).digest() for k in config.api_keys)
         self._cors_any = "*" in config.cors_origins
         self._cors = frozenset(o.encode() for o in config.cors_origins if o != "*")

@@ -36,13 +36,13 @@ from urllib.parse import urlsplit
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from ..config import ServerConfig
 from ..llm import ChatBackend
 from ._admission import Limits
 from ._app import Gateway, create_app
+from ._listen import serve_hypercorn
 
 __all__ = ["abort_hypercorn_transport", "open_backend", "run_workers", "serve", "worker_config"]
 
@@ -126,11 +126,12 @@ async def serve(
 
         async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await worker_serve(
+                await serve_hypercorn(
                     wrap_app(cast(Any, app), hc.wsgi_max_body_size, "asgi"),
                     hc,
                     sockets=sockets,
                     shutdown_trigger=stop_accepting.wait,
+                    on_listeners=app.listeners.extend,
                     task_status=task_status,
                 )
             finally:

@@ -1,0 +1,201 @@
+"""Accepting connections fairly under load: drain the kernel's accept queue in one pass.
+
+trio's :class:`trio.SocketListener` yields after every ``accept()`` (a
+scheduling point, as every trio operation is), so :func:`trio.serve_listeners`
+takes in one connection per pass of the scheduler. Under load a pass is long
+(every busy stream gets its turn in it), so new clients wait in the kernel's
+backlog behind the streams already served: in an overload run they were never
+even refused, just left waiting. :class:`DrainingListener` accepts everything
+the kernel has queued (up to ``max_batch``) when the socket turns readable
+and hands the connections out without yielding in between, so a pass admits
+(or refuses with a 503) every client that arrived during the previous one.
+
+Hypercorn builds its own ``trio.SocketListener`` inside ``worker_serve``,
+with no way in, so :func:`serve_hypercorn` is Hypercorn's trio
+``worker_serve`` for plain TCP sockets with this listener in place of
+trio's: the same lifespan, ``TCPServer`` per connection, shutdown trigger
+and graceful timeout (hypercorn/trio/run.py, 0.18). The end-to-end tests
+run every request through it, and a test checks that a burst of connections
+is taken in one pass.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from random import randint
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr
+
+__all__ = ["DrainingListener", "ListenerStatistics", "serve_hypercorn"]
+
+# Errors of accept(2) that concern one connection only (as trio's SocketListener).
+_IGNORABLE = {errno.ECONNABORTED, errno.EPERM, errno.EPROTO}
+_CLOSED = {errno.EBADF, errno.EINVAL, errno.ENOTSOCK}
+_MAX_BATCH = 1024
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListenerStatistics:
+    """``accepted`` connections so far, in ``passes`` wake-ups; ``largest_pass`` the most at once."""
+
+    accepted: int
+    passes: int
+    largest_pass: int
+    ready: int
+
+
+class DrainingListener(trio.abc.Listener[trio.SocketStream]):
+    """A listener that takes every queued connection at once (see the module docstring)."""
+
+    def __init__(self, sock: socket.socket, *, max_batch: int = _MAX_BATCH) -> None:
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError("DrainingListener needs a SOCK_STREAM socket")
+        sock.setblocking(False)
+        self._sock = sock
+        self._max_batch = max_batch
+        self._ready: deque[trio.SocketStream] = deque()
+        self._accepted = self._passes = self._largest = 0
+        self._closed = False
+
+    @property
+    def socket(self) -> socket.socket:
+        """The listening socket."""
+        return self._sock
+
+    def statistics(self) -> ListenerStatistics:
+        """Counts so far, and connections accepted but not yet handed out (``ready``)."""
+        return ListenerStatistics(
+            accepted=self._accepted,
+            passes=self._passes,
+            largest_pass=self._largest,
+            ready=len(self._ready),
+        )
+
+    def __repr__(self) -> str:
+        return f"<DrainingListener fd={self._sock.fileno()} accepted={self._accepted} ready={len(self._ready)}>"
+
+    async def accept(self) -> trio.SocketStream:
+        """The next connection; only waits (and yields) when none is queued."""
+        while not self._ready:
+            if self._closed:
+                raise trio.ClosedResourceError("the listener is closed")
+            await trio.lowlevel.wait_readable(self._sock)
+            self._drain()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return self._ready.popleft()
+
+    def _drain(self) -> None:
+        taken = 0
+        while taken < self._max_batch:
+            try:
+                conn, _ = self._sock.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _IGNORABLE:
+                    continue
+                if exc.errno in _CLOSED:
+                    raise trio.ClosedResourceError("the listener is closed") from None
+                raise
+            conn.setblocking(False)
+            self._ready.append(trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
+            taken += 1
+        if taken:
+            self._passes += 1
+            self._accepted += taken
+            self._largest = max(self._largest, taken)
+
+    async def aclose(self) -> None:
+        """Close the listening socket and every connection accepted but not handed out."""
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+            while self._ready:
+                await trio.aclose_forcefully(self._ready.popleft())
+        await trio.lowlevel.checkpoint()
+
+
+async def serve_hypercorn(
+    app: Any,
+    config: HypercornConfig,
+    *,
+    sockets: Sockets | None = None,
+    shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
+    on_listeners: Callable[[list[DrainingListener]], None] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hypercorn's trio ``worker_serve`` for plain TCP, accepting through :class:`DrainingListener`."""
+    config.set_statsd_logger_class(StatsdLogger)
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(app, config, lifespan_state)
+    max_requests = None
+    if config.max_requests is not None:
+        max_requests = config.max_requests + randint(0, config.max_requests_jitter)
+    context = WorkerContext(max_requests)
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+
+        async with trio.open_nursery() as server_nursery:
+            if sockets is None:
+                sockets = config.create_sockets()
+                for sock in sockets.insecure_sockets:
+                    sock.listen(config.backlog)
+            if sockets.secure_sockets or sockets.quic_sockets:
+                raise ValueError("serve_hypercorn serves plain TCP sockets only")
+            listeners = [DrainingListener(sock) for sock in sockets.insecure_sockets]
+            if on_listeners is not None:
+                on_listeners(listeners)
+            binds = []
+            for listener in listeners:
+                bind = repr_socket_addr(listener.socket.family, listener.socket.getsockname())
+                binds.append(f"http://{bind}")
+                await config.log.info(f"Running on http://{bind} (CTRL + C to quit)")
+
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                    if shutdown_trigger is not None:
+                        nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(
+                        partial(
+                            trio.serve_listeners,
+                            partial(
+                                TCPServer,
+                                app,
+                                config,
+                                context,
+                                ConnectionState(lifespan_state.copy()),
+                            ),
+                            listeners,
+                            handler_nursery=server_nursery,
+                        ),
+                    )
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as error:
+                _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
+                if other_errors is not None:
+                    raise other_errors from error
+            finally:
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
