@@ -77,6 +77,15 @@ async def test_a_burst_is_accepted_in_one_pass_where_trios_listener_takes_one_pe
         await trio_listener.aclose()
 
 
+async def test_a_pass_takes_at_most_max_batch() -> None:
+    with listening() as sock:
+        listener = DrainingListener(sock.dup(), max_batch=8)
+        with burst(sock.getsockname()[1], 20):
+            assert 3 <= await passes_to_accept(listener, 20) <= 4  # 8 + 8 + 4
+        assert listener.statistics().largest_pass == 8
+        await listener.aclose()
+
+
 async def test_closing_closes_what_was_accepted_but_not_handed_out() -> None:
     with listening() as sock:
         listener = DrainingListener(sock.dup())
@@ -110,5 +119,5 @@ async def test_serve_accepts_a_burst_of_clients_in_one_pass() -> None:
                     if listener.statistics().accepted >= before + 30:
                         break
                     await trio.sleep(0.01)
-            assert listener.statistics().largest_pass >= 30
+            assert listener.statistics().largest_pass >= 30  # at most 64 per pass
             stop.set()

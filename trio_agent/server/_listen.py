@@ -6,7 +6,7 @@ takes in one connection per pass of the scheduler. Under load a pass is long
 (every busy stream gets its turn in it), so new clients wait in the kernel's
 backlog behind the streams already served: in an overload run they were never
 even refused, just left waiting. :class:`DrainingListener` accepts everything
-the kernel has queued (up to ``max_batch``) when the socket turns readable
+the kernel has queued (up to ``max_batch``, 64) when the socket turns readable
 and hands the connections out without yielding in between, so a pass admits
 (or refuses with a 503) every client that arrived during the previous one.
 
@@ -45,7 +45,10 @@ __all__ = ["DrainingListener", "ListenerStatistics", "serve_hypercorn"]
 # Errors of accept(2) that concern one connection only (as trio's SocketListener).
 _IGNORABLE = {errno.ECONNABORTED, errno.EPERM, errno.EPROTO}
 _CLOSED = {errno.EBADF, errno.EINVAL, errno.ENOTSOCK}
-_MAX_BATCH = 1024
+# Most connections taken in one pass: enough that a burst never waits behind busy streams for
+# more than a pass or two, few enough that a flood of new clients (each a task, a parse and
+# most likely a 503 under overload) cannot crowd out the streams already admitted.
+_MAX_BATCH = 64
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
