@@ -173,3 +173,29 @@ def test_repr_shows_live_state() -> None:
 def test_rejects_bad_sizes() -> None:
     with pytest.raises(ValueError):
         Admission(max_concurrency=0, max_queued=0, max_queue_wait=0)
+
+
+async def test_refuse_nowait_answers_what_lease_would_refuse_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    adm = make(max_concurrency=1, max_queued=1, per_key_max_concurrency=1)
+    assert adm.refuse_nowait() is None  # a slot is free
+    async with trio.open_nursery() as nursery:
+        async with adm.lease("k"):
+            assert adm.refuse_nowait() is None  # no slot, but room in the queue
+            assert isinstance(adm.refuse_nowait("k"), KeyLimitError)  # "k" is at its cap
+
+            async def queued() -> None:
+                async with adm.lease():
+                    pass
+
+            nursery.start_soon(queued)
+            await trio.testing.wait_all_tasks_blocked()
+            refusal = adm.refuse_nowait()  # no slot and a full queue: what lease() would say
+            assert isinstance(refusal, OverloadedError) and refusal.retry_after is not None
+            with pytest.raises(OverloadedError):
+                async with adm.lease():
+                    pass
+    s = adm.statistics()
+    assert (s.shed_full, s.shed_key_limit, s.admitted) == (2, 1, 2)
+    assert_idle(adm)

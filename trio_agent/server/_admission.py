@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
-from ..errors import KeyLimitError, OverloadedError
+from ..errors import AdmissionError, KeyLimitError, OverloadedError
 
 __all__ = ["Admission", "AdmissionStatistics", "Lease", "Limits"]
 
@@ -90,6 +90,16 @@ class Limits(Protocol):
     """
 
     def lease(self, key: str | None = None) -> AbstractAsyncContextManager[Lease]: ...
+
+    def refuse_nowait(self, key: str | None = None) -> AdmissionError | None:
+        """The refusal ``lease(key)`` would raise at once (counted as shed), else None.
+
+        Lets the edge answer 503/429 without setting up a stream (tasks, a
+        nursery) for a request that cannot be admitted: under overload most
+        requests are refusals, and they must be cheap. ``None`` promises
+        nothing: ``lease`` may still refuse.
+        """
+        ...
 
     def statistics(self) -> AdmissionStatistics: ...
 
@@ -159,6 +169,23 @@ class Admission:
     def lease(self, key: str | None = None) -> AbstractAsyncContextManager[Lease]:
         """Wait for a slot (bounded); ``async with`` it. See the class docstring."""
         return _LeaseContext(self, key)
+
+    def refuse_nowait(self, key: str | None = None) -> AdmissionError | None:
+        """See :meth:`Limits.refuse_nowait`: the key is at its cap, or no slot and a full queue."""
+        if key is not None and self._per_key is not None and self._keys.get(key, 0) >= self._per_key:
+            self._shed_key_limit += 1
+            return KeyLimitError(
+                f"too many concurrent requests for this API key (limit {self._per_key})",
+                retry_after=self.retry_after(0),
+            )
+        if self._limiter.available_tokens == 0 and self._queued >= self._max_queued:
+            self._shed_full += 1
+            return OverloadedError(
+                f"server overloaded: {self.max_concurrency} in flight and "
+                f"{self._queued} queued (max {self._max_queued})",
+                retry_after=self.retry_after(),
+            )
+        return None
 
     def retry_after(self, position: int | None = None) -> float:
         """Seconds a refused client should wait: service time x queue position / capacity.

@@ -37,7 +37,7 @@ from typing import Any
 import trio
 
 from ..config import ServerConfig
-from ..errors import KeyLimitError, OverloadedError
+from ..errors import AdmissionError, KeyLimitError, OverloadedError
 from ._admission import Admission, AdmissionStatistics, Lease
 
 __all__ = ["SharedLimits", "open_shared_limits"]
@@ -210,6 +210,10 @@ class SharedLimits:
     def lease(self, key: str | None = None) -> _LeaseContext:
         """Wait (bounded) for a global slot; ``async with`` it."""
         return _LeaseContext(self, key)
+
+    def refuse_nowait(self, key: str | None = None) -> AdmissionError | None:
+        """Always None: only Redis knows whether a global slot is free (``lease`` decides)."""
+        return None
 
     # -- health ----------------------------------------------------------------------
 

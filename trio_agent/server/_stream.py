@@ -628,6 +628,12 @@ async def serve_stream(
     except TrioAgentError as exc:
         await send_error(send, exc, info, openai=fmt.openai)
         return
+    refusal = gw.limits.refuse_nowait(info.key_id)
+    if refusal is not None:
+        # Refused at once (queue full, key at its cap): a plain 503/429, no stream set up.
+        gw.drain.unregister(ctrl)
+        await send_error(send, refusal, info, openai=fmt.openai)
+        return
     out = _Responder(gw, send, ctrl, info)
     refused: TrioAgentError | None = None
     try:
