@@ -131,3 +131,21 @@ async def test_direct_body_needs_hypercorns_h11_shape() -> None:
             pass
 
     assert direct_body(Stream().app_send) is None
+
+
+async def test_chunks_are_framed_byte_for_byte_as_h11_frames_them(sockets: None) -> None:
+    body, _, _, _ = make()
+    reference = responding_connection()
+    for data in (b"x", b"data: {}\n\n", bytes(range(256)) * 70):
+        assert body._framed(data) == reference.send(h11.Data(data=data))
+    assert body._framed(b"") == b""  # h11 writes nothing for an empty chunk (it would end the body)
+    # An HTTP/1.0 client gets no chunked framing: the bytes go through h11 as they are.
+    old = h11.Connection(h11.SERVER)
+    old.receive_data(b"GET / HTTP/1.0\r\n\r\n")
+    assert isinstance(old.next_event(), h11.Request)
+    assert isinstance(old.next_event(), h11.EndOfMessage)
+    old.send(h11.Response(status_code=200, headers=[]))
+    a, b = trio.socket.socketpair()
+    _OPEN.extend((a, b))
+    plain = DirectBody(SimpleNamespace(closed=False), old, trio.Lock(), trio.SocketStream(a))
+    assert plain._framed(b"hello") == b"hello"
