@@ -109,3 +109,13 @@ def assert_released(gw: Gateway, backend: FakeLLM) -> None:
     assert (stats.in_flight, stats.queued, stats.keys_in_flight) == (0, 0, 0)
     assert backend.active == 0
     assert gw.drain.active == 0
+
+
+def drain_ready(chunks: object) -> list[ChatChunk]:
+    """Every chunk a backend stream's ``receive_nowait()`` hands over before ``WouldBlock``."""
+    ready: list[ChatChunk] = []
+    while True:
+        try:
+            ready.append(chunks.receive_nowait())  # type: ignore[attr-defined]
+        except trio.WouldBlock:
+            return ready

@@ -3,6 +3,7 @@
 import pytest
 import trio
 
+from tests._fakes import drain_ready
 from trio_agent import ChatRequest, MockLLM, UpstreamStatusError, UpstreamStreamError
 
 
@@ -113,12 +114,7 @@ async def test_receive_nowait_hands_over_only_tokens_already_due(
         with pytest.raises(trio.WouldBlock):
             chunks.receive_nowait()  # type: ignore[attr-defined]  # token 1 is not due yet
         await trio.sleep(0.035)  # fall behind: tokens 1..3 are due by now
-        ready = []
-        while True:
-            try:
-                ready.append(chunks.receive_nowait())  # type: ignore[attr-defined]
-            except trio.WouldBlock:
-                break
+        ready = drain_ready(chunks)
         assert len(ready) == 3
         rest = [c async for c in chunks]
     assert rest[-1].finish_reason == "stop" and rest[-1].usage is not None

@@ -18,6 +18,7 @@ import orjson
 import pytest
 import trio
 
+from tests._fakes import drain_ready
 from trio_agent import (
     ChatRequest,
     MockLLM,
@@ -404,12 +405,7 @@ async def test_receive_nowait_hands_over_events_already_read(
     backend = make_backend(script)
     async with backend.stream_chat(Q) as chunks:
         first = await chunks.__anext__()
-        ready = []
-        while True:
-            try:
-                ready.append(chunks.receive_nowait())  # type: ignore[attr-defined]
-            except trio.WouldBlock:
-                break
+        ready = drain_ready(chunks)
         rest = [c async for c in chunks]
     assert first.delta == "a"
     assert [(c.delta, c.finish_reason) for c in ready] == [("b", None), ("c", None), ("", "stop")]

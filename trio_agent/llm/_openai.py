@@ -497,39 +497,45 @@ class _UpstreamStream:
         """
         if self._pending:
             return self._pending.pop(0)
+        chunk = self._decoded_chunk()
+        if chunk is None:
+            raise trio.WouldBlock
+        return chunk
+
+    def _decoded_chunk(self) -> ChatChunk | None:
+        """The next chunk worth returning among the events already decoded, up to ``[DONE]``."""
         events = self._events
         while events and events[0] != "[DONE]":
             chunk = self._parse(events.pop(0))
             if chunk is not None:
                 return chunk
-        raise trio.WouldBlock
+        return None
 
     async def _next_chunk(self) -> ChatChunk | None:
         """The next chunk worth returning, or None at ``[DONE]``."""
         while True:
-            while not self._events:
-                if self._done:
-                    return None
-                try:
-                    data = await self._raw.__anext__()
-                except StopAsyncIteration:
-                    raise UpstreamProtocolError("upstream stream ended without [DONE]") from None
-                except httpx.HTTPError as exc:
-                    raise self._backend._transport_error(exc, "mid-stream") from None
-                try:
-                    self._events.extend(ev.data for ev in self._decoder.feed(data))
-                except SSEError as exc:
-                    raise UpstreamProtocolError(
-                        f"upstream sent a malformed event stream: {exc}"
-                    ) from None
-            payload = self._events.pop(0)
-            if payload == "[DONE]":
+            chunk = self._decoded_chunk()
+            if chunk is not None:
+                return chunk
+            if self._events:  # ``[DONE]`` is next
+                self._events.pop(0)
                 self._done = True
                 await self._drain()
                 return None
-            chunk = self._parse(payload)
-            if chunk is not None:
-                return chunk
+            if self._done:
+                return None
+            try:
+                data = await self._raw.__anext__()
+            except StopAsyncIteration:
+                raise UpstreamProtocolError("upstream stream ended without [DONE]") from None
+            except httpx.HTTPError as exc:
+                raise self._backend._transport_error(exc, "mid-stream") from None
+            try:
+                self._events.extend(ev.data for ev in self._decoder.feed(data))
+            except SSEError as exc:
+                raise UpstreamProtocolError(
+                    f"upstream sent a malformed event stream: {exc}"
+                ) from None
 
     async def _drain(self) -> None:
         """Read what follows ``[DONE]`` (normally nothing) so the connection can be reused."""

@@ -172,20 +172,31 @@ class Admission:
 
     def refuse_nowait(self, key: str | None = None) -> AdmissionError | None:
         """See :meth:`Limits.refuse_nowait`: the key is at its cap, or no slot and a full queue."""
-        if key is not None and self._per_key is not None and self._keys.get(key, 0) >= self._per_key:
-            self._shed_key_limit += 1
-            return KeyLimitError(
-                f"too many concurrent requests for this API key (limit {self._per_key})",
-                retry_after=self.retry_after(0),
-            )
+        if self._key_at_cap(key):
+            return self._key_limit_refusal()
         if self._limiter.available_tokens == 0 and self._queued >= self._max_queued:
-            self._shed_full += 1
-            return OverloadedError(
-                f"server overloaded: {self.max_concurrency} in flight and "
-                f"{self._queued} queued (max {self._max_queued})",
-                retry_after=self.retry_after(),
-            )
+            return self._queue_full_refusal()
         return None
+
+    def _key_at_cap(self, key: str | None) -> bool:
+        return key is not None and self._per_key is not None and self._keys.get(key, 0) >= self._per_key
+
+    def _key_limit_refusal(self) -> KeyLimitError:
+        """Count one key-limit refusal and build it (the same answer on every path)."""
+        self._shed_key_limit += 1
+        return KeyLimitError(
+            f"too many concurrent requests for this API key (limit {self._per_key})",
+            retry_after=self.retry_after(0),
+        )
+
+    def _queue_full_refusal(self) -> OverloadedError:
+        """Count one full-queue refusal and build it (the same answer on every path)."""
+        self._shed_full += 1
+        return OverloadedError(
+            f"server overloaded: {self.max_concurrency} in flight and "
+            f"{self._queued} queued (max {self._max_queued})",
+            retry_after=self.retry_after(),
+        )
 
     def retry_after(self, position: int | None = None) -> float:
         """Seconds a refused client should wait: service time x queue position / capacity.
@@ -198,13 +209,10 @@ class Admission:
 
     async def _acquire(self, key: str | None, borrower: object) -> Lease:
         if key is not None and self._per_key is not None:
-            if self._keys.get(key, 0) >= self._per_key:
-                self._shed_key_limit += 1
+            if self._key_at_cap(key):
+                refusal = self._key_limit_refusal()
                 await trio.lowlevel.checkpoint()
-                raise KeyLimitError(
-                    f"too many concurrent requests for this API key (limit {self._per_key})",
-                    retry_after=self.retry_after(0),
-                )
+                raise refusal
             self._keys[key] = self._keys.get(key, 0) + 1
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -225,13 +233,9 @@ class Admission:
 
     async def _wait(self, borrower: object, start: float) -> None:
         if self._queued >= self._max_queued:
-            self._shed_full += 1
+            refusal = self._queue_full_refusal()
             await trio.lowlevel.checkpoint()
-            raise OverloadedError(
-                f"server overloaded: {self.max_concurrency} in flight and "
-                f"{self._queued} queued (max {self._max_queued})",
-                retry_after=self.retry_after(),
-            )
+            raise refusal
         position = self._queued
         self._queued += 1
         try:

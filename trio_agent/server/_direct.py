@@ -36,7 +36,7 @@ from typing import Any
 import h11
 import trio
 
-__all__ = ["ClientGoneError", "DirectBody", "direct_body"]
+__all__ = ["ClientGoneError", "DirectBody", "direct_body", "hypercorn_h11_parts"]
 
 
 class ClientGoneError(Exception):
@@ -151,19 +151,33 @@ class DirectBody:
                 raise ClientGoneError(str(exc)) from None
 
 
-def direct_body(send: Callable[..., Awaitable[None]]) -> DirectBody | None:
-    """The direct writer under a Hypercorn HTTP/1.1 ASGI ``send`` over plain TCP, else None."""
+def hypercorn_h11_parts(send: Callable[..., Awaitable[None]]) -> tuple[Any, Any, Any] | None:
+    """``(HTTPStream, H11Protocol, TCPServer)`` under a Hypercorn HTTP/1.1 ASGI ``send``, else None.
+
+    The one place that walks Hypercorn's objects (``HTTPStream.app_send`` ->
+    ``H11Protocol.stream_send`` -> ``TCPServer.protocol_send``): any other
+    shape (HTTP/2, a test harness, a future Hypercorn) gives None.
+    """
     try:
         http_stream = send.__self__  # type: ignore[attr-defined]
         protocol = http_stream.send.__self__
-        if type(protocol).__name__ != "H11Protocol":
-            return None
-        conn = protocol.connection
         server = protocol.send.__self__
-        lock = server.send_lock
-        stream = server.stream
     except AttributeError:
         return None
+    if type(protocol).__name__ != "H11Protocol":
+        return None
+    return http_stream, protocol, server
+
+
+def direct_body(send: Callable[..., Awaitable[None]]) -> DirectBody | None:
+    """The direct writer under a Hypercorn HTTP/1.1 ASGI ``send`` over plain TCP, else None."""
+    parts = hypercorn_h11_parts(send)
+    if parts is None:
+        return None
+    http_stream, protocol, server = parts
+    conn = getattr(protocol, "connection", None)
+    lock = getattr(server, "send_lock", None)
+    stream = getattr(server, "stream", None)
     if not (
         isinstance(conn, h11.Connection)
         and isinstance(lock, trio.Lock)

@@ -42,6 +42,7 @@ from ..config import ServerConfig
 from ..llm import ChatBackend
 from ._admission import Limits
 from ._app import Gateway, create_app
+from ._direct import hypercorn_h11_parts
 from ._listen import serve_hypercorn
 
 __all__ = ["abort_hypercorn_transport", "open_backend", "run_workers", "serve", "worker_config"]
@@ -169,14 +170,10 @@ def abort_hypercorn_transport(send: Callable[..., Awaitable[None]]) -> bool:
     ``TCPServer.protocol_send``): on any other shape (HTTP/2, a future
     Hypercorn) it does nothing and returns False.
     """
-    try:
-        http_stream = send.__self__  # type: ignore[attr-defined]
-        protocol = http_stream.send.__self__
-        if type(protocol).__name__ != "H11Protocol":
-            return False
-        sock = protocol.send.__self__.stream.socket
-    except AttributeError:
+    parts = hypercorn_h11_parts(send)
+    if parts is None:
         return False
+    sock = getattr(getattr(parts[2], "stream", None), "socket", None)
     if not isinstance(sock, trio.socket.SocketType):
         return False
     sock.close()

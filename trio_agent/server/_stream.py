@@ -407,12 +407,15 @@ class _TokenPipe:
 
     def offer(self, chunk: ChatChunk) -> None:
         """Take one chunk; never yields. Check :attr:`full` before the next one."""
+        self._note(chunk)
+        if chunk.delta:
+            self._offer_text(chunk.delta, 1)
+
+    def _note(self, chunk: ChatChunk) -> None:
         if chunk.finish_reason is not None:
             self.finish = chunk.finish_reason
         if chunk.usage is not None:
             self.usage = chunk.usage
-        if chunk.delta:
-            self._offer_text(chunk.delta, 1)
 
     def offer_all(self, chunk: ChatChunk, ready: Callable[[], ChatChunk]) -> None:
         """Take ``chunk`` and every chunk ``ready()`` still has (up to ``MERGE_LIMIT``) as one."""
@@ -429,10 +432,7 @@ class _TokenPipe:
             pass
         texts: list[str] = []
         for c in chunks:
-            if c.finish_reason is not None:
-                self.finish = c.finish_reason
-            if c.usage is not None:
-                self.usage = c.usage
+            self._note(c)
             if c.delta:
                 texts.append(c.delta)
         if texts:
