@@ -63,6 +63,9 @@ class ServerArgs:
     max_queue_wait: float = 30.0
     request_timeout: float = 120.0
     upstream_url: str | None = None
+    # trio_agent's CPU-lag shedding (--max-loop-lag): 0 = off, as nothing may be shed when
+    # admission is wide open; None = the server's default (the overload run).
+    max_loop_lag: float | None = 0.0
 
 
 def _mock_flags() -> list[str]:
@@ -81,6 +84,7 @@ def trio_agent_command(a: ServerArgs) -> list[str]:
         PY, "-m", "trio_agent", "serve", "--host", "127.0.0.1", "--port", "0",
         "--max-concurrency", str(a.max_concurrency), "--max-queued", str(a.max_queued),
         "--max-queue-wait", str(a.max_queue_wait), "--request-timeout", str(a.request_timeout),
+        *(["--max-loop-lag", str(a.max_loop_lag)] if a.max_loop_lag is not None else []),
         "--no-access-log", *_mock_flags(),
         *(["--upstream-url", a.upstream_url] if a.upstream_url else []),
     ]  # fmt: skip
@@ -256,6 +260,7 @@ class Suite:
                 max_queued=max(1, admit // 2),
                 max_queue_wait=1.0,
                 request_timeout=30.0,
+                max_loop_lag=None,
             )
             with self.process(name, build(args)) as (url, pid):
                 runs = self.bench(

@@ -6,6 +6,7 @@ import pytest
 import trio
 import trio.testing
 
+from trio_agent.concurrency import LoopLag
 from trio_agent.errors import KeyLimitError, OverloadedError
 from trio_agent.server import Admission, Lease, Limits
 
@@ -199,3 +200,74 @@ async def test_refuse_nowait_answers_what_lease_would_refuse_at_once(
     s = adm.statistics()
     assert (s.shed_full, s.shed_key_limit, s.admitted) == (2, 1, 2)
     assert_idle(adm)
+
+
+async def _lagging(clock: trio.testing.MockClock, lag: LoopLag) -> None:
+    """Make ``lag`` see a scheduler 0.3 s behind (each pass 'takes' 0.3 s)."""
+    for _ in range(8):
+        clock.jump(0.3)
+        await trio.lowlevel.checkpoint()
+    assert lag.current > 0.2
+
+
+async def test_loop_lag_refuses_new_requests_with_free_slots(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lag = LoopLag(interval=0.01)
+    adm = make(max_concurrency=4, per_key_max_concurrency=2, loop_lag=lag, max_loop_lag=0.1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lag.run)
+        await trio.sleep(0.1)
+        async with adm.lease("k") as held:  # admitted while the loop keeps up
+            await _lagging(autojump_clock, lag)
+            refusal = adm.refuse_nowait("other")
+            assert isinstance(refusal, OverloadedError)
+            assert "behind" in str(refusal) and refusal.retry_after == 1.0
+            with pytest.raises(OverloadedError, match="behind"):
+                async with adm.lease("k"):
+                    pytest.fail("admitted while the scheduler lags")
+            s = adm.statistics()
+            assert (s.in_flight, s.shed_loop_lag, s.admitted) == (1, 2, 1)
+            assert held.key == "k"
+        # The key's count was given back by the refused lease: the key can still take two.
+        await trio.sleep(1.0)
+        assert not lag.overloaded(0.1)
+        assert adm.refuse_nowait("k") is None
+        async with adm.lease("k"), adm.lease("k"):
+            assert adm.statistics().in_flight == 2
+        nursery.cancel_scope.cancel()
+    assert_idle(adm)
+
+
+async def test_loop_lag_leaves_queued_requests_their_place(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lag = LoopLag(interval=0.01)
+    adm = make(max_concurrency=1, max_queued=1, max_queue_wait=10.0, loop_lag=lag, max_loop_lag=0.1)
+    got: list[float] = []
+
+    async def waiter() -> None:
+        async with adm.lease() as lease:
+            got.append(lease.queued)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lag.run)
+        await trio.sleep(0.1)
+        async with adm.lease():
+            nursery.start_soon(waiter)
+            await trio.sleep(0.5)
+            assert adm.statistics().queued == 1
+            await _lagging(autojump_clock, lag)
+        # The slot freed while lagging goes to the request already queued.
+        await trio.sleep(0.1)
+        assert len(got) == 1
+        nursery.cancel_scope.cancel()
+    assert adm.statistics().shed_loop_lag == 0
+    assert_idle(adm)
+
+
+def test_loop_lag_without_a_monitor_or_limit_never_refuses() -> None:
+    assert make(max_loop_lag=0.1).refuse_nowait() is None
+    assert make(loop_lag=LoopLag()).refuse_nowait() is None
+    with pytest.raises(ValueError):
+        make(max_loop_lag=0.0)

@@ -1,4 +1,4 @@
-"""DrainingListener: a burst of connections is taken in one scheduler pass, not one per pass."""
+"""DrainingListener takes a burst of connections in one pass; LeanTCPServer writes and times out as Hypercorn."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
+from hypercorn.events import Closed, RawData
 
 from trio_agent.config import MockLLMConfig, ServerConfig
 from trio_agent.server import Gateway, serve
-from trio_agent.server._listen import DrainingListener
+from trio_agent.server._listen import DrainingListener, LeanTCPServer, _IdleTimer
 
 
 @contextmanager
@@ -127,4 +128,137 @@ async def test_serve_accepts_a_burst_of_clients_in_one_pass() -> None:
                         break
                     await trio.sleep(0.01)
             assert listener.statistics().largest_pass >= 30  # at most 64 per pass
+            stop.set()
+
+
+# -- LeanTCPServer: Hypercorn's TCPServer with a cheaper idle timer and direct writes ----------
+
+
+class _Protocol:
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    async def handle(self, event: object) -> None:
+        self.events.append(event)
+        await trio.lowlevel.checkpoint()
+
+
+def _lean_server(stream: trio.SocketStream) -> tuple[LeanTCPServer, _Protocol]:
+    from hypercorn.config import Config
+    from hypercorn.trio.worker_context import WorkerContext
+
+    server = LeanTCPServer(object(), Config(), WorkerContext(None), {}, stream)  # type: ignore[arg-type]
+    proto = _Protocol()
+    server.protocol = proto  # type: ignore[assignment]
+    return server, proto
+
+
+async def test_lean_writes_go_out_whole_in_order_even_when_the_socket_fills() -> None:
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server, proto = _lean_server(trio.SocketStream(trio.socket.from_stdlib_socket(a)))
+    reader = trio.SocketStream(trio.socket.from_stdlib_socket(b))
+    big = bytes(range(256)) * 2048  # 512 KiB: far more than the socket takes at once
+    small = [b"<%d>" % i for i in range(50)]
+    received = bytearray()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def read_all() -> None:
+                while len(received) < len(big) + sum(map(len, small)) + 3:
+                    received.extend(await reader.receive_some(65536))
+
+            nursery.start_soon(read_all)
+            await server.protocol_send(RawData(data=b"abc"))  # fits: direct, no lock
+            assert server.direct_writes == 1
+
+            async def others() -> None:
+                for s in small:  # these must wait for the big write's lock, never interleave
+                    await server.protocol_send(RawData(data=s))
+
+            async with trio.open_nursery() as writers:
+                writers.start_soon(server.protocol_send, RawData(data=big))
+                await trio.lowlevel.checkpoint()
+                writers.start_soon(others)
+    assert bytes(received) == b"abc" + big + b"".join(small)
+    assert server.locked_writes >= 1
+    assert not server.send_lock.locked()
+    assert proto.events == []
+    await reader.aclose()
+    await server.stream.aclose()
+
+
+async def test_lean_write_to_a_gone_client_reports_closed() -> None:
+    a, b = socket.socketpair()
+    server, proto = _lean_server(trio.SocketStream(trio.socket.from_stdlib_socket(a)))
+    b.close()
+    await server.protocol_send(RawData(data=b"x" * 10))
+    await server.protocol_send(RawData(data=b"y" * 10))
+    assert any(isinstance(e, Closed) for e in proto.events)
+    assert not server.send_lock.locked()
+    await server.stream.aclose()
+
+
+async def test_lean_idle_timer_restarts_and_stops_without_a_task_per_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fired: list[float] = []
+
+    async def action() -> None:
+        await trio.sleep(5)
+        fired.append(trio.current_time())
+
+    class TaskGroup:
+        _nursery: trio.Nursery
+
+    timer = _IdleTimer()
+    async with trio.open_nursery() as nursery:
+        tg = TaskGroup()
+        tg._nursery = nursery
+        start = trio.current_time()
+        await timer.restart(tg, action)
+        await trio.sleep(3)
+        await timer.restart(tg, action)  # a new request ended: the timeout starts over
+        await trio.sleep(3)
+        assert fired == []
+        await timer.stop()  # a request started: no timeout while it runs
+        await trio.sleep(10)
+        assert fired == []
+        await timer.restart(tg, action)
+        await trio.sleep(6)
+        assert fired == [pytest.approx(start + 3 + 3 + 10 + 5)]
+        await timer.restart(tg, action)
+        await timer.stop()
+    assert len(fired) == 1
+
+
+@pytest.mark.e2e
+async def test_serve_counts_connections_and_reuses_them() -> None:
+    apps: list[Gateway] = []
+    stop = trio.Event()
+    config = ServerConfig(port=0, access_log=False, keep_alive_timeout=0.5)
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            _, port = await nursery.start(
+                partial(serve, config, handle_signals=False, shutdown_trigger=stop.wait,
+                        on_app=apps.append)
+            )  # fmt: skip
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            buf = b""
+            for _ in range(20):  # twenty requests on one keep-alive connection
+                await stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                while b"\r\n\r\n" not in buf or not buf.split(b"\r\n\r\n", 1)[1].endswith(b"}"):
+                    buf += await stream.receive_some(65536)
+                assert buf.startswith(b"HTTP/1.1 200")
+                buf = b""
+            assert (apps[0].connections.opened, apps[0].connections.open) == (1, 1)
+            # Idle past keep_alive_timeout: the server closes it.
+            with trio.fail_after(5):
+                assert await stream.receive_some(10) == b""
+            await stream.aclose()
+            for _ in range(500):  # the server's side of the connection ends soon after
+                if not apps[0].connections.open:
+                    break
+                await trio.sleep(0.01)
+            assert apps[0].connections.open == 0
             stop.set()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from trio_agent.concurrency import LoopLagStatistics
 from trio_agent.server import AdmissionStatistics, GatewayMetrics, Histogram
+from trio_agent.server._listen import ConnectionCounter
 
 STATS = AdmissionStatistics(
     in_flight=3, queued=2, max_concurrency=10, max_queued=5, admitted=40,
-    shed_full=4, shed_timeout=1, shed_key_limit=0, keys_in_flight=0, mean_service_time=1.0,
+    shed_full=4, shed_timeout=1, shed_key_limit=0, shed_loop_lag=2, keys_in_flight=0, mean_service_time=1.0,
 )
 SAMPLE = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+]+$')
 
@@ -68,3 +70,26 @@ def test_retries_are_left_out_when_the_backend_has_none() -> None:
 
 def test_repr() -> None:
     assert "tokens=0" in repr(GatewayMetrics())
+
+
+def test_render_shows_loop_lag_and_connections_when_known() -> None:
+    m = GatewayMetrics()
+    lag = LoopLagStatistics(current=0.25, last=0.3, peak=0.5, samples=9, running=True)
+    conns = ConnectionCounter()
+    conns.open, conns.opened = 3, 7
+    text = m.render(STATS, draining=False, loop_lag=lag, connections=conns)
+    lines = text.splitlines()
+    assert "trio_agent_loop_lag_seconds 0.25" in lines
+    assert "trio_agent_loop_lag_peak_seconds 0.5" in lines
+    assert "trio_agent_connections_open 3" in lines
+    assert "trio_agent_connections_total 7" in lines
+    assert 'trio_agent_shed_total{reason="loop_lag"} 2' in lines
+    assert all(SAMPLE.match(line) for line in lines if not line.startswith("#"))
+    # A monitor that is not running and a server that served no connection: no such lines.
+    quiet = m.render(
+        STATS,
+        draining=False,
+        loop_lag=LoopLagStatistics(current=0, last=0, peak=0, samples=0, running=False),
+        connections=ConnectionCounter(),
+    )
+    assert "loop_lag_seconds" not in quiet and "connections_open" not in quiet

@@ -569,3 +569,44 @@ async def test_tokens_that_are_already_there_go_out_as_one_event(
             assert len(tokens) == 40  # a gateway that keeps up sends each token at once
         assert llm.statistics().active == 0 and gw.limits.statistics().in_flight == 0
     assert texts[0.0] == texts[0.01] and len(texts[0.0].split()) == 40
+
+
+async def test_a_lagging_scheduler_gets_new_requests_a_503_and_streams_keep_going(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from trio_agent import LoopLag, MockLLM, ServerConfig
+    from trio_agent.server import create_app
+
+    lag = LoopLag(interval=0.01)
+    llm = MockLLM(ttft=0.05, itl=0.05, tokens=20, seed=1, pacing_resolution=0)
+    gw = create_app(ServerConfig(max_loop_lag=0.1), backend=llm, loop_lag=lag)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lag.run)
+        ex = Exchange(gw, "POST", "/chat/stream", json=Q).start(nursery)
+        await ex.response_start()
+        assert ex.status == 200
+        for _ in range(6):  # every pass now 'takes' 0.3 s of CPU
+            autojump_clock.jump(0.3)
+            await trio.lowlevel.checkpoint()
+        assert lag.overloaded(0.1)
+        for path, body in (("/chat/stream", Q), ("/chat", Q)):
+            r = await request(gw, "POST", path, json=body)
+            assert r.status == 503, (path, r.body)
+            assert r.json()["error"]["code"] == "overloaded"
+            assert "behind" in r.json()["error"]["message"]
+            assert r.headers["retry-after"] == "1"
+        oa = await request(
+            gw, "POST", "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        )  # fmt: skip
+        assert oa.status == 503 and oa.json()["error"]["code"] == "overloaded"
+        # The stream admitted before the lag is not touched: it ends with done.
+        events = await ex.events()
+        assert events[-1].event == "done"
+        assert gw.limits.statistics().shed_loop_lag == 3
+        # Caught up again: new requests are admitted.
+        await trio.sleep(1.0)
+        r = await request(gw, "POST", "/chat/stream", json=Q)
+        assert r.status == 200 and r.events[-1].event == "done"
+        nursery.cancel_scope.cancel()
+    assert gw.limits.statistics().in_flight == 0 and llm.statistics().active == 0

@@ -2,6 +2,8 @@
 
 
 from .concurrency import (
+    LoopLag,
+    LoopLagStatistics,
     Outcome,
     RateLimiter,
     RateLimiterStatistics,
@@ -105,6 +107,8 @@ __all__ = [
     "KeyLimitError",
     "Lease",
     "Limits",
+    "LoopLag",
+    "LoopLagStatistics",
     "MethodNotAllowedError",
     "MockLLM",
     "MockLLMConfig",

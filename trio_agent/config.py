@@ -209,7 +209,11 @@ class ServerConfig:
     that is idle between requests or still sending its request head (a
     slowloris client); a slow body is bounded by ``request_timeout`` (408).
     A request head over ``max_header_bytes`` gets 431, a body over
-    ``max_body_bytes`` 413. ``direct_writes`` lets a stream write its token
+    ``max_body_bytes`` 413. ``max_loop_lag`` (seconds, 0 = off) refuses new
+    requests with 503 at once while the process's trio scheduler runs
+    further behind than that (see :class:`~trio_agent.concurrency.LoopLag`):
+    the CPU is full and admitting more would slow every stream already
+    running. ``direct_writes`` lets a stream write its token
     events straight to Hypercorn's socket when it is free (HTTP/1.1 over TCP;
     see ``trio_agent/server/_direct.py``); off, every write goes through ASGI.
     ``upstream`` set means proxy to a real
@@ -230,6 +234,7 @@ class ServerConfig:
     max_concurrency: int = 50
     max_queued: int = 100
     max_queue_wait: float = 5.0
+    max_loop_lag: float = 0.05
     request_timeout: float = 120.0
     keepalive_interval: float = 15.0
     write_timeout: float = 10.0
@@ -264,6 +269,7 @@ class ServerConfig:
         _check(self.max_concurrency >= 1, f"max_concurrency must be >= 1, got {self.max_concurrency!r}")
         _check(self.max_queued >= 0, f"max_queued must be >= 0, got {self.max_queued!r}")
         _non_negative("max_queue_wait", self.max_queue_wait)
+        _non_negative("max_loop_lag", self.max_loop_lag)
         for name in (
             "request_timeout",
             "keepalive_interval",

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
+from ..concurrency._lag import LoopLag
 from ..errors import AdmissionError, KeyLimitError, OverloadedError
 
 __all__ = ["Admission", "AdmissionStatistics", "Lease", "Limits"]
@@ -45,7 +46,8 @@ class AdmissionStatistics:
     for one. The counters only grow: ``admitted`` leases granted,
     ``shed_full`` refused because the queue was full, ``shed_timeout``
     refused because the wait ran out, ``shed_key_limit`` refused by the
-    per-key cap. ``mean_service_time`` is a moving average of how long a
+    per-key cap, ``shed_loop_lag`` refused because the process's scheduler
+    was further behind than ``max_loop_lag``. ``mean_service_time`` is a moving average of how long a
     lease is held (seconds), the base of the ``Retry-After`` estimate.
     """
 
@@ -57,6 +59,7 @@ class AdmissionStatistics:
     shed_full: int
     shed_timeout: int
     shed_key_limit: int
+    shed_loop_lag: int
     keys_in_flight: int
     mean_service_time: float
 
@@ -135,6 +138,12 @@ class Admission:
     (FIFO, trio's limiter is fair) for at most ``max_queue_wait`` seconds.
     ``per_key_max_concurrency`` caps the leases held or awaited by one key
     (``None``: no per-key cap; requests without a key are never key-limited).
+
+    With ``loop_lag`` (a running :class:`~trio_agent.concurrency.LoopLag`) and
+    ``max_loop_lag`` seconds, a new request is also refused at once while the
+    scheduler is further behind than that, free slots or not: the CPU, not
+    the slot count, is then what runs out, and every admitted stream would
+    slow down. Queued requests keep their place.
     """
 
     def __init__(
@@ -144,11 +153,18 @@ class Admission:
         max_queued: int,
         max_queue_wait: float,
         per_key_max_concurrency: int | None = None,
+        loop_lag: LoopLag | None = None,
+        max_loop_lag: float | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         if max_queued < 0 or max_queue_wait < 0:
             raise ValueError("max_queued and max_queue_wait must be >= 0")
+        if max_loop_lag is not None and not max_loop_lag > 0:
+            raise ValueError("max_loop_lag must be > 0 (or None)")
+        self._loop_lag = loop_lag if max_loop_lag is not None else None
+        self._max_loop_lag = max_loop_lag if max_loop_lag is not None else 0.0
+        self._shed_loop_lag = 0
         self._limiter = trio.CapacityLimiter(max_concurrency)
         self._max_queued = max_queued
         self._max_queue_wait = max_queue_wait
@@ -174,9 +190,28 @@ class Admission:
         """See :meth:`Limits.refuse_nowait`: the key is at its cap, or no slot and a full queue."""
         if self._key_at_cap(key):
             return self._key_limit_refusal()
+        if self._lagging():
+            return self._loop_lag_refusal()
         if self._limiter.available_tokens == 0 and self._queued >= self._max_queued:
             return self._queue_full_refusal()
         return None
+
+    def refuse_if_lagging(self) -> OverloadedError | None:
+        """The loop-lag refusal (counted) if the scheduler is behind ``max_loop_lag``, else None."""
+        return self._loop_lag_refusal() if self._lagging() else None
+
+    def _lagging(self) -> bool:
+        return self._loop_lag is not None and self._loop_lag.overloaded(self._max_loop_lag)
+
+    def _loop_lag_refusal(self) -> OverloadedError:
+        """Count one loop-lag refusal and build it."""
+        self._shed_loop_lag += 1
+        lag = self._loop_lag.current if self._loop_lag is not None else 0.0
+        return OverloadedError(
+            f"server overloaded: the CPU is {lag * 1000:.0f} ms behind "
+            f"(max {self._max_loop_lag * 1000:.0f} ms)",
+            retry_after=_RETRY_AFTER_MIN,
+        )
 
     def _key_at_cap(self, key: str | None) -> bool:
         return key is not None and self._per_key is not None and self._keys.get(key, 0) >= self._per_key
@@ -215,6 +250,10 @@ class Admission:
                 raise refusal
             self._keys[key] = self._keys.get(key, 0) + 1
         try:
+            if self._lagging():
+                lag_refusal = self._loop_lag_refusal()
+                await trio.lowlevel.checkpoint()
+                raise lag_refusal
             await trio.lowlevel.checkpoint_if_cancelled()
             start = trio.current_time()
             try:
@@ -280,6 +319,7 @@ class Admission:
             shed_full=self._shed_full,
             shed_timeout=self._shed_timeout,
             shed_key_limit=self._shed_key_limit,
+            shed_loop_lag=self._shed_loop_lag,
             keys_in_flight=len(self._keys),
             mean_service_time=self._mean_service_time
             if math.isfinite(self._mean_service_time)
@@ -290,5 +330,5 @@ class Admission:
         return (
             f"<Admission in_flight={int(self._limiter.borrowed_tokens)}/{self.max_concurrency}"
             f" queued={self._queued}/{self._max_queued} admitted={self._admitted}"
-            f" shed={self._shed_full + self._shed_timeout + self._shed_key_limit}>"
+            f" shed={self._shed_full + self._shed_timeout + self._shed_key_limit + self._shed_loop_lag}>"
         )

@@ -35,6 +35,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from ..concurrency import LoopLag
 from ..config import ServerConfig
 from ..errors import (
     AuthenticationError,
@@ -53,7 +54,7 @@ from ._errors import (
     openai_error_payload,
     status_for,
 )
-from ._listen import DrainingListener
+from ._listen import ConnectionCounter, DrainingListener
 from ._metrics import GatewayMetrics
 from ._openapi import OPENAPI
 from ._stream import (
@@ -148,14 +149,19 @@ class Gateway:
         backend: ChatBackend,
         limits: Limits | None = None,
         metrics: GatewayMetrics | None = None,
+        loop_lag: LoopLag | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
+        # Measures the scheduler only while someone runs it (serve() does).
+        self.loop_lag = loop_lag or LoopLag()
         self.limits: Limits = limits or Admission(
             max_concurrency=config.max_concurrency,
             max_queued=config.max_queued,
             max_queue_wait=config.max_queue_wait,
             per_key_max_concurrency=config.per_key_max_concurrency,
+            loop_lag=self.loop_lag,
+            max_loop_lag=config.max_loop_lag or None,
         )
         self.metrics = metrics or GatewayMetrics()
         self.drain = Drain()
@@ -164,6 +170,8 @@ class Gateway:
         self.abort_transport: Callable[[Send], bool] | None = None
         # The listeners serve() accepts through (see _listen.py), for statistics.
         self.listeners: list[DrainingListener] = []
+        # The connections serve() serves (see _listen.LeanTCPServer), for statistics.
+        self.connections = ConnectionCounter()
         self._key_digests = tuple(hashlib.sha256(k.encode()).digest() for k in config.api_keys)
         self._cors_any = "*" in config.cors_origins
         self._cors = frozenset(o.encode() for o in config.cors_origins if o != "*")
@@ -578,6 +586,8 @@ def _build_quart(gw: Gateway) -> QuartTrio:
             draining=gw.drain.draining,
             backend_statistics=backend_stats,
             limits_status=limits_status_fn() if callable(limits_status_fn) else None,
+            loop_lag=gw.loop_lag.statistics(),
+            connections=gw.connections,
         )
         return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -596,6 +606,7 @@ def create_app(
     backend: ChatBackend,
     limits: Limits | None = None,
     metrics: GatewayMetrics | None = None,
+    loop_lag: LoopLag | None = None,
 ) -> Gateway:
     """Build the gateway ASGI app around an open ``backend``.
 
@@ -603,4 +614,4 @@ def create_app(
     ``config``; pass another :class:`Limits` (for example one shared across
     processes) to replace it. The caller owns the backend's lifetime.
     """
-    return Gateway(config, backend=backend, limits=limits, metrics=metrics)
+    return Gateway(config, backend=backend, limits=limits, metrics=metrics, loop_lag=loop_lag)

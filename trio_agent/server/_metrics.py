@@ -13,7 +13,9 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
+from ..concurrency import LoopLagStatistics
 from ._admission import AdmissionStatistics
+from ._listen import ConnectionCounter
 
 __all__ = ["GatewayMetrics", "Histogram"]
 
@@ -92,6 +94,8 @@ class GatewayMetrics:
         draining: bool,
         backend_statistics: Any = None,
         limits_status: dict[str, Any] | None = None,
+        loop_lag: LoopLagStatistics | None = None,
+        connections: ConnectionCounter | None = None,
     ) -> str:
         """The Prometheus exposition text."""
         lines: list[str] = []
@@ -114,7 +118,19 @@ class GatewayMetrics:
             ('{reason="queue_full"}', admission.shed_full),
             ('{reason="queue_timeout"}', admission.shed_timeout),
             ('{reason="key_limit"}', admission.shed_key_limit),
+            ('{reason="loop_lag"}', admission.shed_loop_lag),
         ])
+        if loop_lag is not None and loop_lag.running:
+            metric("trio_agent_loop_lag_seconds", "gauge",
+                   "How late the scheduler runs a task due now (moving average).",
+                   [("", loop_lag.current)])
+            metric("trio_agent_loop_lag_peak_seconds", "gauge", "The largest scheduler lag seen.",
+                   [("", loop_lag.peak)])
+        if connections is not None and connections.opened:
+            metric("trio_agent_connections_open", "gauge", "Client connections open now.",
+                   [("", connections.open)])
+            metric("trio_agent_connections_total", "counter", "Client connections accepted.",
+                   [("", connections.opened)])
         metric("trio_agent_draining", "gauge", "1 while the server drains for shutdown.",
                [("", 1 if draining else 0)])
         metric("trio_agent_responses_total", "counter", "Responses by route and status.", [

@@ -38,6 +38,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
+from ..concurrency import LoopLag
 from ..config import ServerConfig
 from ..llm import ChatBackend
 from ._admission import Limits
@@ -112,8 +113,12 @@ async def serve(
     ``config`` would open (the caller then owns it); ``on_app`` sees the app
     once it is built.
     """
-    async with _maybe_backend(config, backend) as be, _maybe_shared_limits(config) as limits:
-        app = create_app(config, backend=be, limits=limits)
+    loop_lag = LoopLag()
+    async with (
+        _maybe_backend(config, backend) as be,
+        _maybe_shared_limits(config, loop_lag) as limits,
+    ):
+        app = create_app(config, backend=be, limits=limits, loop_lag=loop_lag)
         app.abort_transport = abort_hypercorn_transport
         if on_app is not None:
             on_app(app)
@@ -133,6 +138,7 @@ async def serve(
                     sockets=sockets,
                     shutdown_trigger=stop_accepting.wait,
                     on_listeners=app.listeners.extend,
+                    counter=app.connections,
                     task_status=task_status,
                 )
             finally:
@@ -140,6 +146,7 @@ async def serve(
                 shutdown_requested.set()
 
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(loop_lag.run)
             if handle_signals:
                 nursery.start_soon(_watch_signals, shutdown_requested)
             if shutdown_trigger is not None:
@@ -208,13 +215,15 @@ async def _wait_then_set(trigger: Callable[[], Awaitable[Any]], event: trio.Even
 
 
 @asynccontextmanager
-async def _maybe_shared_limits(config: ServerConfig) -> AsyncIterator[Limits | None]:
+async def _maybe_shared_limits(
+    config: ServerConfig, loop_lag: LoopLag
+) -> AsyncIterator[Limits | None]:
     if config.redis_url is None:
         yield None
         return
     from ._shared_limits import open_shared_limits
 
-    async with open_shared_limits(config) as limits:
+    async with open_shared_limits(config, loop_lag=loop_lag) as limits:
         yield limits
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import trio
 
+from ..concurrency import LoopLag
 from ..config import ServerConfig
 from ..errors import AdmissionError, KeyLimitError, OverloadedError
 from ._admission import Admission, AdmissionStatistics, Lease
@@ -196,6 +197,7 @@ class SharedLimits:
             shed_full=self._shed_full + local.shed_full,
             shed_timeout=self._shed_timeout + local.shed_timeout,
             shed_key_limit=self._shed_key_limit + local.shed_key_limit,
+            shed_loop_lag=local.shed_loop_lag,
             keys_in_flight=len({lease.key for lease in self._live.values() if lease.key})
             + local.keys_in_flight,
             mean_service_time=self._mean_service_time,
@@ -212,8 +214,9 @@ class SharedLimits:
         return _LeaseContext(self, key)
 
     def refuse_nowait(self, key: str | None = None) -> AdmissionError | None:
-        """Always None: only Redis knows whether a global slot is free (``lease`` decides)."""
-        return None
+        """The loop-lag refusal if this process lags, else None: only Redis knows whether
+        a global slot is free (``lease`` decides)."""
+        return self._fallback.refuse_if_lagging()
 
     # -- health ----------------------------------------------------------------------
 
@@ -246,6 +249,10 @@ class SharedLimits:
         )
 
     async def _acquire(self, key: str | None) -> _SharedLease:
+        lagging = self._fallback.refuse_if_lagging()
+        if lagging is not None:
+            await trio.lowlevel.checkpoint()
+            raise lagging
         if not self._healthy:
             return await self._acquire_without_redis(key)
         cfg = self._config
@@ -417,8 +424,14 @@ def _redis_errors() -> type[Exception]:
 
 
 @asynccontextmanager
-async def open_shared_limits(config: ServerConfig) -> AsyncIterator[SharedLimits]:
-    """Connect to ``config.redis_url`` and run the limits' background tasks until exit."""
+async def open_shared_limits(
+    config: ServerConfig, *, loop_lag: LoopLag | None = None
+) -> AsyncIterator[SharedLimits]:
+    """Connect to ``config.redis_url`` and run the limits' background tasks until exit.
+
+    With a running ``loop_lag`` and ``config.max_loop_lag``, this process
+    also refuses new requests while its scheduler lags (see :class:`Admission`).
+    """
     import coredis
 
     if config.redis_url is None:
@@ -429,6 +442,8 @@ async def open_shared_limits(config: ServerConfig) -> AsyncIterator[SharedLimits
         max_queued=config.max_queued,
         max_queue_wait=config.max_queue_wait,
         per_key_max_concurrency=config.per_key_max_concurrency,
+        loop_lag=loop_lag,
+        max_loop_lag=config.max_loop_lag or None,
     )
     client = coredis.Redis.from_url(
         config.redis_url, decode_responses=True, connect_timeout=1.0, stream_timeout=2.0
