@@ -234,7 +234,7 @@ class ServerConfig:
     max_concurrency: int = 50
     max_queued: int = 100
     max_queue_wait: float = 5.0
-    max_loop_lag: float = 0.05
+    max_loop_lag: float = 0.075
     request_timeout: float = 120.0
     keepalive_interval: float = 15.0
     write_timeout: float = 10.0

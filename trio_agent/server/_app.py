@@ -233,6 +233,76 @@ class Gateway:
             if self.config.access_log:
                 self._access_log(info)
 
+    def early_refusal(
+        self, method: bytes, target: bytes, raw_headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, Headers, bytes] | None:
+        """The whole 503/429 for a streamed chat request that admission refuses now, from its head.
+
+        Called by the server (``LeanTCPServer``) before it would start the app for
+        the request: under overload most requests are refusals, and without the
+        app task, the ASGI messages and the body's parsing a refusal costs a
+        fraction. ``None`` (the usual case) means: run the app. Only what the app
+        would also answer with this refusal is answered here: a POST to
+        ``/chat/stream`` or ``/v1/chat/completions`` with a ``Content-Length``
+        body within ``max_body_bytes``, a head within ``max_header_bytes``, the
+        right API key (auth on), the gateway not draining. The body is not read
+        for it (the server drops it). Counted and logged as the app would.
+        """
+        if method != b"POST" or self.drain.draining:
+            return None
+        path = target.partition(b"?")[0]
+        if path == b"/chat/stream":
+            openai = False
+        elif path == b"/v1/chat/completions":
+            openai = True
+        else:
+            return None
+        headers: dict[bytes, bytes] = {}
+        header_bytes = 0
+        for name, value in raw_headers:
+            headers[name.lower()] = value
+            header_bytes += len(name) + len(value) + 4
+        length = headers.get(b"content-length")
+        if (
+            header_bytes > self.config.max_header_bytes
+            or length is None
+            or not length.isdigit()
+            or int(length) > self.config.max_body_bytes
+        ):
+            return None
+        try:
+            key_id = self._authenticate(headers)
+        except AuthenticationError:
+            return None
+        refusal = self.limits.refuse_nowait(key_id)
+        if refusal is None:
+            return None
+        rid = headers.get(b"x-request-id")
+        request_id = (
+            rid.decode() if rid is not None and _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
+        )
+        info = RequestInfo(
+            request_id=request_id, method="POST", path=path.decode(), started_at=trio.current_time()
+        )
+        info.key_id = key_id
+        origin = headers.get(b"origin")
+        if origin is not None and (self._cors or self._cors_any):
+            info.response_headers.extend(self._cors_headers(origin))
+        payload = openai_error_payload(refusal, request_id) if openai else error_payload(refusal, request_id)
+        body = orjson.dumps(payload)
+        info.status = status_for(refusal)
+        info.outcome = refusal.code
+        out: Headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *info.response_headers,
+            *error_headers(refusal),
+        ]
+        self.metrics.count_response(info.path, info.status)
+        if self.config.access_log:
+            self._access_log(info)
+        return info.status, out, body
+
     def _cors_headers(self, origin: bytes) -> Headers:
         if self._cors_any:
             return [(b"access-control-allow-origin", b"*"), (b"access-control-expose-headers", _CORS_EXPOSE)]

@@ -35,6 +35,7 @@ from typing import Any
 
 import h11
 import trio
+from hypercorn.protocol.h11 import H11Protocol
 
 __all__ = ["ClientGoneError", "DirectBody", "direct_body", "hypercorn_h11_parts"]
 
@@ -164,7 +165,7 @@ def hypercorn_h11_parts(send: Callable[..., Awaitable[None]]) -> tuple[Any, Any,
         server = protocol.send.__self__
     except AttributeError:
         return None
-    if type(protocol).__name__ != "H11Protocol":
+    if not isinstance(protocol, H11Protocol):
         return None
     return http_stream, protocol, server
 

@@ -51,16 +51,21 @@ from functools import partial
 from random import randint
 from typing import Any
 
+import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.events import Closed, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
-from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr
+from hypercorn.utils import ShutdownError, parse_socket_addr, raise_shutdown, repr_socket_addr
 
 __all__ = [
     "ConnectionCounter",
@@ -192,6 +197,69 @@ class _IdleTimer:
             self._scope = None
 
 
+#: ``(method, target, headers) -> (status, headers, body)`` of a whole answer given without
+#: calling the app, or None to call it (see :class:`LeanTCPServer`).
+EarlyAnswer = Callable[
+    [bytes, bytes, list[tuple[bytes, bytes]]], "tuple[int, list[tuple[bytes, bytes]], bytes] | None"
+]
+
+
+class _CannedResponse:
+    """Stands in for Hypercorn's ``HTTPStream`` when the answer is known from the request head.
+
+    The answer goes out at once; the request body is read and dropped, and the
+    connection is recycled for the next request when it ends (keep-alive), as
+    after any response. Meanwhile the idle timer runs, so a body that never
+    ends closes the connection after ``keep_alive_timeout``.
+    """
+
+    __slots__ = ("_send", "closed")
+
+    def __init__(self, send: Callable[[Any], Awaitable[None]]) -> None:
+        self._send = send
+        self.closed = False
+
+    async def answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        await self._send(Response(stream_id=STREAM_ID, headers=headers, status_code=status))
+        await self._send(Body(stream_id=STREAM_ID, data=body))
+        await self._send(EndBody(stream_id=STREAM_ID))
+
+    async def handle(self, event: Any) -> None:
+        if self.closed:
+            return
+        if isinstance(event, EndBody):
+            await self._send(StreamClosed(stream_id=STREAM_ID))
+        elif isinstance(event, StreamClosed):
+            self.closed = True
+
+
+class _LeanH11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol, answering some requests from their head alone.
+
+    ``early(method, target, headers)`` decides; None calls the app as usual.
+    Used for the gateway's refusals under overload: no app task, no ASGI
+    messages, no request parsing, which is most of what a refusal costs.
+    """
+
+    def __init__(self, early: EarlyAnswer, *args: Any) -> None:
+        super().__init__(*args)
+        self._early = early
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        answer = self._early(request.method, request.target, list(request.headers))
+        if answer is None:
+            await super()._create_stream(request)
+            return
+        stream = _CannedResponse(self.stream_send)
+        self.stream = stream  # type: ignore[assignment]
+        self.keep_alive_requests += 1
+        await stream.answer(*answer)
+        # Until the body has been read the connection is not idle for Hypercorn; let its idle
+        # timer bound a body that never ends.
+        await self.send(Updated(idle=True))
+        await self.context.mark_request()
+
+
 class ConnectionCounter:
     """Connections served by :class:`LeanTCPServer`: ``open`` now, ``opened`` in all."""
 
@@ -208,10 +276,17 @@ class ConnectionCounter:
 class LeanTCPServer(TCPServer):
     """Hypercorn's trio ``TCPServer`` with a cheaper idle timer and direct writes (see the module)."""
 
-    def __init__(self, *args: Any, counter: ConnectionCounter | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        counter: ConnectionCounter | None = None,
+        early: EarlyAnswer | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.idle_task = _IdleTimer()  # type: ignore[assignment]
         self._counter = counter or ConnectionCounter()
+        self._early = early
         #: writes that went to the socket whole without the lock / that needed it
         self.direct_writes = 0
         self.locked_writes = 0
@@ -221,9 +296,40 @@ class LeanTCPServer(TCPServer):
         counter.open += 1
         counter.opened += 1
         try:
-            await super().run()
+            if isinstance(self.stream, trio.SocketStream) and self._early is not None:
+                await self._run_plain()
+            else:
+                await super().run()
         finally:
             counter.open -= 1
+
+    async def _run_plain(self) -> None:
+        """``TCPServer.run`` for plain TCP, with :class:`_LeanH11Protocol` for HTTP/1.1."""
+        assert self._early is not None
+        try:
+            sock = self.stream.socket
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                wrapper = ProtocolWrapper(
+                    self.app, self.config, self.context, task_group, ConnectionState(self.state),
+                    False, client, server, self.protocol_send, "http/1.1",
+                )  # fmt: skip
+                if type(wrapper.protocol) is H11Protocol:
+                    wrapper.protocol = _LeanH11Protocol(
+                        self._early, wrapper.app, wrapper.config, wrapper.context,
+                        wrapper.task_group, wrapper.state, wrapper.ssl, wrapper.client,
+                        wrapper.server, wrapper.send,
+                    )  # fmt: skip
+                self.protocol = wrapper
+                await wrapper.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
 
     async def protocol_send(self, event: Any) -> None:
         if not isinstance(event, RawData):
@@ -273,11 +379,13 @@ async def serve_hypercorn(
     shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
     on_listeners: Callable[[list[DrainingListener]], None] | None = None,
     counter: ConnectionCounter | None = None,
+    early: EarlyAnswer | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Hypercorn's trio ``worker_serve`` for plain TCP, accepting through :class:`DrainingListener`.
 
-    Connections are served by :class:`LeanTCPServer`, counted in ``counter``.
+    Connections are served by :class:`LeanTCPServer`, counted in ``counter``;
+    ``early`` may answer a request from its head, without calling the app.
     """
     config.set_statsd_logger_class(StatsdLogger)
     lifespan_state: LifespanState = {}
@@ -323,6 +431,7 @@ async def serve_hypercorn(
                                 context,
                                 ConnectionState(lifespan_state.copy()),
                                 counter=counter,
+                                early=early,
                             ),
                             listeners,
                             handler_nursery=server_nursery,

@@ -139,6 +139,7 @@ async def serve(
                     shutdown_trigger=stop_accepting.wait,
                     on_listeners=app.listeners.extend,
                     counter=app.connections,
+                    early=app.early_refusal,
                     task_status=task_status,
                 )
             finally:
