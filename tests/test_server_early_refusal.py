@@ -25,8 +25,11 @@ def head(path: str, body: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[byte
     ]
 
 
-async def _hold_the_only_slot(gw: object) -> None:
+async def _hold_the_only_slot(
+    gw: object, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     async with gw.limits.lease():  # type: ignore[attr-defined]
+        task_status.started()
         await trio.sleep_forever()
 
 
@@ -36,8 +39,7 @@ async def test_early_refusal_answers_only_what_the_app_would_refuse() -> None:
     async with trio.open_nursery() as nursery:
         # A free slot: nothing to refuse.
         assert gw.early_refusal(b"POST", b"/chat/stream", head("/chat/stream", BODY, auth)) is None
-        nursery.start_soon(_hold_the_only_slot, gw)
-        await trio.lowlevel.checkpoint()
+        await nursery.start(_hold_the_only_slot, gw)
         answer = gw.early_refusal(
             b"POST", b"/chat/stream?x=1", head("/chat/stream", BODY, auth, (b"x-request-id", b"rid-1"))
         )
