@@ -6,6 +6,7 @@ Everything listens on 127.0.0.1 only and every wait is bounded by the caller's d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -39,7 +40,12 @@ class Running:
 async def running_gateway(
     config: ServerConfig, *, backend: ChatBackend | None = None
 ) -> AsyncIterator[Running]:
-    """serve(config) on 127.0.0.1 port 0 (config.port is ignored), stopped on exit."""
+    """serve(config) on 127.0.0.1 port 0 (config.port is ignored), stopped on exit.
+
+    Lag shedding is off: the test's own client runs in this process, so its work would
+    count as the server's scheduler lag (shedding on lag is tested on the autojump clock).
+    """
+    config = dataclasses.replace(config, max_loop_lag=0)
     apps: list[Gateway] = []
     stop = trio.Event()
     async with trio.open_nursery() as nursery:

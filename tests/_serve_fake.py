@@ -14,7 +14,7 @@ from trio_agent.server import serve
 
 async def main(drain_timeout: float) -> None:
     llm = FakeLLM(MockLLMConfig(ttft=0.05, itl=0.05, tokens=1000))
-    config = ServerConfig(port=0, drain_timeout=drain_timeout, access_log=False)
+    config = ServerConfig(port=0, drain_timeout=drain_timeout, access_log=False, max_loop_lag=0)
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(lambda task_status: serve(config, task_status=task_status, backend=llm))
         print(f"trio_agent gateway listening on http://{host}:{port} (fake)", flush=True)

@@ -429,6 +429,8 @@ async def test_past_capacity_is_429_with_retry_after_and_a_queued_request_waits(
                 # The queued one waited max_queue_wait and was refused too.
                 assert queued[0].status_code == 429
             await wait_for_idle(app)
+            # The stream's slot is released a moment before it is counted as cancelled.
+            await app.wait_until(lambda s: s.cancelled == 1)
             stats = app.statistics()
             assert (stats.rejected, stats.cancelled, stats.active, stats.queued) == (2, 1, 0, 0)
             # A slot is free again.

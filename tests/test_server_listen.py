@@ -113,7 +113,7 @@ async def test_closing_closes_what_was_accepted_but_not_handed_out() -> None:
 async def test_serve_accepts_a_burst_of_clients_in_one_pass() -> None:
     apps: list[Gateway] = []
     stop = trio.Event()
-    config = ServerConfig(port=0, access_log=False, mock=MockLLMConfig(ttft=0.0, itl=0.0, tokens=1))
+    config = ServerConfig(port=0, access_log=False, mock=MockLLMConfig(ttft=0.0, itl=0.0, tokens=1), max_loop_lag=0)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             _, port = await nursery.start(
@@ -236,7 +236,7 @@ async def test_lean_idle_timer_restarts_and_stops_without_a_task_per_call(
 async def test_serve_counts_connections_and_reuses_them() -> None:
     apps: list[Gateway] = []
     stop = trio.Event()
-    config = ServerConfig(port=0, access_log=False, keep_alive_timeout=0.5)
+    config = ServerConfig(port=0, access_log=False, keep_alive_timeout=0.5, max_loop_lag=0)
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
             _, port = await nursery.start(

@@ -33,7 +33,7 @@ async def running(
     llm = FakeLLM(mock)
     apps: list[Gateway] = []
     stop = trio.Event()
-    config = ServerConfig(port=0, access_log=False, **server)
+    config = ServerConfig(port=0, access_log=False, **server, max_loop_lag=0)
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(
             partial(
@@ -228,7 +228,7 @@ async def test_shutdown_trigger_drains_in_flight_streams() -> None:
         llm = FakeLLM(MockLLMConfig(ttft=0.01, itl=0.05, tokens=1000))
         stop = trio.Event()
         apps: list[Gateway] = []
-        config = ServerConfig(port=0, access_log=False, drain_timeout=0.3)
+        config = ServerConfig(port=0, access_log=False, drain_timeout=0.3, max_loop_lag=0)
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(
                 partial(serve, config, handle_signals=False, shutdown_trigger=stop.wait,
@@ -270,7 +270,7 @@ async def test_a_reader_that_stops_reading_is_cut_off_after_write_timeout() -> N
         llm = _HugeTokens(MockLLMConfig())
         stop = trio.Event()
         apps: list[Gateway] = []
-        config = ServerConfig(port=0, access_log=False, write_timeout=0.5, drain_timeout=0.5)
+        config = ServerConfig(port=0, access_log=False, write_timeout=0.5, drain_timeout=0.5, max_loop_lag=0)
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(
                 partial(serve, config, handle_signals=False, shutdown_trigger=stop.wait,
@@ -343,7 +343,7 @@ async def test_idle_keepalive_connections_do_not_hold_up_shutdown() -> None:
     with trio.fail_after(10):
         llm = FakeLLM(MockLLMConfig(ttft=0.01, tokens=2))
         stop = trio.Event()
-        config = ServerConfig(port=0, access_log=False, drain_timeout=5.0)
+        config = ServerConfig(port=0, access_log=False, drain_timeout=5.0, max_loop_lag=0)
         async with httpx.AsyncClient() as client:
             async with trio.open_nursery() as nursery:
                 host, port = await nursery.start(
