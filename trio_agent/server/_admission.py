@@ -190,23 +190,19 @@ class Admission:
         """See :meth:`Limits.refuse_nowait`: the key is at its cap, or no slot and a full queue."""
         if self._key_at_cap(key):
             return self._key_limit_refusal()
-        if self._lagging():
-            return self._loop_lag_refusal()
+        lagging = self.refuse_if_lagging()
+        if lagging is not None:
+            return lagging
         if self._limiter.available_tokens == 0 and self._queued >= self._max_queued:
             return self._queue_full_refusal()
         return None
 
     def refuse_if_lagging(self) -> OverloadedError | None:
         """The loop-lag refusal (counted) if the scheduler is behind ``max_loop_lag``, else None."""
-        return self._loop_lag_refusal() if self._lagging() else None
-
-    def _lagging(self) -> bool:
-        return self._loop_lag is not None and self._loop_lag.overloaded(self._max_loop_lag)
-
-    def _loop_lag_refusal(self) -> OverloadedError:
-        """Count one loop-lag refusal and build it."""
+        if self._loop_lag is None or not self._loop_lag.overloaded(self._max_loop_lag):
+            return None
         self._shed_loop_lag += 1
-        lag = self._loop_lag.current if self._loop_lag is not None else 0.0
+        lag = self._loop_lag.current
         return OverloadedError(
             f"server overloaded: the CPU is {lag * 1000:.0f} ms behind "
             f"(max {self._max_loop_lag * 1000:.0f} ms)",
@@ -250,10 +246,10 @@ class Admission:
                 raise refusal
             self._keys[key] = self._keys.get(key, 0) + 1
         try:
-            if self._lagging():
-                lag_refusal = self._loop_lag_refusal()
+            lagging = self.refuse_if_lagging()
+            if lagging is not None:
                 await trio.lowlevel.checkpoint()
-                raise lag_refusal
+                raise lagging
             await trio.lowlevel.checkpoint_if_cancelled()
             start = trio.current_time()
             try:

@@ -26,7 +26,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
 import orjson
@@ -60,6 +60,7 @@ from ._openapi import OPENAPI
 from ._stream import (
     NativeFormat,
     OpenAIFormat,
+    error_response,
     send_error,
     send_json,
     serve_batch_stream,
@@ -187,23 +188,10 @@ class Gateway:
         if scope["type"] != "http":
             await self._quart_asgi(scope, receive, send)
             return
-        headers: dict[bytes, bytes] = {}
-        header_bytes = 0
-        for name, value in scope["headers"]:
-            headers[name.lower()] = value
-            header_bytes += len(name) + len(value) + 4
-        rid = headers.get(b"x-request-id")
-        request_id = (
-            rid.decode() if rid is not None and _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
-        )
-        method = scope["method"]
+        headers, header_bytes = _read_head(scope["headers"])
         path = scope["path"]
-        info = RequestInfo(
-            request_id=request_id, method=method, path=path, started_at=trio.current_time()
-        )
-        origin = headers.get(b"origin")
-        if origin is not None and (self._cors or self._cors_any):
-            info.response_headers.extend(self._cors_headers(origin))
+        info = self._open_request(scope["method"], path, headers)
+        request_id = info.request_id
         scope[INFO_KEY] = info
         try:
             if header_bytes > self.config.max_header_bytes:
@@ -228,10 +216,28 @@ class Gateway:
                 )
             info.outcome = "internal_error"
         finally:
-            route = path if path in _ROUTES else "other"
-            self.metrics.count_response(route, info.status)
-            if self.config.access_log:
-                self._access_log(info)
+            self._close_request(info)
+
+    def _open_request(self, method: str, path: str, headers: dict[bytes, bytes]) -> RequestInfo:
+        """The request's info: its id (the client's ``x-request-id`` if valid), CORS headers."""
+        rid = headers.get(b"x-request-id")
+        request_id = (
+            rid.decode() if rid is not None and _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
+        )
+        info = RequestInfo(
+            request_id=request_id, method=method, path=path, started_at=trio.current_time()
+        )
+        origin = headers.get(b"origin")
+        if origin is not None and (self._cors or self._cors_any):
+            info.response_headers.extend(self._cors_headers(origin))
+        return info
+
+    def _close_request(self, info: RequestInfo) -> None:
+        """Count the response and write the access log line."""
+        route = info.path if info.path in _ROUTES else "other"
+        self.metrics.count_response(route, info.status)
+        if self.config.access_log:
+            self._access_log(info)
 
     def early_refusal(
         self, method: bytes, target: bytes, raw_headers: list[tuple[bytes, bytes]]
@@ -257,11 +263,7 @@ class Gateway:
             openai = True
         else:
             return None
-        headers: dict[bytes, bytes] = {}
-        header_bytes = 0
-        for name, value in raw_headers:
-            headers[name.lower()] = value
-            header_bytes += len(name) + len(value) + 4
+        headers, header_bytes = _read_head(raw_headers)
         length = headers.get(b"content-length")
         if (
             header_bytes > self.config.max_header_bytes
@@ -277,31 +279,11 @@ class Gateway:
         refusal = self.limits.refuse_nowait(key_id)
         if refusal is None:
             return None
-        rid = headers.get(b"x-request-id")
-        request_id = (
-            rid.decode() if rid is not None and _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
-        )
-        info = RequestInfo(
-            request_id=request_id, method="POST", path=path.decode(), started_at=trio.current_time()
-        )
+        info = self._open_request("POST", path.decode(), headers)
         info.key_id = key_id
-        origin = headers.get(b"origin")
-        if origin is not None and (self._cors or self._cors_any):
-            info.response_headers.extend(self._cors_headers(origin))
-        payload = openai_error_payload(refusal, request_id) if openai else error_payload(refusal, request_id)
-        body = orjson.dumps(payload)
-        info.status = status_for(refusal)
-        info.outcome = refusal.code
-        out: Headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *info.response_headers,
-            *error_headers(refusal),
-        ]
-        self.metrics.count_response(info.path, info.status)
-        if self.config.access_log:
-            self._access_log(info)
-        return info.status, out, body
+        answer = error_response(refusal, info, openai=openai)
+        self._close_request(info)
+        return answer
 
     def _cors_headers(self, origin: bytes) -> Headers:
         if self._cors_any:
@@ -514,6 +496,16 @@ class Gateway:
                 }
             ).decode()
         )
+
+
+def _read_head(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], int]:
+    """The request's headers by lower-cased name, and the head's size in bytes."""
+    headers: dict[bytes, bytes] = {}
+    size = 0
+    for name, value in raw_headers:
+        headers[name.lower()] = value
+        size += len(name) + len(value) + 4
+    return headers, size
 
 
 # -- the Quart side ------------------------------------------------------------------------

@@ -61,11 +61,10 @@ from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
-from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
-from hypercorn.utils import ShutdownError, parse_socket_addr, raise_shutdown, repr_socket_addr
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr
 
 __all__ = [
     "ConnectionCounter",
@@ -291,55 +290,33 @@ class LeanTCPServer(TCPServer):
         self.direct_writes = 0
         self.locked_writes = 0
 
+    @property
+    def protocol(self) -> ProtocolWrapper:
+        return self._protocol
+
+    @protocol.setter
+    def protocol(self, wrapper: ProtocolWrapper) -> None:
+        # Hypercorn's run() builds the ProtocolWrapper; its HTTP/1.1 protocol becomes ours.
+        inner = getattr(wrapper, "protocol", None)
+        if self._early is not None and type(inner) is H11Protocol:
+            wrapper.protocol = _LeanH11Protocol(
+                self._early, inner.app, inner.config, inner.context, inner.task_group,
+                inner.connection_state, inner.ssl, inner.client, inner.server, inner.send,
+            )  # fmt: skip
+        self._protocol = wrapper
+
     async def run(self) -> None:
         counter = self._counter
         counter.open += 1
         counter.opened += 1
         try:
-            if isinstance(self.stream, trio.SocketStream) and self._early is not None:
-                await self._run_plain()
-            else:
-                await super().run()
+            await super().run()
         finally:
             counter.open -= 1
 
-    async def _run_plain(self) -> None:
-        """``TCPServer.run`` for plain TCP, with :class:`_LeanH11Protocol` for HTTP/1.1."""
-        assert self._early is not None
-        try:
-            sock = self.stream.socket
-            client = parse_socket_addr(sock.family, sock.getpeername())
-            server = parse_socket_addr(sock.family, sock.getsockname())
-            async with TaskGroup() as task_group:
-                self._task_group = task_group
-                wrapper = ProtocolWrapper(
-                    self.app, self.config, self.context, task_group, ConnectionState(self.state),
-                    False, client, server, self.protocol_send, "http/1.1",
-                )  # fmt: skip
-                if type(wrapper.protocol) is H11Protocol:
-                    wrapper.protocol = _LeanH11Protocol(
-                        self._early, wrapper.app, wrapper.config, wrapper.context,
-                        wrapper.task_group, wrapper.state, wrapper.ssl, wrapper.client,
-                        wrapper.server, wrapper.send,
-                    )  # fmt: skip
-                self.protocol = wrapper
-                await wrapper.initiate()
-                await self.idle_task.restart(self._task_group, self._idle_timeout)
-                await self._read_data()
-        except OSError:
-            pass
-        finally:
-            await self._close()
-
     async def protocol_send(self, event: Any) -> None:
         if not isinstance(event, RawData):
-            if isinstance(event, Updated):
-                # Hypercorn's idle bookkeeping, without its lock (see _IdleTimer).
-                if event.idle:
-                    await self.idle_task.restart(self._task_group, self._idle_timeout)
-                else:
-                    await self.idle_task.stop()
-                return
+            # Closed, and Updated: Hypercorn's idle bookkeeping, on our lock-free _IdleTimer.
             await super().protocol_send(event)
             return
         data = event.data

@@ -86,6 +86,41 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+def json_response(
+    status: int,
+    body: Any,
+    info: RequestInfo,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A whole JSON response as ``(status, headers, body)``; notes the status in ``info``."""
+    data = orjson.dumps(body)
+    info.status = status
+    return (
+        status,
+        [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+            *info.response_headers,
+            *headers,
+        ],
+        data,
+    )
+
+
+def error_response(
+    exc: TrioAgentError, info: RequestInfo, *, openai: bool
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The JSON error answer for ``exc``, in our shape or OpenAI's; notes it in ``info``."""
+    info.outcome = exc.code
+    body = openai_error_payload(exc, info.request_id) if openai else error_payload(exc, info.request_id)
+    return json_response(status_for(exc), body, info, error_headers(exc))
+
+
+async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], data: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
 async def send_json(
     send: Send,
     status: int,
@@ -94,28 +129,12 @@ async def send_json(
     headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     """A whole JSON response (used before any streamed byte was sent)."""
-    data = orjson.dumps(body)
-    info.status = status
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                *info.response_headers,
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data, "more_body": False})
+    await _send_whole(send, *json_response(status, body, info, headers))
 
 
 async def send_error(send: Send, exc: TrioAgentError, info: RequestInfo, *, openai: bool) -> None:
     """The JSON error answer for ``exc``, in our shape or OpenAI's."""
-    info.outcome = exc.code
-    body = openai_error_payload(exc, info.request_id) if openai else error_payload(exc, info.request_id)
-    await send_json(send, status_for(exc), body, info, error_headers(exc))
+    await _send_whole(send, *error_response(exc, info, openai=openai))
 
 
 # -- event formats --------------------------------------------------------------------
