@@ -5,15 +5,14 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 
 import pytest
 import trio
 import trio.testing
 from hypercorn.events import Closed, RawData
 
+from tests._reliability import running_gateway
 from trio_agent.config import MockLLMConfig, ServerConfig
-from trio_agent.server import Gateway, serve
 from trio_agent.server._listen import DrainingListener, LeanTCPServer, _IdleTimer
 
 
@@ -111,24 +110,17 @@ async def test_closing_closes_what_was_accepted_but_not_handed_out() -> None:
 
 @pytest.mark.e2e
 async def test_serve_accepts_a_burst_of_clients_in_one_pass() -> None:
-    apps: list[Gateway] = []
-    stop = trio.Event()
-    config = ServerConfig(port=0, access_log=False, mock=MockLLMConfig(ttft=0.0, itl=0.0, tokens=1), max_loop_lag=0)
+    config = ServerConfig(access_log=False, mock=MockLLMConfig(ttft=0.0, itl=0.0, tokens=1))
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            _, port = await nursery.start(
-                partial(serve, config, handle_signals=False, shutdown_trigger=stop.wait,
-                        on_app=apps.append)
-            )  # fmt: skip
-            (listener,) = apps[0].listeners
+        async with running_gateway(config) as srv:
+            (listener,) = srv.gw.listeners
             before = listener.statistics().accepted
-            with burst(port, 30):
+            with burst(srv.port, 30):
                 while True:  # the server runs in this trio run: let it take them
                     if listener.statistics().accepted >= before + 30:
                         break
                     await trio.sleep(0.01)
             assert listener.statistics().largest_pass >= 30  # at most 64 per pass
-            stop.set()
 
 
 # -- LeanTCPServer: Hypercorn's TCPServer with a cheaper idle timer and direct writes ----------
@@ -234,16 +226,11 @@ async def test_lean_idle_timer_restarts_and_stops_without_a_task_per_call(
 
 @pytest.mark.e2e
 async def test_serve_counts_connections_and_reuses_them() -> None:
-    apps: list[Gateway] = []
-    stop = trio.Event()
-    config = ServerConfig(port=0, access_log=False, keep_alive_timeout=0.5, max_loop_lag=0)
+    config = ServerConfig(access_log=False, keep_alive_timeout=0.5)
     with trio.fail_after(15):
-        async with trio.open_nursery() as nursery:
-            _, port = await nursery.start(
-                partial(serve, config, handle_signals=False, shutdown_trigger=stop.wait,
-                        on_app=apps.append)
-            )  # fmt: skip
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with running_gateway(config) as srv:
+            connections = srv.gw.connections
+            stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
             buf = b""
             for _ in range(20):  # twenty requests on one keep-alive connection
                 await stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -251,14 +238,13 @@ async def test_serve_counts_connections_and_reuses_them() -> None:
                     buf += await stream.receive_some(65536)
                 assert buf.startswith(b"HTTP/1.1 200")
                 buf = b""
-            assert (apps[0].connections.opened, apps[0].connections.open) == (1, 1)
+            assert (connections.opened, connections.open) == (1, 1)
             # Idle past keep_alive_timeout: the server closes it.
             with trio.fail_after(5):
                 assert await stream.receive_some(10) == b""
             await stream.aclose()
             for _ in range(500):  # the server's side of the connection ends soon after
-                if not apps[0].connections.open:
+                if not connections.open:
                     break
                 await trio.sleep(0.01)
-            assert apps[0].connections.open == 0
-            stop.set()
+            assert connections.open == 0
