@@ -37,11 +37,29 @@ import h11
 import trio
 from hypercorn.protocol.h11 import H11Protocol
 
-__all__ = ["ClientGoneError", "DirectBody", "direct_body", "hypercorn_h11_parts"]
+__all__ = ["ClientGoneError", "DirectBody", "direct_body", "hypercorn_h11_parts", "write_nowait"]
 
 
 class ClientGoneError(Exception):
     """A body write failed because the client left (the stream maps it to a disconnect)."""
+
+
+def write_nowait(sock: trio.socket.SocketType, data: bytes) -> int:
+    """One non-blocking ``send`` of ``data`` on ``sock``: the bytes it took (0 if full).
+
+    Raises :class:`ClientGoneError` if the socket is closed (never writes to a
+    closed, possibly reused, fd) or the send fails. The caller makes sure no
+    other write is in progress on the connection.
+    """
+    fd = sock.fileno()
+    if fd < 0:
+        raise ClientGoneError("the socket is closed")
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise ClientGoneError(str(exc)) from None
 
 
 class DirectBody:
@@ -107,16 +125,10 @@ class DirectBody:
         """
         if self._rest or self._lock.locked():
             raise trio.WouldBlock
-        fd = self._stream.socket.fileno()
-        if fd < 0:
+        if self._stream.socket.fileno() < 0:
             raise ClientGoneError("the socket is closed")
         data = self._framed(body)
-        try:
-            sent = os.write(fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise ClientGoneError(str(exc)) from None
+        sent = write_nowait(self._stream.socket, data)
         if sent < len(data):
             self._rest = data[sent:]
         else:

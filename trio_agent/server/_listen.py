@@ -42,7 +42,6 @@ such refusals):
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -65,6 +64,8 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr
+
+from ._direct import ClientGoneError, write_nowait
 
 __all__ = [
     "ConnectionCounter",
@@ -324,12 +325,9 @@ class LeanTCPServer(TCPServer):
         if lock.locked():
             await super().protocol_send(event)
             return
-        fd = self.stream.socket.fileno()
         try:
-            sent = os.write(fd, data) if fd >= 0 and data else 0
-        except BlockingIOError:
-            sent = 0
-        except OSError:
+            sent = write_nowait(self.stream.socket, data) if data else 0
+        except ClientGoneError:
             await self.protocol.handle(Closed())
             return
         if sent == len(data) and data:
