@@ -36,7 +36,11 @@ such refusals):
   connection, the bytes go to the socket with one non-blocking ``send``; a
   write the socket does not take whole finishes under the lock, as before,
   and the lock is taken before yielding, so bytes are never reordered
-  (the streamed-token path, :mod:`._direct`, follows the same rule).
+  (the streamed-token path, :mod:`._direct`, follows the same rule);
+- handing the request body to the app: Hypercorn awaits a memory channel
+  ``send`` per body piece and for its end, a scheduler pass each, so the
+  app waited one pass per piece; here a piece goes in without yielding while
+  the channel has room (the app reads it with ``receive_nowait``).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from hypercorn.events import Closed, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.tcp_server import TCPServer
@@ -204,6 +209,28 @@ EarlyAnswer = Callable[
 ]
 
 
+def _put_nowait(put: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """Hypercorn's ``app_put`` (a memory channel's ``send``), not yielding while there is room.
+
+    Hypercorn hands the app each body piece with ``await send(...)``, a whole
+    scheduler pass per piece for the connection task; so the app, started in
+    the next pass, found the body incomplete and waited a pass for each
+    piece. Put without yielding, a body that came in one read is all there
+    when the app starts. A full channel (a slow app) still waits, as before.
+    """
+    send_nowait = getattr(getattr(put, "__self__", None), "send_nowait", None)
+    if send_nowait is None:
+        return put
+
+    async def put_nowait(message: Any) -> None:
+        try:
+            send_nowait(message)
+        except trio.WouldBlock:
+            await put(message)
+
+    return put_nowait
+
+
 class _CannedResponse:
     """Stands in for Hypercorn's ``HTTPStream`` when the answer is known from the request head.
 
@@ -249,11 +276,13 @@ class _LeanH11Protocol(H11Protocol):
         answer = self._early(request.method, request.target, list(request.headers))
         if answer is None:
             await super()._create_stream(request)
+            if isinstance(self.stream, HTTPStream) and self.stream.app_put is not None:
+                self.stream.app_put = _put_nowait(self.stream.app_put)
             return
-        stream = _CannedResponse(self.stream_send)
-        self.stream = stream  # type: ignore[assignment]
+        canned = _CannedResponse(self.stream_send)
+        self.stream = canned  # type: ignore[assignment]
         self.keep_alive_requests += 1
-        await stream.answer(*answer)
+        await canned.answer(*answer)
         # Until the body has been read the connection is not idle for Hypercorn; let its idle
         # timer bound a body that never ends.
         await self.send(Updated(idle=True))
