@@ -49,6 +49,9 @@ MOCK_ITL = 0.02
 MOCK_TOKENS = 128
 SLO_TTFT = 1.0  # seconds, from the scheduled time
 SLO_TPOT = 0.05  # seconds per output token (2.5x the mock's 20 ms)
+# Python's youngest-generation GC threshold, trio_agent's default (ServerConfig.gc_threshold);
+# the baseline gets the same, so the comparison is of the designs, not of a process setting.
+GC_THRESHOLD = 50_000
 OPEN_ADMISSION = 4096  # max-concurrency and max-queued when nothing should be shed
 STARTUP_TIMEOUT = 30.0
 _URL = re.compile(r"https?://[0-9a-zA-Z.\[\]:-]+:(\d+)")
@@ -85,7 +88,7 @@ def trio_agent_command(a: ServerArgs) -> list[str]:
         "--max-concurrency", str(a.max_concurrency), "--max-queued", str(a.max_queued),
         "--max-queue-wait", str(a.max_queue_wait), "--request-timeout", str(a.request_timeout),
         *(["--max-loop-lag", str(a.max_loop_lag)] if a.max_loop_lag is not None else []),
-        "--no-access-log", *_mock_flags(),
+        "--gc-threshold", str(GC_THRESHOLD), "--no-access-log", *_mock_flags(),
         *(["--upstream-url", a.upstream_url] if a.upstream_url else []),
     ]  # fmt: skip
 
@@ -94,7 +97,7 @@ def baseline_command(a: ServerArgs) -> list[str]:
     return [
         PY, "-m", "benchmarks.baseline_asyncio", "--host", "127.0.0.1", "--port", "0",
         "--max-concurrency", str(a.max_concurrency), "--max-queued", str(a.max_queued),
-        *_mock_flags(),
+        "--gc-threshold", str(GC_THRESHOLD), *_mock_flags(),
         *(["--upstream-url", a.upstream_url] if a.upstream_url else []),
     ]  # fmt: skip
 

@@ -64,7 +64,8 @@ async def _wait_idle(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
 
 
 async def test_streams_in_the_gateway_wire_format_and_exits_0_on_sigterm() -> None:
-    with baseline(*SMALL_MOCK) as (proc, url):
+    # --gc-threshold as the benchmark suite passes it to both servers.
+    with baseline(*SMALL_MOCK, "--gc-threshold", "50000") as (proc, url):
         with trio.fail_after(20):
             async with httpx.AsyncClient(timeout=10) as client:
                 r = await client.post(url + "/chat/stream", json={"question": "hi there"})

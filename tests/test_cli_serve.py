@@ -16,7 +16,7 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         "--max-concurrency", "--max-queued", "--max-queue-wait", "--request-timeout",
         "--keepalive-interval", "--write-timeout", "--drain-timeout", "--api-key",
         "--per-key-max-concurrency", "--cors-origin", "--mock-ttft", "--mock-itl",
-        "--mock-tokens", "--access-log", "--no-access-log",
+        "--mock-tokens", "--access-log", "--no-access-log", "--max-loop-lag", "--gc-threshold",
         "TRIO_AGENT_UPSTREAM_API_KEY",
     ):
         assert flag in out, flag

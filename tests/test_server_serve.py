@@ -147,6 +147,23 @@ async def test_streams_through_hypercorn() -> None:
 
 
 @pytest.mark.e2e
+async def test_gc_threshold_holds_while_serving_and_is_restored() -> None:
+    import gc
+
+    before = gc.get_threshold()
+    assert before[0] != 12_345
+    with trio.fail_after(10):
+        async with running(MockLLMConfig(tokens=1), gc_threshold=12_345) as (url, _gw, _llm):
+            assert gc.get_threshold() == (12_345, *before[1:])
+            async with httpx.AsyncClient(base_url=url) as client:
+                metrics = (await client.get("/metrics")).text.splitlines()
+    assert gc.get_threshold() == before
+    assert any(line.startswith('trio_agent_gc_collections_total{generation="0"} ') for line in metrics)
+    async with running(MockLLMConfig(tokens=1), gc_threshold=0):
+        assert gc.get_threshold() == before  # 0: the collector is left as it is
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("direct", [True, False])
 async def test_direct_writes_and_asgi_writes_send_the_same_stream(direct: bool) -> None:
     with trio.fail_after(10):

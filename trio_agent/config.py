@@ -213,7 +213,13 @@ class ServerConfig:
     requests with 503 at once while the process's trio scheduler runs
     further behind than that (see :class:`~trio_agent.concurrency.LoopLag`):
     the CPU is full and admitting more would slow every stream already
-    running. ``direct_writes`` lets a stream write its token
+    running. ``gc_threshold`` is Python's collector threshold for its
+    youngest generation while :func:`~trio_agent.serve` runs (Python's
+    default is 700; 0 leaves the collector as it is): streaming allocates
+    a few container objects per token, so at the default the collector runs
+    hundreds of times a second under load, and its full collections, which
+    walk every live stream's objects, stopped the process for up to 190 ms.
+    ``direct_writes`` lets a stream write its token
     events straight to Hypercorn's socket when it is free (HTTP/1.1 over TCP;
     see ``trio_agent/server/_direct.py``); off, every write goes through ASGI.
     ``upstream`` set means proxy to a real
@@ -235,6 +241,7 @@ class ServerConfig:
     max_queued: int = 100
     max_queue_wait: float = 5.0
     max_loop_lag: float = 0.075
+    gc_threshold: int = 50_000
     request_timeout: float = 120.0
     keepalive_interval: float = 15.0
     write_timeout: float = 10.0
@@ -270,6 +277,7 @@ class ServerConfig:
         _check(self.max_queued >= 0, f"max_queued must be >= 0, got {self.max_queued!r}")
         _non_negative("max_queue_wait", self.max_queue_wait)
         _non_negative("max_loop_lag", self.max_loop_lag)
+        _check(self.gc_threshold >= 0, f"gc_threshold must be >= 0, got {self.gc_threshold!r}")
         for name in (
             "request_timeout",
             "keepalive_interval",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import random
 import signal
@@ -584,6 +585,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     ap.add_argument("--upstream-model", default="mock-llm")
     ap.add_argument("--upstream-timeout", type=float, default=60.0)
     ap.add_argument("--graceful-timeout", type=float, default=3.0)
+    ap.add_argument(
+        "--gc-threshold", type=int, default=0,
+        help="Python's youngest-generation GC threshold (0: Python's own); the suite gives both "
+        "servers trio_agent's default",
+    )
     args = ap.parse_args(argv)
     if args.max_concurrency < 1 or args.max_queued < 0 or args.queue_workers < 0:
         ap.error("--max-concurrency must be >= 1, --max-queued and --queue-workers >= 0")
@@ -604,6 +610,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
 
 def main(argv: list[str] | None = None) -> int:
     args, settings = parse_args(argv)
+    if args.gc_threshold:
+        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     # Bind the socket here so port 0 works and the real port is known; uvicorn serves it.
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -9,6 +9,7 @@ upstream retries) are read from their ``statistics()`` at scrape time.
 
 from __future__ import annotations
 
+import gc
 from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
@@ -131,6 +132,9 @@ class GatewayMetrics:
                    [("", connections.open)])
             metric("trio_agent_connections_total", "counter", "Client connections accepted.",
                    [("", connections.opened)])
+        metric("trio_agent_gc_collections_total", "counter",
+               "Python garbage collections in this process, by generation.",
+               [(f'{{generation="{i}"}}', s["collections"]) for i, s in enumerate(gc.get_stats())])
         metric("trio_agent_draining", "gauge", "1 while the server drains for shutdown.",
                [("", 1 if draining else 0)])
         metric("trio_agent_responses_total", "counter", "Responses by route and status.", [

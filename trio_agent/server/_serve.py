@@ -22,12 +22,13 @@ socket. Each worker gets ``max_concurrency // workers`` (at least 1) and
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from types import FrameType
 from typing import Any, cast
@@ -111,8 +112,38 @@ async def serve(
     handlers alone (for embedding and tests). ``sockets`` are pre-bound
     sockets to serve (see :func:`run_workers`). ``backend`` replaces the one
     ``config`` would open (the caller then owns it); ``on_app`` sees the app
-    once it is built.
+    once it is built. While it runs, Python's collector threshold for its
+    youngest generation is ``config.gc_threshold`` (restored on return).
     """
+    with _gc_threshold(config.gc_threshold):
+        await _serve(
+            config, task_status, shutdown_trigger, handle_signals, sockets, backend, on_app
+        )
+
+
+@contextmanager
+def _gc_threshold(threshold: int) -> Iterator[None]:
+    """Python's youngest-generation GC threshold set to ``threshold`` (0: unchanged), then restored."""
+    if not threshold:
+        yield
+        return
+    before = gc.get_threshold()
+    gc.set_threshold(threshold, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
+async def _serve(
+    config: ServerConfig,
+    task_status: trio.TaskStatus[tuple[str, int]],
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None,
+    handle_signals: bool,
+    sockets: Sockets | None,
+    backend: ChatBackend | None,
+    on_app: Callable[[Gateway], None] | None,
+) -> None:
     loop_lag = LoopLag()
     async with (
         _maybe_backend(config, backend) as be,
