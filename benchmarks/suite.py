@@ -14,7 +14,11 @@ so the server's CPU and memory are measured. Scenarios, in order:
   requests/s within the SLOs), with admission set to the concurrency where
   it was reached: the server must shed the excess quickly and keep the
   admitted streams healthy;
-* ``proxy64``: each gateway proxying to the mock LLM server, 64 streams.
+* ``proxy64``: each gateway proxying to the mock LLM server, 64 streams;
+* ``proxy100``, ``proxy1000``, ``proxy-overload``: goals 1 to 3 again in
+  proxy mode (the mock LLM server in its own process, shared by nothing
+  else): closed loops at 100 and 1000 streams, then 5x the proxy capacity
+  (the best goodput of the proxy closed loops) open loop.
 
 Writes ``benchmarks/results/<YYYY-MM-DD>.json`` (every run's full JSON) and
 ``.md`` (one table), and the servers' and generator's output to a log
@@ -142,6 +146,7 @@ class Suite:
         self.only = only
         self.results: list[dict[str, Any]] = []
         self.capacity: dict[str, tuple[float, int]] = {}  # server -> (req/s, at concurrency)
+        self.proxy_capacity: dict[str, tuple[float, int]] = {}  # the same, proxying
 
     # -- processes ---------------------------------------------------------------
 
@@ -209,15 +214,21 @@ class Suite:
                 flush=True,
             )
             self.results.append({"scenario": scenario, "server_name": server, **extra, **run})
+            # Capacity is what a server serves *within the SLOs* (goodput), and the
+            # admission cap of the overload run is the concurrency where it did: that
+            # is how an operator sizes admission. Raw req/s peaks where most requests
+            # already miss their SLOs.
             if scenario in ("c10", "c100", "c1000", "saturation"):
-                # Capacity is what a server serves *within the SLOs* (goodput), and the
-                # admission cap of the overload run is the concurrency where it did: that
-                # is how an operator sizes admission. Raw req/s peaks where most requests
-                # already miss their SLOs.
-                best = self.capacity.get(server, (0.0, 0))
+                capacity: dict[str, tuple[float, int]] | None = self.capacity
+            elif scenario.startswith("proxy") and scenario[5:].isdigit():
+                capacity = self.proxy_capacity
+            else:
+                capacity = None
+            if capacity is not None:
+                best = capacity.get(server, (0.0, 0))
                 good = m["goodput"] or 0.0
                 if good > best[0]:
-                    self.capacity[server] = (good, run["config"]["concurrency"])
+                    capacity[server] = (good, run["config"]["concurrency"])
 
     def run_closed(self, concurrency: int) -> None:
         scenario = f"c{concurrency}"
@@ -244,44 +255,55 @@ class Suite:
                 runs = self.bench(name, url, api, pid, args, points=len(self.timing.sweep))
             self.record("saturation", server, runs)
 
-    def run_overload(self) -> None:
-        if not self.wanted("overload"):
+    @contextmanager
+    def upstream(self, name: str, proxied: bool) -> Iterator[str | None]:
+        """The mock LLM server's ``/v1`` URL in its own process when ``proxied``, else None."""
+        if not proxied:
+            yield None
             return
+        with self.process(f"{name}-mock-llm", mock_llm_command()) as (mock_url, _pid):
+            yield f"{mock_url}/v1"
+
+    def run_overload(self, *, proxied: bool = False) -> None:
+        scenario = "proxy-overload" if proxied else "overload"
+        if not self.wanted(scenario):
+            return
+        measured = self.proxy_capacity if proxied else self.capacity
         for server in self.servers:
-            if server not in self.capacity:
-                print(
-                    f"  overload     {server:<18} skipped: no capacity measured (run c* or saturation)"
-                )
+            if server not in measured:
+                print(f"  {scenario:<12} {server:<18} skipped: no capacity measured (run the closed loops)")
                 continue
-            capacity, knee = self.capacity[server]
+            capacity, knee = measured[server]
             admit = max(16, min(knee, 1024))
             rate = round(5 * capacity, 1)
             build, api = SERVERS[server]
-            name = f"overload-{server}"
-            args = ServerArgs(
-                max_concurrency=admit,
-                max_queued=max(1, admit // 2),
-                max_queue_wait=1.0,
-                request_timeout=30.0,
-                max_loop_lag=None,
-            )
-            with self.process(name, build(args)) as (url, pid):
-                runs = self.bench(
-                    name, url, api, pid, ["--rate", str(rate), "--concurrency", "4000"]
+            name = f"{scenario}-{server}"
+            with self.upstream(name, proxied) as upstream_url:
+                args = ServerArgs(
+                    max_concurrency=admit,
+                    max_queued=max(1, admit // 2),
+                    max_queue_wait=1.0,
+                    request_timeout=30.0,
+                    max_loop_lag=None,
+                    upstream_url=upstream_url,
                 )
+                with self.process(name, build(args)) as (url, pid):
+                    runs = self.bench(
+                        name, url, api, pid, ["--rate", str(rate), "--concurrency", "4000"]
+                    )
             self.record(
-                "overload", server, runs, capacity_rps=capacity, admission=dataclasses.asdict(args)
+                scenario, server, runs, capacity_rps=capacity, admission=dataclasses.asdict(args)
             )
 
-    def run_proxy(self, streams: int = 64) -> None:
+    def run_proxy(self, streams: int) -> None:
         scenario = f"proxy{streams}"
         if not self.wanted(scenario):
             return
         for server in self.servers:
             build, api = SERVERS[server]
             name = f"{scenario}-{server}"
-            with self.process(f"{name}-mock-llm", mock_llm_command()) as (mock_url, _mock_pid):
-                args = ServerArgs(upstream_url=f"{mock_url}/v1")
+            with self.upstream(name, True) as upstream_url:
+                args = ServerArgs(upstream_url=upstream_url)
                 with self.process(name, build(args)) as (url, pid):
                     runs = self.bench(name, url, api, pid, ["--concurrency", str(streams)])
             self.record(scenario, server, runs)
@@ -353,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--servers", default=",".join(SERVERS), help=f"comma-separated, from {', '.join(SERVERS)}"
     )
     parser.add_argument(
-        "--only", help="comma-separated scenarios: c10,c100,c1000,saturation,overload,proxy64"
+        "--only", help="comma-separated scenarios: c10,c100,c1000,saturation,overload,"
+        "proxy64,proxy100,proxy1000,proxy-overload"
     )
     parser.add_argument(
         "--quick", action="store_true", help="short runs, for a smoke test of the suite"
@@ -376,7 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             suite.run_closed(c)
         suite.run_saturation()
         suite.run_overload()
-        suite.run_proxy()
+        for streams in (64, 100, 1000):
+            suite.run_proxy(streams)
+        suite.run_overload(proxied=True)
     finally:
         sys.path.insert(0, str(ROOT))
         from trio_agent.bench import environment

@@ -426,10 +426,17 @@ def test_the_pool_is_split_into_shards_of_about_32_connections() -> None:
     pools = [c._transport._pool for c in clients]  # type: ignore[attr-defined]
     assert [p._max_connections for p in pools] == [4, 3, 3]  # every connection is somewhere
     assert [p._max_keepalive_connections for p in pools] == [2, 2, 1]
+    # One TLS context for all shards (building one loads the CA bundle: ~50 ms each).
+    assert len({id(p._ssl_context) for p in pools}) == 1 and pools[0]._ssl_context is not None
     with pytest.raises(ConfigError):
         cfg(max_connections=4, pool_shards=5)
     with pytest.raises(ConfigError):
         cfg(pool_shards=-1)
+    # No size given: 100 on its own (the gateway sizes it, see test_server_serve), every
+    # connection kept alive unless told otherwise.
+    assert (cfg().connections, cfg().keepalive_connections) == (100, 100)
+    assert cfg(max_connections=40).keepalive_connections == 40
+    assert cfg(max_connections=40, max_keepalive_connections=0).keepalive_connections == 0
 
 
 async def test_calls_go_to_the_shard_with_the_fewest_open(

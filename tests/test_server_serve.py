@@ -264,6 +264,28 @@ async def test_shutdown_trigger_drains_in_flight_streams() -> None:
         assert_released(apps[0], llm)
 
 
+def test_the_upstream_pool_is_sized_to_the_admission_cap(caplog: pytest.LogCaptureFixture) -> None:
+    from trio_agent.config import UpstreamConfig
+    from trio_agent.server._serve import upstream_for
+
+    def config(**upstream: Any) -> ServerConfig:
+        return ServerConfig(
+            max_concurrency=1000,
+            upstream=UpstreamConfig(base_url="http://u.test/v1", **upstream),
+        )
+
+    sized = upstream_for(config())
+    assert (sized.connections, sized.keepalive_connections) == (1000, 1000)
+    assert not caplog.records
+    kept = upstream_for(config(max_connections=2000, max_keepalive_connections=10))
+    assert (kept.connections, kept.keepalive_connections) == (2000, 10)
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        small = upstream_for(config(max_connections=200))
+    assert small.connections == 200
+    assert "max_connections (200) < max_concurrency (1000)" in caplog.text
+
+
 def test_worker_config_splits_the_admission_limits() -> None:
     share = worker_config(ServerConfig(workers=4, max_concurrency=50, max_queued=10))
     assert (share.workers, share.max_concurrency, share.max_queued) == (1, 12, 2)

@@ -40,6 +40,9 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+_STANDALONE_CONNECTIONS = 100  # UpstreamConfig.max_connections None, outside the gateway
+
+
 def _non_negative(name: str, value: float | None) -> None:
     _check(value is None or value >= 0, f"{name} must be >= 0, got {value!r}")
 
@@ -102,6 +105,7 @@ class MockServerConfig:
     ``X-Mock-Fault`` request header asks for one fault explicitly.
     ``slow_bytes_delay`` is the pause between bytes of a ``slow-bytes``
     stream; ``drain_timeout`` how long streams may run on after shutdown.
+    ``gc_threshold`` is as :class:`ServerConfig`'s, while the server runs.
     """
 
     host: str = "127.0.0.1"
@@ -121,11 +125,13 @@ class MockServerConfig:
     slow_bytes_delay: float = 0.002
     max_body_bytes: int = 1 << 20
     drain_timeout: float = 1.0
+    gc_threshold: int = 50_000
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port!r}")
         _check(self.max_concurrency >= 1, f"max_concurrency must be >= 1, got {self.max_concurrency!r}")
         _check(self.max_queued >= 0, f"max_queued must be >= 0, got {self.max_queued!r}")
+        _check(self.gc_threshold >= 0, f"gc_threshold must be >= 0, got {self.gc_threshold!r}")
         _non_negative("max_queue_wait", self.max_queue_wait)
         _non_negative("retry_after", self.retry_after)
         rates = [getattr(self, f"fault_{kind}_rate") for kind in MOCK_FAULT_KINDS]
@@ -155,14 +161,18 @@ class UpstreamConfig:
     at most ``retry_budget_ratio`` of requests over ``retry_budget_window``.
     The pool (``max_connections``) is split over ``pool_shards`` httpx
     clients (0: one per 32 connections), since httpcore's pool costs O(n^2)
-    in its connections per request.
+    in its connections per request. ``max_connections`` None: the gateway
+    sizes the pool to its ``max_concurrency`` (every admitted request has a
+    connection; a smaller pool makes admitted requests wait inside httpx,
+    unseen by admission and its metrics); a backend opened on its own gets
+    100. ``max_keepalive_connections`` None: as many as ``max_connections``.
     """
 
     base_url: str
     api_key: str | None = field(default=None, repr=False)
     model: str = "gpt-4o-mini"
-    max_connections: int = 200
-    max_keepalive_connections: int = 100
+    max_connections: int | None = None
+    max_keepalive_connections: int | None = None
     keepalive_expiry: float = 30.0
     pool_shards: int = 0
     http2: bool = False
@@ -186,7 +196,7 @@ class UpstreamConfig:
         _positive("max_connections", self.max_connections)
         _non_negative("max_keepalive_connections", self.max_keepalive_connections)
         _check(
-            0 <= self.pool_shards <= self.max_connections,
+            0 <= self.pool_shards <= self.connections,
             f"pool_shards must be in 0..max_connections, got {self.pool_shards!r}",
         )
         for name in ("connect_timeout", "first_token_timeout", "idle_timeout", "total_timeout"):
@@ -196,6 +206,17 @@ class UpstreamConfig:
         _non_negative("backoff_max", self.backoff_max)
         _check(0 <= self.retry_budget_ratio <= 1, "retry_budget_ratio must be in [0, 1]")
         _positive("retry_budget_window", self.retry_budget_window)
+
+    @property
+    def connections(self) -> int:
+        """The pool's size: ``max_connections``, or 100 when it is None."""
+        return self.max_connections or _STANDALONE_CONNECTIONS
+
+    @property
+    def keepalive_connections(self) -> int:
+        """Idle connections kept: ``max_keepalive_connections``, or the pool's size when None."""
+        k = self.max_keepalive_connections
+        return self.connections if k is None else k
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,7 +40,7 @@ from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
 from ..concurrency import LoopLag
-from ..config import ServerConfig
+from ..config import ServerConfig, UpstreamConfig
 from ..llm import ChatBackend
 from ._admission import Limits
 from ._app import Gateway, create_app
@@ -63,12 +63,37 @@ async def open_backend(config: ServerConfig) -> AsyncIterator[ChatBackend]:
     if config.upstream is not None:
         from ..llm import open_openai_backend
 
-        async with open_openai_backend(config.upstream) as backend:
+        async with open_openai_backend(upstream_for(config)) as backend:
             yield backend
     else:
         from ..llm import MockLLM
 
         yield MockLLM(config.mock)
+
+
+def upstream_for(config: ServerConfig) -> UpstreamConfig:
+    """``config.upstream`` with its pool sized to ``max_concurrency`` when it has no size set.
+
+    Every admitted request holds one upstream connection (HTTP/1.1), so a pool
+    smaller than the admission cap makes admitted requests queue inside httpx,
+    where admission, its deadlines and its metrics do not see them, and
+    httpcore's pool scans every waiter on each change: at 1000 proxied
+    streams with a 200-connection pool the gateway served a third of the
+    baseline's tokens at 2.7 times its CPU per token. An explicit smaller
+    pool is kept, with a warning.
+    """
+    upstream = config.upstream
+    assert upstream is not None
+    if upstream.max_connections is None:
+        return dataclasses.replace(upstream, max_connections=config.max_concurrency)
+    if upstream.max_connections < config.max_concurrency:
+        logger.warning(
+            "upstream max_connections (%d) < max_concurrency (%d): admitted requests past "
+            "the pool wait inside httpx",
+            upstream.max_connections,
+            config.max_concurrency,
+        )
+    return upstream
 
 
 def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
