@@ -166,6 +166,9 @@ class UpstreamConfig:
     connection; a smaller pool makes admitted requests wait inside httpx,
     unseen by admission and its metrics); a backend opened on its own gets
     100. ``max_keepalive_connections`` None: as many as ``max_connections``.
+    ``read_below_httpx`` reads a streamed body straight from its HTTP/1.1
+    connection's h11 state instead of through httpx's iterators (see
+    ``trio_agent/llm/_h11_body.py``); off, every byte goes through ``aiter_raw``.
     """
 
     base_url: str
@@ -175,6 +178,7 @@ class UpstreamConfig:
     max_keepalive_connections: int | None = None
     keepalive_expiry: float = 30.0
     pool_shards: int = 0
+    read_below_httpx: bool = True
     http2: bool = False
     connect_timeout: float = 5.0
     first_token_timeout: float = 30.0

@@ -47,6 +47,7 @@ from ..errors import (
     UpstreamTotalTimeoutError,
 )
 from ..sse import SSEDecoder
+from ._h11_body import h11_body
 from ._retry import RetryBudget, backoff_delay, is_retryable_status, parse_retry_after
 from ._types import ChatChunk, ChatCompletion, ChatRequest, Usage
 
@@ -439,6 +440,7 @@ class _UpstreamStream:
 
     __slots__ = (
         "_backend",
+        "_body",
         "_closed",
         "_decoder",
         "_done",
@@ -455,6 +457,8 @@ class _UpstreamStream:
         self._backend = backend
         self._response = response
         self._raw = response.aiter_raw()
+        # Below httpx when the response is HTTP/1.1 over trio (see _h11_body); else aiter_raw.
+        self._body = h11_body(response) if backend.config.read_below_httpx else None
         self._decoder = SSEDecoder()
         self._events: list[str] = []  # data of decoded, not yet parsed events
         self._pending: list[ChatChunk] = []
@@ -529,12 +533,18 @@ class _UpstreamStream:
                 return None
             if self._done:
                 return None
-            try:
-                data = await self._raw.__anext__()
-            except StopAsyncIteration:
-                raise UpstreamProtocolError("upstream stream ended without [DONE]") from None
-            except httpx.HTTPError as exc:
-                raise self._backend._transport_error(exc, "mid-stream") from None
+            body = self._body
+            if body is not None:
+                data = await body.read()
+                if not data:
+                    raise UpstreamProtocolError("upstream stream ended without [DONE]")
+            else:
+                try:
+                    data = await self._raw.__anext__()
+                except StopAsyncIteration:
+                    raise UpstreamProtocolError("upstream stream ended without [DONE]") from None
+                except httpx.HTTPError as exc:
+                    raise self._backend._transport_error(exc, "mid-stream") from None
             try:
                 self._events.extend(ev.data for ev in self._decoder.feed(data))
             except SSEError as exc:
@@ -545,10 +555,15 @@ class _UpstreamStream:
     async def _drain(self) -> None:
         """Read what follows ``[DONE]`` (normally nothing) so the connection can be reused."""
         with trio.move_on_after(_CLOSE_GRACE):
+            body = self._body
             try:
-                async for _ in self._raw:
-                    pass
-            except httpx.HTTPError:
+                if body is not None:
+                    while not body.done:
+                        await body.read()
+                else:
+                    async for _ in self._raw:
+                        pass
+            except (httpx.HTTPError, UpstreamError):
                 pass
 
     def _parse(self, payload: str) -> ChatChunk | None:
