@@ -15,10 +15,10 @@ so the server's CPU and memory are measured. Scenarios, in order:
   it was reached: the server must shed the excess quickly and keep the
   admitted streams healthy;
 * ``proxy64``: each gateway proxying to the mock LLM server, 64 streams;
-* ``proxy100``, ``proxy1000``, ``proxy-overload``: goals 1 to 3 again in
-  proxy mode (the mock LLM server in its own process, shared by nothing
-  else): closed loops at 100 and 1000 streams, then 5x the proxy capacity
-  (the best goodput of the proxy closed loops) open loop.
+* ``proxy100``, ``proxy400``, ``proxy1000``, ``proxy-overload``: goals 1 to 3
+  again in proxy mode (the mock LLM server in its own process, shared by
+  nothing else): closed loops at 100, 400 and 1000 streams, then 5x the proxy
+  capacity (the best goodput of the proxy closed loops) open loop.
 
 Writes ``benchmarks/results/<YYYY-MM-DD>.json`` (every run's full JSON) and
 ``.md`` (one table), and the servers' and generator's output to a log
@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only", help="comma-separated scenarios: c10,c100,c1000,saturation,overload,"
-        "proxy64,proxy100,proxy1000,proxy-overload"
+        "proxy64,proxy100,proxy400,proxy1000,proxy-overload"
     )
     parser.add_argument(
         "--quick", action="store_true", help="short runs, for a smoke test of the suite"
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             suite.run_closed(c)
         suite.run_saturation()
         suite.run_overload()
-        for streams in (64, 100, 1000):
+        for streams in (64, 100, 400, 1000):
             suite.run_proxy(streams)
         suite.run_overload(proxied=True)
     finally:

@@ -44,6 +44,7 @@ from ..errors import (
 )
 from ..llm import ChatMessage, ChatRequest, MockLLM, Usage
 from ..server._direct import ClientGoneError, DirectBody, direct_body
+from ..server._listen import receive_nowait_of
 from ._faults import Fault, draw_fault, parse_fault_header
 
 __all__ = ["MockServerApp", "MockServerStatistics"]
@@ -99,12 +100,13 @@ class _ClientGone(Exception):
 class _Exchange:
     """One chat request's fate, shared between the handler and its disconnect listener."""
 
-    __slots__ = ("done", "faulted", "gone")
+    __slots__ = ("counted", "done", "faulted", "gone")
 
     def __init__(self) -> None:
         self.done = False  # the reply ended on our side (set before its last send)
         self.faulted = False  # ... by an injected drop or error
         self.gone = False  # the client left before that
+        self.counted = False  # completed was counted (before the slot was given back)
 
 
 def _error_frame(message: str) -> bytes:
@@ -145,8 +147,14 @@ def _retry_after_header(seconds: float) -> list[tuple[bytes, bytes]]:
 async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
+    ready = receive_nowait_of(receive)  # what Hypercorn already received: no scheduler pass
     while True:
-        message = await receive()
+        try:
+            if ready is None:
+                raise trio.WouldBlock
+            message = ready()
+        except trio.WouldBlock:
+            message = await receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone
         body = message.get("body", b"")
@@ -357,7 +365,9 @@ class MockServerApp:
                 nursery.start_soon(_listen_for_disconnect, receive, nursery.cancel_scope, exchange)
                 await self._admit_and_reply(send, call, fault, exchange)
                 nursery.cancel_scope.cancel()
-            if exchange.gone:
+            if exchange.counted:
+                pass
+            elif exchange.gone:
                 self._cancelled += 1
             elif exchange.done and not exchange.faulted:
                 self._completed += 1
@@ -393,6 +403,11 @@ class MockServerApp:
             else:
                 await self._complete(send, call, fault, exchange)
         finally:
+            # Counted before the slot is given back, so a reader that sees it idle sees it done:
+            # the last bytes may be on the wire already (a direct write does not yield).
+            if exchange.done and not exchange.faulted and not exchange.gone:
+                self._completed += 1
+                exchange.counted = True
             self._active -= 1
             limiter.release()
 

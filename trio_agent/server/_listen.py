@@ -231,6 +231,15 @@ def _put_nowait(put: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaita
     return put_nowait
 
 
+def receive_nowait_of(receive: Callable[[], Awaitable[Any]]) -> Callable[[], Any] | None:
+    """The ``receive_nowait`` behind an ASGI ``receive`` (Hypercorn's is a memory channel's
+    ``receive``), or None. With :func:`_put_nowait`, a body that came in one read is taken
+    whole without a scheduler pass; ``trio.WouldBlock`` means await ``receive()``.
+    """
+    ready = getattr(getattr(receive, "__self__", None), "receive_nowait", None)
+    return ready if callable(ready) else None
+
+
 class _CannedResponse:
     """Stands in for Hypercorn's ``HTTPStream`` when the answer is known from the request head.
 
@@ -268,12 +277,13 @@ class _LeanH11Protocol(H11Protocol):
     messages, no request parsing, which is most of what a refusal costs.
     """
 
-    def __init__(self, early: EarlyAnswer, *args: Any) -> None:
+    def __init__(self, early: EarlyAnswer | None, *args: Any) -> None:
         super().__init__(*args)
         self._early = early
 
     async def _create_stream(self, request: h11.Request) -> None:
-        answer = self._early(request.method, request.target, list(request.headers))
+        early = self._early
+        answer = None if early is None else early(request.method, request.target, list(request.headers))
         if answer is None:
             await super()._create_stream(request)
             if isinstance(self.stream, HTTPStream) and self.stream.app_put is not None:
@@ -328,7 +338,7 @@ class LeanTCPServer(TCPServer):
     def protocol(self, wrapper: ProtocolWrapper) -> None:
         # Hypercorn's run() builds the ProtocolWrapper; its HTTP/1.1 protocol becomes ours.
         inner = getattr(wrapper, "protocol", None)
-        if self._early is not None and type(inner) is H11Protocol:
+        if type(inner) is H11Protocol:
             wrapper.protocol = _LeanH11Protocol(
                 self._early, inner.app, inner.config, inner.context, inner.task_group,
                 inner.connection_state, inner.ssl, inner.client, inner.server, inner.send,
