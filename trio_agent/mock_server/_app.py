@@ -44,7 +44,7 @@ from ..errors import (
 )
 from ..llm import ChatMessage, ChatRequest, MockLLM, Usage
 from ..server._direct import ClientGoneError, DirectBody, direct_body
-from ..server._listen import receive_nowait_of
+from ..server._listen import quick_receive
 from ._faults import Fault, draw_fault, parse_fault_header
 
 __all__ = ["MockServerApp", "MockServerStatistics"]
@@ -147,14 +147,9 @@ def _retry_after_header(seconds: float) -> list[tuple[bytes, bytes]]:
 async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    ready = receive_nowait_of(receive)  # what Hypercorn already received: no scheduler pass
+    take = quick_receive(receive)  # what Hypercorn already received: no scheduler pass
     while True:
-        try:
-            if ready is None:
-                raise trio.WouldBlock
-            message = ready()
-        except trio.WouldBlock:
-            message = await receive()
+        message = await take()
         if message["type"] == "http.disconnect":
             raise _ClientGone
         body = message.get("body", b"")

@@ -54,7 +54,7 @@ from ._errors import (
     openai_error_payload,
     status_for,
 )
-from ._listen import ConnectionCounter, DrainingListener, receive_nowait_of
+from ._listen import ConnectionCounter, DrainingListener, quick_receive
 from ._metrics import GatewayMetrics
 from ._openapi import OPENAPI
 from ._stream import (
@@ -392,16 +392,11 @@ class Gateway:
         body = bytearray()
         # What the server has already received is taken without yielding: under load each
         # yield is a whole scheduler pass before the request is even admitted.
-        ready = receive_nowait_of(receive)
+        take = quick_receive(receive)
         # A client that dribbles its body gets the request deadline too (408).
         with trio.move_on_after(self.config.request_timeout) as scope:
             while True:
-                try:
-                    if ready is None:
-                        raise trio.WouldBlock
-                    message = ready()
-                except trio.WouldBlock:
-                    message = await receive()
+                message = await take()
                 if message["type"] == "http.disconnect":
                     return False, None
                 if message["type"] != "http.request":
