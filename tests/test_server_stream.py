@@ -121,6 +121,46 @@ async def test_disconnect_cancels_the_upstream_and_frees_the_slot_at_once(
     assert_released(gw, llm)
 
 
+@pytest.mark.parametrize("ending", ["done", "disconnect"])
+async def test_the_slot_is_given_back_only_after_the_upstream_call_closed(
+    autojump_clock: trio.testing.MockClock, ending: str
+) -> None:
+    # An upstream response takes a moment to close (shielded, as OpenAIBackend closes it):
+    # however the request ends, the lease outlives that close, so admission never lets more
+    # upstream calls run than max_concurrency.
+    from contextlib import asynccontextmanager
+
+    from tests._fakes import FakeLLM
+
+    held_at_close: list[int] = []
+
+    class SlowToClose(FakeLLM):
+        @asynccontextmanager
+        async def stream_chat(self, request):  # type: ignore[no-untyped-def]
+            try:
+                async with super().stream_chat(request) as chunks:
+                    yield chunks
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(0.05)
+                held_at_close.append(gw.limits.statistics().in_flight)
+
+    from trio_agent.config import ServerConfig
+    from trio_agent.server import create_app
+
+    llm = SlowToClose(MockLLMConfig(ttft=0.1, itl=0.01 if ending == "done" else 1.0, tokens=3))
+    gw = create_app(ServerConfig(), backend=llm)
+    async with trio.open_nursery() as n:
+        ex = Exchange(gw, "POST", "/chat/stream", json=Q).start(n)
+        if ending == "disconnect":
+            await ex.next_event()  # thinking
+            await ex.next_event()  # the first token
+            ex.disconnect()
+        await ex.finished.wait()
+    assert held_at_close == [1]
+    assert_released(gw, llm)
+
+
 async def test_a_failed_write_ends_the_request_like_a_disconnect(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -652,10 +652,11 @@ async def serve_stream(
                         admitted = ctrl.admitted = True
                         gw.metrics.queue_wait.observe(lease.queued)
                         pipe = _TokenPipe(out, fmt, gw.metrics)
-                        nursery.start_soon(_produce, gw, request, info, pipe)
-                        # Returns once the producer has closed the pipe: the upstream call
-                        # is over before the slot is given back.
-                        await _write_stream(gw, out, pipe, lease, request)
+                        # The stream nursery: the upstream reader ends (its response closed,
+                        # however the request ends) before the slot is given back.
+                        async with trio.open_nursery() as stream:
+                            stream.start_soon(_produce, gw, request, info, pipe)
+                            await _write_stream(gw, out, pipe, lease, request)
                 except TrioAgentError as exc:
                     if admitted:
                         raise
