@@ -214,6 +214,8 @@ def _add_mock_llm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    f"{', '.join(MOCK_FAULT_KINDS)}")
     p.add_argument("--fault-after-tokens", type=int, default=d.fault_after_tokens, metavar="N",
                    help=f"where random stall/drop/error faults strike [default: {d.fault_after_tokens}]")
+    p.add_argument("--keep-alive-timeout", type=float, default=d.keep_alive_timeout, metavar="SECONDS",
+                   help=f"seconds an idle connection is kept [default: {d.keep_alive_timeout}]")
     p.add_argument("--gc-threshold", type=int, default=d.gc_threshold, metavar="N",
                    help=f"Python's youngest-generation GC threshold while serving (0: Python's own) "
                    f"[default: {d.gc_threshold}]")
@@ -255,7 +257,8 @@ def _run_mock_llm(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, llm=llm,
             max_concurrency=args.max_concurrency, max_queued=args.max_queued,
             max_queue_wait=args.max_queue_wait, fault_after_tokens=args.fault_after_tokens,
-            gc_threshold=args.gc_threshold, **_parse_fault_rates(args.fault_rate),
+            gc_threshold=args.gc_threshold, keep_alive_timeout=args.keep_alive_timeout,
+            **_parse_fault_rates(args.fault_rate),
         )
     except (ConfigError, ValueError) as exc:
         print(f"trio-agent mock-llm: {exc}", file=sys.stderr)

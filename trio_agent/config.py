@@ -106,6 +106,10 @@ class MockServerConfig:
     ``slow_bytes_delay`` is the pause between bytes of a ``slow-bytes``
     stream; ``drain_timeout`` how long streams may run on after shutdown.
     ``gc_threshold`` is as :class:`ServerConfig`'s, while the server runs.
+    ``keep_alive_timeout`` closes a connection idle that long between requests:
+    longer than a client pool keeps idle connections (:class:`UpstreamConfig`'s
+    ``keepalive_expiry``, 30 s), as a real API's is, so a pooled connection is
+    not closed under a request sent on it (Hypercorn's own default is 5 s).
     """
 
     host: str = "127.0.0.1"
@@ -125,6 +129,7 @@ class MockServerConfig:
     slow_bytes_delay: float = 0.002
     max_body_bytes: int = 1 << 20
     drain_timeout: float = 1.0
+    keep_alive_timeout: float = 75.0
     gc_threshold: int = 50_000
 
     def __post_init__(self) -> None:
@@ -132,6 +137,7 @@ class MockServerConfig:
         _check(self.max_concurrency >= 1, f"max_concurrency must be >= 1, got {self.max_concurrency!r}")
         _check(self.max_queued >= 0, f"max_queued must be >= 0, got {self.max_queued!r}")
         _check(self.gc_threshold >= 0, f"gc_threshold must be >= 0, got {self.gc_threshold!r}")
+        _positive("keep_alive_timeout", self.keep_alive_timeout)
         _non_negative("max_queue_wait", self.max_queue_wait)
         _non_negative("retry_after", self.retry_after)
         rates = [getattr(self, f"fault_{kind}_rate") for kind in MOCK_FAULT_KINDS]

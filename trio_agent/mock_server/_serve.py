@@ -51,6 +51,7 @@ async def serve_mock_llm(
     host = f"[{config.host}]" if ":" in config.host else config.host
     hc.bind = [f"{host}:{config.port}"]
     hc.graceful_timeout = config.drain_timeout
+    hc.keep_alive_timeout = config.keep_alive_timeout
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.backlog = _LISTEN_BACKLOG
