@@ -239,6 +239,32 @@ async def test_loop_lag_refuses_new_requests_with_free_slots(
     assert_idle(adm)
 
 
+async def test_loop_lag_stands_aside_below_a_tenth_of_the_slots_held(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Refusing everything while almost nothing runs would serve nothing: the lag then comes
+    # from the refusals themselves. Below a tenth of the slots (here 2 of 20) it admits.
+    lag = LoopLag(interval=0.01)
+    adm = make(max_concurrency=20, loop_lag=lag, max_loop_lag=0.1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lag.run)
+        await _lagging(autojump_clock, lag)
+        assert adm.refuse_nowait() is None
+        async with adm.lease():
+            assert adm.refuse_nowait() is None  # 1 held
+            async with adm.lease():  # 2 held: the rule applies again
+                assert isinstance(adm.refuse_nowait(), OverloadedError)
+                with pytest.raises(OverloadedError, match="behind"):
+                    async with adm.lease():
+                        pytest.fail("admitted past the floor while the scheduler lags")
+        # An explicit count (the shared limits pass this process's leases) decides instead.
+        assert isinstance(adm.refuse_if_lagging(in_flight=2), OverloadedError)
+        assert adm.refuse_if_lagging(in_flight=1) is None
+        nursery.cancel_scope.cancel()
+    assert adm.statistics().shed_loop_lag == 3
+    assert_idle(adm)
+
+
 async def test_loop_lag_leaves_queued_requests_their_place(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -618,8 +618,10 @@ async def test_a_lagging_scheduler_gets_new_requests_a_503_and_streams_keep_goin
     from trio_agent.server import create_app
 
     lag = LoopLag(interval=0.01)
-    llm = MockLLM(ttft=0.05, itl=0.05, tokens=20, seed=1, pacing_resolution=0)
-    gw = create_app(ServerConfig(max_loop_lag=0.1), backend=llm, loop_lag=lag)
+    # 5 s long: the stream is still held while the lag is made and the refusals checked.
+    llm = MockLLM(ttft=0.05, itl=0.05, tokens=100, seed=1, pacing_resolution=0)
+    # 10 slots: the one stream held is the tenth below which the lag rule stands aside.
+    gw = create_app(ServerConfig(max_loop_lag=0.1, max_concurrency=10), backend=llm, loop_lag=lag)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lag.run)
         ex = Exchange(gw, "POST", "/chat/stream", json=Q).start(nursery)

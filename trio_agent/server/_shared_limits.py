@@ -216,7 +216,7 @@ class SharedLimits:
     def refuse_nowait(self, key: str | None = None) -> AdmissionError | None:
         """The loop-lag refusal if this process lags, else None: only Redis knows whether
         a global slot is free (``lease`` decides)."""
-        return self._fallback.refuse_if_lagging()
+        return self._fallback.refuse_if_lagging(self._held())
 
     # -- health ----------------------------------------------------------------------
 
@@ -248,8 +248,12 @@ class SharedLimits:
             max(1.0, self._mean_service_time * (self._queued + 1) / self._config.max_concurrency),
         )
 
+    def _held(self) -> int:
+        """Leases this process holds, shared or local (the loop-lag rule's floor counts them)."""
+        return len(self._live) + self._fallback.statistics().in_flight
+
     async def _acquire(self, key: str | None) -> _SharedLease:
-        lagging = self._fallback.refuse_if_lagging()
+        lagging = self._fallback.refuse_if_lagging(self._held())
         if lagging is not None:
             await trio.lowlevel.checkpoint()
             raise lagging
