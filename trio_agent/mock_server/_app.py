@@ -360,12 +360,9 @@ class MockServerApp:
                 nursery.start_soon(_listen_for_disconnect, receive, nursery.cancel_scope, exchange)
                 await self._admit_and_reply(send, call, fault, exchange)
                 nursery.cancel_scope.cancel()
-            if exchange.counted:
-                pass
-            elif exchange.gone:
+            # A completed reply was counted before its slot was given back (_admit_and_reply).
+            if exchange.gone and not exchange.counted:
                 self._cancelled += 1
-            elif exchange.done and not exchange.faulted:
-                self._completed += 1
         finally:
             self._changed.unpark_all()
 

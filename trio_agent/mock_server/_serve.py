@@ -69,11 +69,10 @@ async def serve_mock_llm(
             # Hypercorn returns once it stopped and open streams drained (or were cut).
             nursery.cancel_scope.cancel()
 
-    with _gc_threshold(config.gc_threshold):
-        async with trio.open_nursery() as nursery:
-            if shutdown_trigger is not None:
-                nursery.start_soon(_wait_then_set, shutdown_trigger, stop)
-            else:
-                nursery.start_soon(_watch_signals, stop)
-            binds: list[str] = await nursery.start(run_hypercorn)
-            task_status.started(_parse_bind(binds[0]) if binds else (config.host, config.port))
+    async with _gc_threshold(config.gc_threshold), trio.open_nursery() as nursery:
+        if shutdown_trigger is not None:
+            nursery.start_soon(_wait_then_set, shutdown_trigger, stop)
+        else:
+            nursery.start_soon(_watch_signals, stop)
+        binds: list[str] = await nursery.start(run_hypercorn)
+        task_status.started(_parse_bind(binds[0]) if binds else (config.host, config.port))

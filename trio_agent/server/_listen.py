@@ -19,7 +19,7 @@ run every request through it, and a test checks that a burst of connections
 is taken in one pass.
 
 Each connection is served by :class:`LeanTCPServer`, Hypercorn's
-``TCPServer`` with two per-request costs taken out (measured: a bare ASGI app
+``TCPServer`` with three per-request costs taken out (measured: a bare ASGI app
 answering a 503 costs about 1 ms of CPU per request under Hypercorn's trio
 worker against 0.3 ms under uvicorn, and under overload most requests are
 such refusals):

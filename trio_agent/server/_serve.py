@@ -27,8 +27,8 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from types import FrameType
 from typing import Any, cast
@@ -140,37 +140,9 @@ async def serve(
     once it is built. While it runs, Python's collector threshold for its
     youngest generation is ``config.gc_threshold`` (restored on return).
     """
-    with _gc_threshold(config.gc_threshold):
-        await _serve(
-            config, task_status, shutdown_trigger, handle_signals, sockets, backend, on_app
-        )
-
-
-@contextmanager
-def _gc_threshold(threshold: int) -> Iterator[None]:
-    """Python's youngest-generation GC threshold set to ``threshold`` (0: unchanged), then restored."""
-    if not threshold:
-        yield
-        return
-    before = gc.get_threshold()
-    gc.set_threshold(threshold, *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-
-
-async def _serve(
-    config: ServerConfig,
-    task_status: trio.TaskStatus[tuple[str, int]],
-    shutdown_trigger: Callable[[], Awaitable[Any]] | None,
-    handle_signals: bool,
-    sockets: Sockets | None,
-    backend: ChatBackend | None,
-    on_app: Callable[[Gateway], None] | None,
-) -> None:
     loop_lag = LoopLag()
     async with (
+        _gc_threshold(config.gc_threshold),
         _maybe_backend(config, backend) as be,
         _maybe_shared_limits(config, loop_lag) as limits,
     ):
@@ -221,6 +193,23 @@ async def _serve(
                 logger.info("drain deadline: ended %d request(s) with shutting_down", cancelled)
             await hypercorn_done.wait()
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _gc_threshold(threshold: int) -> AsyncIterator[None]:
+    """Python's youngest-generation GC threshold set to ``threshold`` (0: unchanged), then restored.
+
+    An async context manager only to sit in ``serve``'s ``async with`` beside the others.
+    """
+    if not threshold:
+        yield
+        return
+    before = gc.get_threshold()
+    gc.set_threshold(threshold, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def abort_hypercorn_transport(send: Callable[..., Awaitable[None]]) -> bool:

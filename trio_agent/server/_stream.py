@@ -643,13 +643,12 @@ async def serve_stream(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_disconnect, receive, ctrl)
                 nursery.start_soon(out.watchdog)
-                admitted = False
                 try:
                     # The lease is taken here, not in the producer: a free slot costs no
                     # scheduler pass, so the head and thinking event go out in the pass the
                     # request arrived in. Under load each pass is tens of milliseconds of TTFT.
                     async with gw.limits.lease(info.key_id) as lease:
-                        admitted = ctrl.admitted = True
+                        ctrl.admitted = True
                         gw.metrics.queue_wait.observe(lease.queued)
                         pipe = _TokenPipe(out, fmt, gw.metrics)
                         # The stream nursery: the upstream reader ends (its response closed,
@@ -658,7 +657,7 @@ async def serve_stream(
                             stream.start_soon(_produce, gw, request, info, pipe)
                             await _write_stream(gw, out, pipe, lease, request)
                 except TrioAgentError as exc:
-                    if admitted:
+                    if ctrl.admitted:
                         raise
                     refused = exc
                 nursery.cancel_scope.cancel()
