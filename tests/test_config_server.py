@@ -19,6 +19,7 @@ def test_every_object_reads_its_own_names() -> None:
             "TRIO_AGENT_PORT": "9000",
             "TRIO_AGENT_MAX_QUEUE_WAIT": "2.5",
             "TRIO_AGENT_GC_THRESHOLD": "0",
+            "TRIO_AGENT_QUEUE_LIFO_AFTER": "0.25",
             "TRIO_AGENT_API_KEYS": "k1, k2",
             "TRIO_AGENT_CORS_ORIGINS": "https://a.example",
             "TRIO_AGENT_ACCESS_LOG": "false",
@@ -32,6 +33,7 @@ def test_every_object_reads_its_own_names() -> None:
     )
     assert (config.port, config.max_queue_wait, config.access_log) == (9000, 2.5, False)
     assert config.gc_threshold == 0
+    assert config.queue_lifo_after == 0.25
     assert config.api_keys == frozenset({"k1", "k2"})
     assert config.cors_origins == ("https://a.example",)
     assert config.upstream is not None
@@ -60,6 +62,7 @@ def test_overrides_win_over_the_environment() -> None:
         ({"TRIO_AGENT_PORT": "eighty"}, "port"),
         ({"TRIO_AGENT_MAX_CONCURRENCY": "0"}, "max_concurrency"),
         ({"TRIO_AGENT_GC_THRESHOLD": "-1"}, "gc_threshold"),
+        ({"TRIO_AGENT_QUEUE_LIFO_AFTER": "-0.1"}, "queue_lifo_after"),
     ],
 )
 def test_mistakes_are_errors(env: dict[str, str], message: str) -> None:

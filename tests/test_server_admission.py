@@ -1,4 +1,4 @@
-"""Admission: the global cap, the bounded FIFO queue, queue-wait deadline, per-key cap, statistics."""
+"""Admission: the global cap, the bounded queue (FIFO, adaptive LIFO), queue-wait deadline, per-key cap, statistics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests._fakes import make_gateway
 from trio_agent.concurrency import LoopLag
 from trio_agent.errors import KeyLimitError, OverloadedError
 from trio_agent.server import Admission, Lease, Limits
@@ -53,6 +54,64 @@ async def test_waiters_are_fifo_and_record_their_wait(autojump_clock: trio.testi
             await trio.testing.wait_all_tasks_blocked()
         assert adm.statistics().queued == 3
     assert order == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)]
+    assert_idle(adm)
+
+
+async def test_a_busy_queue_serves_newest_first_until_it_empties(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    adm = make(max_concurrency=1, max_queued=4, max_queue_wait=100.0, lifo_after=1.5)
+    order: list[tuple[int, float]] = []
+
+    async def hold(i: int) -> None:
+        async with adm.lease() as lease:
+            order.append((i, lease.queued))
+            await trio.sleep(1.0)
+
+    async def round_of(first: int, waiters: int) -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(hold, first)
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(first + 1, first + 1 + waiters):
+                n.start_soon(hold, i)
+                await trio.testing.wait_all_tasks_blocked()
+
+    await round_of(0, 3)
+    # t=1: busy for 1 s < 1.5 s, oldest first; t=2 and t=3: newest first.
+    assert order == [(0, 0.0), (1, 1.0), (3, 2.0), (2, 3.0)]
+    assert adm.statistics().admitted_newest_first == 1  # 2 was alone when it got its slot
+    order.clear()
+    await round_of(4, 2)  # the queue emptied: in order again until busy for 1.5 s
+    assert order == [(4, 0.0), (5, 1.0), (6, 2.0)]
+    assert adm.statistics().admitted_newest_first == 1
+    assert_idle(adm)
+
+
+async def test_a_waiter_passed_over_still_leaves_after_max_queue_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    adm = make(max_concurrency=1, max_queued=3, max_queue_wait=5.0, lifo_after=0.5)
+    served: list[str] = []
+    waited: list[float] = []
+
+    async def hold(name: str, at: float) -> None:
+        await trio.sleep_until(at)
+        try:
+            async with adm.lease():
+                served.append(name)
+                await trio.sleep(2.0)
+        except OverloadedError as exc:
+            waited.append(exc.waited or 0.0)
+
+    async with trio.open_nursery() as n:
+        for name, at in (("first", 0.0), ("old", 0.0), ("b", 1.0), ("c", 3.0)):
+            n.start_soon(hold, name, at)
+            await trio.testing.wait_all_tasks_blocked()
+    # "old" queued at 0 was passed over at t=2 (for b) and t=4 (for c), and left at t=5.
+    assert served == ["first", "b", "c"]
+    assert waited == [5.0]
+    s = adm.statistics()
+    assert (s.shed_timeout, s.admitted, s.admitted_newest_first) == (1, 3, 2)
     assert_idle(adm)
 
 
@@ -171,9 +230,19 @@ def test_repr_shows_live_state() -> None:
     assert "in_flight=0/2" in r and "queued=0/2" in r
 
 
+def test_the_gateway_builds_its_queue_from_the_config() -> None:
+    for setting, expected in ((0.25, 0.25), (0.0, None)):
+        gw, _ = make_gateway(queue_lifo_after=setting)
+        assert isinstance(gw.limits, Admission)
+        assert gw.limits.lifo_after == expected
+    assert make_gateway()[0].limits.lifo_after == 0.1  # type: ignore[attr-defined]
+
+
 def test_rejects_bad_sizes() -> None:
     with pytest.raises(ValueError):
         Admission(max_concurrency=0, max_queued=0, max_queue_wait=0)
+    with pytest.raises(ValueError, match="lifo_after"):
+        Admission(max_concurrency=1, max_queued=0, max_queue_wait=0, lifo_after=-1.0)
 
 
 async def test_refuse_nowait_answers_what_lease_would_refuse_at_once(

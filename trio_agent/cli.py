@@ -24,6 +24,7 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("max_concurrency", int, "concurrent upstream calls (the admission cap)"),
     ("max_queued", int, "requests that may wait for admission past the cap"),
     ("max_queue_wait", float, "seconds a request may wait for admission before 503"),
+    ("queue_lifo_after", float, "seconds the queue stays non-empty before the newest waiter goes first (0: FIFO)"),
     ("max_loop_lag", float, "seconds the scheduler may run behind before new requests get 503 (0: off)"),
     ("gc_threshold", int, "Python's youngest-generation GC threshold while serving (0: Python's own)"),
     ("request_timeout", float, "seconds for a whole request: queue wait and upstream"),

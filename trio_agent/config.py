@@ -235,9 +235,15 @@ class ServerConfig:
 
     Admission: at most ``max_concurrency`` upstream calls run at once; up to
     ``max_queued`` more wait at most ``max_queue_wait`` seconds, past which
-    the answer is 503 with ``Retry-After``. ``request_timeout`` covers queue
-    wait and upstream together. ``keep_alive_timeout`` closes a connection
-    that is idle between requests or still sending its request head (a
+    the answer is 503 with ``Retry-After``. The queue is FIFO until it has
+    stayed non-empty for ``queue_lifo_after`` seconds (0 = always FIFO);
+    from then until it empties, a freed slot goes to the newest waiter
+    (adaptive LIFO, see :class:`~trio_agent.server.Admission`): under
+    sustained overload the requests served start while their clients still
+    want them, and the rest get their 503 when their wait runs out.
+    ``request_timeout`` covers queue wait and upstream together.
+    ``keep_alive_timeout`` closes a connection that is idle between
+    requests or still sending its request head (a
     slowloris client); a slow body is bounded by ``request_timeout`` (408).
     A request head over ``max_header_bytes`` gets 431, a body over
     ``max_body_bytes`` 413. ``max_loop_lag`` (seconds, 0 = off) refuses new
@@ -271,6 +277,7 @@ class ServerConfig:
     max_concurrency: int = 50
     max_queued: int = 100
     max_queue_wait: float = 5.0
+    queue_lifo_after: float = 0.1
     max_loop_lag: float = 0.075
     gc_threshold: int = 50_000
     request_timeout: float = 120.0
@@ -307,6 +314,7 @@ class ServerConfig:
         _check(self.max_concurrency >= 1, f"max_concurrency must be >= 1, got {self.max_concurrency!r}")
         _check(self.max_queued >= 0, f"max_queued must be >= 0, got {self.max_queued!r}")
         _non_negative("max_queue_wait", self.max_queue_wait)
+        _non_negative("queue_lifo_after", self.queue_lifo_after)
         _non_negative("max_loop_lag", self.max_loop_lag)
         _check(self.gc_threshold >= 0, f"gc_threshold must be >= 0, got {self.gc_threshold!r}")
         for name in (

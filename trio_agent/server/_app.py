@@ -163,6 +163,7 @@ class Gateway:
             per_key_max_concurrency=config.per_key_max_concurrency,
             loop_lag=self.loop_lag,
             max_loop_lag=config.max_loop_lag or None,
+            lifo_after=config.queue_lifo_after or None,
         )
         self.metrics = metrics or GatewayMetrics()
         self.drain = Drain()

@@ -115,6 +115,9 @@ class GatewayMetrics:
                [("", admission.max_concurrency)])
         metric("trio_agent_admitted_total", "counter", "Leases granted.",
                [("", admission.admitted)])
+        metric("trio_agent_admitted_newest_first_total", "counter",
+               "Leases a busy queue gave to its newest waiter (adaptive LIFO).",
+               [("", admission.admitted_newest_first)])
         metric("trio_agent_shed_total", "counter", "Requests refused by admission, by reason.", [
             ('{reason="queue_full"}', admission.shed_full),
             ('{reason="queue_timeout"}', admission.shed_timeout),

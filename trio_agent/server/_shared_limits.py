@@ -201,6 +201,7 @@ class SharedLimits:
             keys_in_flight=len({lease.key for lease in self._live.values() if lease.key})
             + local.keys_in_flight,
             mean_service_time=self._mean_service_time,
+            admitted_newest_first=local.admitted_newest_first,
         )
 
     def __repr__(self) -> str:
@@ -448,6 +449,7 @@ async def open_shared_limits(
         per_key_max_concurrency=config.per_key_max_concurrency,
         loop_lag=loop_lag,
         max_loop_lag=config.max_loop_lag or None,
+        lifo_after=config.queue_lifo_after or None,
     )
     client = coredis.Redis.from_url(
         config.redis_url, decode_responses=True, connect_timeout=1.0, stream_timeout=2.0
