@@ -192,37 +192,83 @@ async def test_lean_write_to_a_gone_client_reports_closed() -> None:
     await server.stream.aclose()
 
 
+class _TaskGroup:
+    """Hypercorn's trio TaskGroup, as far as _IdleTimer uses it."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+
 async def test_lean_idle_timer_restarts_and_stops_without_a_task_per_call(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     fired: list[float] = []
 
-    async def action() -> None:
-        await trio.sleep(5)
+    async def close() -> None:
         fired.append(trio.current_time())
 
-    class TaskGroup:
-        _nursery: trio.Nursery
-
-    timer = _IdleTimer()
+    timer = _IdleTimer(5.0, trio.Event())
     async with trio.open_nursery() as nursery:
-        tg = TaskGroup()
-        tg._nursery = nursery
+        tg = _TaskGroup(nursery)
         start = trio.current_time()
-        await timer.restart(tg, action)
+        await timer.restart(tg, close)
         await trio.sleep(3)
-        await timer.restart(tg, action)  # a new request ended: the timeout starts over
+        for _ in range(100):  # a hundred requests on the connection: still one timer task
+            await timer.stop()
+            await timer.restart(tg, close)  # a response ended: the timeout starts over
+        assert len(nursery.child_tasks) == 1
         await trio.sleep(3)
         assert fired == []
         await timer.stop()  # a request started: no timeout while it runs
         await trio.sleep(10)
         assert fired == []
-        await timer.restart(tg, action)
+        await timer.restart(tg, close)
         await trio.sleep(6)
         assert fired == [pytest.approx(start + 3 + 3 + 10 + 5)]
-        await timer.restart(tg, action)
-        await timer.stop()
     assert len(fired) == 1
+
+
+async def test_lean_idle_timer_closes_an_idle_connection_when_the_server_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fired: list[float] = []
+
+    async def close() -> None:
+        fired.append(trio.current_time())
+
+    terminated = trio.Event()
+    timer = _IdleTimer(5.0, terminated)
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        await timer.restart(_TaskGroup(nursery), close)
+        await trio.sleep(1)
+        terminated.set()  # idle, with 4 s of its keep-alive left: closed at once
+        await trio.sleep(0.5)
+        assert fired == [pytest.approx(t0 + 1)]
+
+
+async def test_lean_idle_timer_closes_a_busy_connection_once_it_turns_idle_after_a_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fired: list[float] = []
+
+    async def close() -> None:
+        fired.append(trio.current_time())
+
+    terminated = trio.Event()
+    timer = _IdleTimer(5.0, terminated)
+    async with trio.open_nursery() as nursery:
+        tg = _TaskGroup(nursery)
+        t0 = trio.current_time()
+        await timer.restart(tg, close)
+        await timer.stop()  # a request is running
+        await trio.sleep(1)
+        terminated.set()
+        await trio.sleep(20)  # the request runs on; the connection stays open
+        assert fired == []
+        await timer.restart(tg, close)  # its response ended: closed at once
+        await trio.sleep(0.1)
+        assert fired == [pytest.approx(t0 + 21)]
 
 
 @pytest.mark.e2e
@@ -293,7 +339,7 @@ async def test_a_body_that_came_in_one_read_is_all_there_when_the_app_starts() -
             binds = await nursery.start(partial(serve_hypercorn, asgi, config))
             port = int(binds[0].rsplit(":", 1)[1])
             stream = await trio.open_tcp_stream("127.0.0.1", port)
-            request = b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\n{\"a\": true}"
+            request = b'POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\n{"a": true}'
             for _ in range(10):
                 await stream.send_all(request)
                 buf = b""
@@ -303,3 +349,26 @@ async def test_a_body_that_came_in_one_read_is_all_there_when_the_app_starts() -
             await stream.aclose()
             nursery.cancel_scope.cancel()
     assert seen == [True] * 10
+
+
+async def test_lean_idle_timer_cancel_ends_its_task_without_closing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Hypercorn's connection task group waits for the timer task: a connection that is done
+    # must end it, busy or idle, started or not, or the connection's task never ends.
+    fired: list[float] = []
+
+    async def close() -> None:
+        fired.append(trio.current_time())
+
+    with trio.fail_after(1):
+        async with trio.open_nursery() as nursery:
+            for busy, settle in ((False, True), (True, True), (False, False)):
+                timer = _IdleTimer(5.0, trio.Event())
+                await timer.restart(_TaskGroup(nursery), close)
+                if busy:
+                    await timer.stop()
+                if settle:
+                    await trio.testing.wait_all_tasks_blocked()
+                timer.cancel()
+    assert fired == []

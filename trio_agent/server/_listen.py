@@ -27,9 +27,10 @@ such refusals):
 - the keep-alive idle timer: Hypercorn restarts it after every response with
   ``nursery.start`` under a lock (a new task, and the connection waits a
   whole scheduler pass for it to start) and stops it, under the lock again,
-  on the next request. Here the timer task is started with ``start_soon`` in
-  a cancel scope made beforehand, and stopping it is ``scope.cancel()``:
-  the same timeout, no pass waited for, no lock;
+  on the next request. Here one timer task per connection waits in a
+  cancel scope whose deadline a restart moves to ``keep_alive_timeout``
+  from now and a stop to infinity (:class:`_IdleTimer`): the same timeout,
+  no task per request, no pass waited for, no lock;
 - writes: Hypercorn takes its send lock and runs ``send_all`` in a shielded
   cancel scope for every piece of every response (head, body, chunk end),
   two reschedules each. Here, when nothing else is writing on the
@@ -46,13 +47,14 @@ such refusals):
 from __future__ import annotations
 
 import errno
+import math
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from random import randint
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 import trio
@@ -60,7 +62,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.events import Closed, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
-from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
+from hypercorn.protocol.events import EndBody, StreamClosed
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.lifespan import Lifespan
@@ -171,35 +173,81 @@ class DrainingListener(trio.abc.Listener[trio.SocketStream]):
         await trio.lowlevel.checkpoint()
 
 
-async def _run_in_scope(scope: trio.CancelScope, action: Callable[[], Awaitable[None]]) -> None:
-    with scope:
-        await action()
+class _Terminated(Protocol):
+    """Hypercorn's ``WorkerContext.terminated``: set when the server stops."""
+
+    async def wait(self) -> None: ...
+
+    def is_set(self) -> bool: ...
 
 
 class _IdleTimer:
-    """Hypercorn's ``TrioSingleTask`` for the idle timeout, without ``nursery.start`` or a lock.
+    """Hypercorn's idle-timeout ``SingleTask``, as one task per connection with a movable deadline.
 
-    ``restart`` cancels the running timer and starts a new one with
-    ``start_soon`` in a cancel scope made here (cancelling it before the task
-    runs is fine: the task enters a cancelled scope); ``stop`` cancels it.
-    Neither yields, which the callers (Hypercorn's protocol events) do not need.
+    Hypercorn restarts the timer whenever a connection turns idle (a response
+    ended) and stops it whenever it turns busy (a request began). Its own
+    timer, and this one's first version, started a task in a fresh cancel
+    scope per restart and cancelled it per stop: under overload, where each
+    request is a cheap 503, that spawn and cancel was about a fifth of the
+    server's CPU per request. Here one task per connection waits in a cancel
+    scope whose deadline ``restart`` sets to ``keep_alive_timeout`` from now
+    and ``stop`` to infinity; neither yields nor spawns.
+
+    When the deadline passes, or the server stops (``terminated``) while the
+    connection is idle, the task runs ``action``, which closes the
+    connection (``LeanTCPServer._idle_timeout``). A connection busy when the
+    server stops closes as soon as it turns idle, as with Hypercorn's timer.
+    ``cancel`` ends the task when the connection is done (Hypercorn's task
+    group waits for its tasks, and this one would otherwise wait forever).
     """
 
-    __slots__ = ("_scope",)
+    __slots__ = ("_cancelled", "_deadline", "_running", "_scope", "_terminated", "_timeout")
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float, terminated: _Terminated) -> None:
+        self._timeout = timeout
+        self._terminated = terminated
+        self._deadline = math.inf
         self._scope: trio.CancelScope | None = None
+        self._running = False
+        self._cancelled = False
+
+    def _set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._scope is not None:
+            self._scope.deadline = deadline
 
     async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-        self._scope = scope = trio.CancelScope()
-        task_group._nursery.start_soon(_run_in_scope, scope, action)
+        self._set_deadline(trio.current_time() + self._timeout)
+        if not self._running and not self._cancelled:
+            self._running = True
+            task_group._nursery.start_soon(self._watch, action)
 
     async def stop(self) -> None:
+        self._set_deadline(math.inf)
+
+    def cancel(self) -> None:
+        """The connection is done: end the timer task without running its action."""
+        self._cancelled = True
         if self._scope is not None:
             self._scope.cancel()
-            self._scope = None
+
+    async def _watch(self, action: Callable[[], Awaitable[None]]) -> None:
+        terminated = self._terminated
+        while not self._cancelled:
+            with trio.CancelScope(deadline=self._deadline) as scope:
+                self._scope = scope
+                if not terminated.is_set():
+                    await terminated.wait()
+                    continue  # the server is stopping: see below, in a fresh scope
+                self._timeout = 0.0  # from now on, turning idle closes the connection at once
+                if self._deadline < math.inf:
+                    break  # idle now
+                await trio.sleep_forever()  # busy: until restart() sets a deadline
+            if trio.current_time() >= self._deadline:
+                break
+        self._scope = None
+        if not self._cancelled:
+            await action()
 
 
 #: ``(method, target, headers) -> (status, headers, body)`` of a whole answer given without
@@ -258,7 +306,7 @@ def quick_receive(receive: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitab
 class _CannedResponse:
     """Stands in for Hypercorn's ``HTTPStream`` when the answer is known from the request head.
 
-    The answer goes out at once; the request body is read and dropped, and the
+    The protocol sends the answer at once, in one write; the request body is read and dropped, and the
     connection is recycled for the next request when it ends (keep-alive), as
     after any response. Meanwhile the idle timer runs, so a body that never
     ends closes the connection after ``keep_alive_timeout``.
@@ -269,11 +317,6 @@ class _CannedResponse:
     def __init__(self, send: Callable[[Any], Awaitable[None]]) -> None:
         self._send = send
         self.closed = False
-
-    async def answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        await self._send(Response(stream_id=STREAM_ID, headers=headers, status_code=status))
-        await self._send(Body(stream_id=STREAM_ID, data=body))
-        await self._send(EndBody(stream_id=STREAM_ID))
 
     async def handle(self, event: Any) -> None:
         if self.closed:
@@ -298,20 +341,41 @@ class _LeanH11Protocol(H11Protocol):
 
     async def _create_stream(self, request: h11.Request) -> None:
         early = self._early
-        answer = None if early is None else early(request.method, request.target, list(request.headers))
+        answer = (
+            None if early is None else early(request.method, request.target, list(request.headers))
+        )
         if answer is None:
             await super()._create_stream(request)
             if isinstance(self.stream, HTTPStream) and self.stream.app_put is not None:
                 self.stream.app_put = _put_nowait(self.stream.app_put)
             return
-        canned = _CannedResponse(self.stream_send)
-        self.stream = canned  # type: ignore[assignment]
+        self.stream = _CannedResponse(self.stream_send)  # type: ignore[assignment]
         self.keep_alive_requests += 1
-        await canned.answer(*answer)
+        await self._send_whole(*answer)
         # Until the body has been read the connection is not idle for Hypercorn; let its idle
         # timer bound a body that never ends.
         await self.send(Updated(idle=True))
         await self.context.mark_request()
+
+    async def _send_whole(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        """A whole response in one write: what ``stream_send`` does for its three events."""
+        headers = [*headers, *self.config.response_headers("h11")]
+        if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+            headers.append((b"connection", b"close"))
+        conn = self.connection
+        try:
+            data = b"".join((
+                conn.send(h11.Response(status_code=status, headers=headers)) or b"",
+                conn.send(h11.Data(data=body)) or b"",
+                conn.send(h11.EndOfMessage()) or b"",
+            ))  # fmt: skip
+        except h11.LocalProtocolError:
+            if conn.their_state != h11.ERROR:
+                raise
+            return
+        await self.send(RawData(data=data))
 
 
 class ConnectionCounter:
@@ -338,7 +402,9 @@ class LeanTCPServer(TCPServer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.idle_task = _IdleTimer()  # type: ignore[assignment]
+        self.idle_task = _IdleTimer(  # type: ignore[assignment]
+            self.config.keep_alive_timeout, self.context.terminated
+        )
         self._counter = counter or ConnectionCounter()
         self._early = early
         #: writes that went to the socket whole without the lock / that needed it
@@ -359,6 +425,17 @@ class LeanTCPServer(TCPServer):
                 inner.connection_state, inner.ssl, inner.client, inner.server, inner.send,
             )  # fmt: skip
         self._protocol = wrapper
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            self.idle_task.cancel()  # type: ignore[attr-defined]
+
+    async def _idle_timeout(self) -> None:
+        # Hypercorn's waits out keep_alive_timeout itself; _IdleTimer has done that already.
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
 
     async def run(self) -> None:
         counter = self._counter
