@@ -190,8 +190,8 @@ class _IdleTimer:
     scope per restart and cancelled it per stop: under overload, where each
     request is a cheap 503, that spawn and cancel was about a fifth of the
     server's CPU per request. Here one task per connection waits in a cancel
-    scope whose deadline ``restart`` sets to ``keep_alive_timeout`` from now
-    and ``stop`` to infinity; neither yields nor spawns.
+    scope for a deadline that ``restart`` sets to ``keep_alive_timeout`` from
+    now and ``stop`` to infinity; neither yields nor spawns.
 
     When the deadline passes, or the server stops (``terminated``) while the
     connection is idle, the task runs ``action``, which closes the
@@ -212,9 +212,14 @@ class _IdleTimer:
         self._cancelled = False
 
     def _set_deadline(self, deadline: float) -> None:
+        # Moving a cancel scope's deadline re-registers it with trio (a heap push): done only
+        # when the new deadline is earlier. A later one is left to the watcher, which wakes at
+        # the old deadline, finds it moved, and waits again (once per keep_alive_timeout, not
+        # once per request).
         self._deadline = deadline
-        if self._scope is not None:
-            self._scope.deadline = deadline
+        scope = self._scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
 
     async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
         self._set_deadline(trio.current_time() + self._timeout)
