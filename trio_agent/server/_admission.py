@@ -162,8 +162,9 @@ class Admission:
     means requests arrive faster than slots free up; served in order, every
     request would then wait about as long as the queue allows and start too
     late for its client, while newest first keeps the wait of those served
-    short and leaves the bounded wait (then a 503) to the others. At 5x
-    overload in proxy mode it doubled goodput (see benchmarks/README.md).
+    short and leaves the bounded wait (then a 503) to the others. In a hand
+    run of proxied overload it took goodput from 12 to 27 req/s
+    (benchmarks/README.md, step 18).
     ``per_key_max_concurrency`` caps the leases held or awaited by one key
     (``None``: no per-key cap; requests without a key are never key-limited).
 
