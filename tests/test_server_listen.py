@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -199,14 +199,20 @@ class _TaskGroup:
         self._nursery = nursery
 
 
-async def test_lean_idle_timer_restarts_and_stops_without_a_task_per_call(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+def _recording_close() -> tuple[list[float], Callable[[], Awaitable[None]]]:
+    """An idle-timer action that records when it ran."""
     fired: list[float] = []
 
     async def close() -> None:
         fired.append(trio.current_time())
 
+    return fired, close
+
+
+async def test_lean_idle_timer_restarts_and_stops_without_a_task_per_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fired, close = _recording_close()
     timer = _IdleTimer(5.0, trio.Event())
     async with trio.open_nursery() as nursery:
         tg = _TaskGroup(nursery)
@@ -228,47 +234,27 @@ async def test_lean_idle_timer_restarts_and_stops_without_a_task_per_call(
     assert len(fired) == 1
 
 
-async def test_lean_idle_timer_closes_an_idle_connection_when_the_server_stops(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize("busy", [False, True])
+async def test_lean_idle_timer_closes_the_connection_once_idle_when_the_server_stops(
+    autojump_clock: trio.testing.MockClock, busy: bool
 ) -> None:
-    fired: list[float] = []
-
-    async def close() -> None:
-        fired.append(trio.current_time())
-
-    terminated = trio.Event()
-    timer = _IdleTimer(5.0, terminated)
-    async with trio.open_nursery() as nursery:
-        t0 = trio.current_time()
-        await timer.restart(_TaskGroup(nursery), close)
-        await trio.sleep(1)
-        terminated.set()  # idle, with 4 s of its keep-alive left: closed at once
-        await trio.sleep(0.5)
-        assert fired == [pytest.approx(t0 + 1)]
-
-
-async def test_lean_idle_timer_closes_a_busy_connection_once_it_turns_idle_after_a_stop(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    fired: list[float] = []
-
-    async def close() -> None:
-        fired.append(trio.current_time())
-
+    fired, close = _recording_close()
     terminated = trio.Event()
     timer = _IdleTimer(5.0, terminated)
     async with trio.open_nursery() as nursery:
         tg = _TaskGroup(nursery)
         t0 = trio.current_time()
         await timer.restart(tg, close)
-        await timer.stop()  # a request is running
+        if busy:
+            await timer.stop()  # a request is running
         await trio.sleep(1)
-        terminated.set()
-        await trio.sleep(20)  # the request runs on; the connection stays open
-        assert fired == []
-        await timer.restart(tg, close)  # its response ended: closed at once
-        await trio.sleep(0.1)
-        assert fired == [pytest.approx(t0 + 21)]
+        terminated.set()  # idle, with 4 s of its keep-alive left: closed at once
+        await trio.sleep(20)
+        if busy:
+            assert fired == []  # the request ran on; the connection stayed open
+            await timer.restart(tg, close)  # its response ended: closed at once
+            await trio.sleep(0.1)
+        assert fired == [pytest.approx(t0 + (21 if busy else 1))]
 
 
 @pytest.mark.e2e
@@ -356,11 +342,7 @@ async def test_lean_idle_timer_cancel_ends_its_task_without_closing(
 ) -> None:
     # Hypercorn's connection task group waits for the timer task: a connection that is done
     # must end it, busy or idle, started or not, or the connection's task never ends.
-    fired: list[float] = []
-
-    async def close() -> None:
-        fired.append(trio.current_time())
-
+    fired, close = _recording_close()
     with trio.fail_after(1):
         async with trio.open_nursery() as nursery:
             for busy, settle in ((False, True), (True, True), (False, False)):
