@@ -17,6 +17,7 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         "--keepalive-interval", "--write-timeout", "--drain-timeout", "--api-key",
         "--per-key-max-concurrency", "--cors-origin", "--mock-ttft", "--mock-itl",
         "--mock-tokens", "--access-log", "--no-access-log", "--max-loop-lag", "--gc-threshold",
+        "--queue-lifo-after",
         "TRIO_AGENT_UPSTREAM_API_KEY",
     ):
         assert flag in out, flag
@@ -43,6 +44,7 @@ def test_repeatable_flags_parse() -> None:
     ("argv", "env"),
     [
         (["serve", "--max-concurrency", "0"], {}),
+        (["serve", "--queue-lifo-after", "-1"], {}),
         (["serve"], {"TRIO_AGENT_NOT_A_SETTING": "1"}),
         (["serve", "--upstream-model", "m"], {}),
     ],
