@@ -10,8 +10,8 @@ for at most ``max_queue_wait`` seconds, in FIFO order, or, with
 ``lifo_after``, newest first while the queue has not been empty for that
 long (adaptive LIFO: under sustained overload the oldest waiters could only
 start too late to meet anyone's latency target, so a freed slot goes to the
-request that can still use it; the others keep their bounded wait). A full queue or
-a wait that runs out raises :class:`~trio_agent.errors.OverloadedError` (503)
+request that can still use it; the others keep their bounded wait). A full
+queue or a wait that runs out raises :class:`~trio_agent.errors.OverloadedError` (503)
 with ``retry_after`` estimated from live statistics; a per-key cap raises
 :class:`~trio_agent.errors.KeyLimitError` (429). Both are decided before the
 caller has sent anything to the client or the upstream.
@@ -32,6 +32,7 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from ..concurrency._lag import LoopLag
+from ..config import ServerConfig
 from ..errors import AdmissionError, KeyLimitError, OverloadedError
 
 __all__ = ["Admission", "AdmissionStatistics", "Lease", "Limits"]
@@ -116,14 +117,13 @@ class Limits(Protocol):
 
 
 class _Waiter:
-    """One queued request: ``granted`` once a released slot was handed to it."""
+    """One queued request: ``granted`` is set once a released slot was handed to it."""
 
-    __slots__ = ("borrower", "event", "granted")
+    __slots__ = ("borrower", "granted")
 
     def __init__(self, borrower: object) -> None:
         self.borrower = borrower
-        self.event = trio.Event()
-        self.granted = False
+        self.granted = trio.Event()
 
 
 class _LeaseContext:
@@ -218,6 +218,25 @@ class Admission:
         self._shed_key_limit = 0
         self._mean_service_time = _DEFAULT_SERVICE_TIME
         self._samples = 0
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ServerConfig,
+        *,
+        loop_lag: LoopLag | None,
+        max_concurrency: int | None = None,
+    ) -> Admission:
+        """The admission ``config`` describes (``max_concurrency`` overrides its cap)."""
+        return cls(
+            max_concurrency=config.max_concurrency if max_concurrency is None else max_concurrency,
+            max_queued=config.max_queued,
+            max_queue_wait=config.max_queue_wait,
+            per_key_max_concurrency=config.per_key_max_concurrency,
+            loop_lag=loop_lag,
+            max_loop_lag=config.max_loop_lag or None,
+            lifo_after=config.queue_lifo_after or None,
+        )
 
     @property
     def _queued(self) -> int:
@@ -335,14 +354,14 @@ class Admission:
         self._waiters[waiter] = None
         try:
             with trio.move_on_after(self._max_queue_wait):
-                await waiter.event.wait()
+                await waiter.granted.wait()
         except BaseException:
-            if waiter.granted:  # cancelled after the hand-off: pass the slot on
+            if waiter.granted.is_set():  # cancelled after the hand-off: pass the slot on
                 self._free_slot(borrower)
             else:
                 del self._waiters[waiter]
             raise
-        if waiter.granted:  # even if the wait ran out in the same pass
+        if waiter.granted.is_set():  # even if the wait ran out in the same pass
             return
         del self._waiters[waiter]
         self._shed_timeout += 1
@@ -371,8 +390,7 @@ class Admission:
         else:
             waiter, _ = self._waiters.popitem(last=False)
         self._limiter.acquire_on_behalf_of_nowait(waiter.borrower)
-        waiter.granted = True
-        waiter.event.set()
+        waiter.granted.set()
 
     def _release(self, lease: Lease, borrower: object) -> None:
         self._free_slot(borrower)

@@ -156,15 +156,7 @@ class Gateway:
         self.backend = backend
         # Measures the scheduler only while someone runs it (serve() does).
         self.loop_lag = loop_lag or LoopLag()
-        self.limits: Limits = limits or Admission(
-            max_concurrency=config.max_concurrency,
-            max_queued=config.max_queued,
-            max_queue_wait=config.max_queue_wait,
-            per_key_max_concurrency=config.per_key_max_concurrency,
-            loop_lag=self.loop_lag,
-            max_loop_lag=config.max_loop_lag or None,
-            lifo_after=config.queue_lifo_after or None,
-        )
+        self.limits: Limits = limits or Admission.from_config(config, loop_lag=self.loop_lag)
         self.metrics = metrics or GatewayMetrics()
         self.drain = Drain()
         # Set by the server that runs the app: closes the connection under an

@@ -442,15 +442,7 @@ async def open_shared_limits(
     if config.redis_url is None:
         raise ValueError("open_shared_limits needs config.redis_url")
     share = config.redis_local_share or max(1, config.max_concurrency // config.workers)
-    fallback = Admission(
-        max_concurrency=share,
-        max_queued=config.max_queued,
-        max_queue_wait=config.max_queue_wait,
-        per_key_max_concurrency=config.per_key_max_concurrency,
-        loop_lag=loop_lag,
-        max_loop_lag=config.max_loop_lag or None,
-        lifo_after=config.queue_lifo_after or None,
-    )
+    fallback = Admission.from_config(config, loop_lag=loop_lag, max_concurrency=share)
     client = coredis.Redis.from_url(
         config.redis_url, decode_responses=True, connect_timeout=1.0, stream_timeout=2.0
     )
