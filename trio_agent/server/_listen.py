@@ -311,9 +311,9 @@ def quick_receive(receive: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitab
 class _CannedResponse:
     """Stands in for Hypercorn's ``HTTPStream`` when the answer is known from the request head.
 
-    The protocol sends the answer at once, in one write; the request body is read and dropped, and the
-    connection is recycled for the next request when it ends (keep-alive), as
-    after any response. Meanwhile the idle timer runs, so a body that never
+    The protocol sends the answer at once, in one write; the request body is
+    read and dropped, and the connection is recycled for the next request
+    when it ends (keep-alive), as after any response. Meanwhile the idle timer runs, so a body that never
     ends closes the connection after ``keep_alive_timeout``.
     """
 
@@ -346,9 +346,7 @@ class _LeanH11Protocol(H11Protocol):
 
     async def _create_stream(self, request: h11.Request) -> None:
         early = self._early
-        answer = (
-            None if early is None else early(request.method, request.target, list(request.headers))
-        )
+        answer = None if early is None else early(request.method, request.target, list(request.headers))
         if answer is None:
             await super()._create_stream(request)
             if isinstance(self.stream, HTTPStream) and self.stream.app_put is not None:
