@@ -413,15 +413,18 @@ async def test_receive_nowait_hands_over_events_already_read(
     assert backend.statistics().in_flight == 0
 
 
-def test_the_pool_is_split_into_shards_of_about_32_connections() -> None:
+def test_the_pool_is_one_httpx_client_per_connection_unless_told() -> None:
     from trio_agent.llm._openai import _open_clients, pool_shards
 
     def cfg(**kw: Any) -> UpstreamConfig:
         return UpstreamConfig(base_url="http://u.test/v1", **kw)
 
-    assert pool_shards(cfg(max_connections=200)) == 7
-    assert pool_shards(cfg(max_connections=32)) == 1
+    assert pool_shards(cfg(max_connections=200)) == 200
+    assert pool_shards(cfg()) == 100
     assert pool_shards(cfg(max_connections=200, pool_shards=2)) == 2
+    auto = _open_clients(cfg(max_connections=3, max_keepalive_connections=2))
+    limits = [(c._transport._pool._max_connections, c._transport._pool._max_keepalive_connections) for c in auto]  # type: ignore[attr-defined]
+    assert limits == [(1, 1), (1, 1), (1, 0)]
     clients = _open_clients(cfg(max_connections=10, max_keepalive_connections=5, pool_shards=3))
     pools = [c._transport._pool for c in clients]  # type: ignore[attr-defined]
     assert [p._max_connections for p in pools] == [4, 3, 3]  # every connection is somewhere
@@ -439,7 +442,7 @@ def test_the_pool_is_split_into_shards_of_about_32_connections() -> None:
     assert cfg(max_connections=40, max_keepalive_connections=0).keepalive_connections == 0
 
 
-async def test_calls_go_to_the_shard_with_the_fewest_open(
+async def test_a_call_takes_an_idle_client_else_the_one_with_the_fewest_open(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     scripts = [Script(standard_stream()) for _ in range(3)]
@@ -447,11 +450,15 @@ async def test_calls_go_to_the_shard_with_the_fewest_open(
     config = UpstreamConfig(base_url="http://upstream.test/v1", api_key=CANARY, seed=1)
     backend = OpenAIBackend(config, client=clients, rng=random.Random(1))
     async with trio.open_nursery() as nursery:
-        for _ in range(5):  # 5 streams open at once over 3 shards: 2, 2, 1
+        for _ in range(5):  # 5 streams open at once over 3 clients: 2, 2, 1
             nursery.start_soon(collect, backend)
     assert sorted(len(s.requests) for s in scripts) == [1, 2, 2]
-    assert backend._load == [0, 0, 0] and backend.statistics().in_flight == 0
+    assert backend._load == [0, 0, 0] and sorted(backend._idle) == [0, 1, 2]
+    assert backend.statistics().in_flight == 0
+    # All idle again: one call after another takes the client freed last (its connection
+    # is the likeliest to be alive), so they all reuse one.
     before = [len(s.requests) for s in scripts]
-    got = await collect(backend)  # all idle again: the first shard
-    assert [len(s.requests) - b for s, b in zip(scripts, before, strict=True)] == [1, 0, 0]
-    assert got[-1][1].usage is not None
+    for _ in range(3):
+        got = await collect(backend)
+        assert got[-1][1].usage is not None
+    assert sorted(len(s.requests) - b for s, b in zip(scripts, before, strict=True)) == [0, 0, 3]

@@ -169,6 +169,61 @@ async def test_stream_has_deltas_finish_reason_and_usage_and_reuses_the_connecti
             assert (s.requests, s.attempts, s.retries, s.errors) == (2, 2, 0, {})
 
 
+class _StepCounter(trio.abc.Instrument):
+    """Counts the scheduler steps each watched task takes."""
+
+    def __init__(self) -> None:
+        self.steps: dict[trio.lowlevel.Task, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task in self.steps:
+            self.steps[task] += 1
+
+
+async def test_calls_arriving_together_each_get_their_own_connection_at_once() -> None:
+    # httpcore's pool gives every request queued at one moment the same idle connection;
+    # all but one find it taken and go round again, a few scheduler passes each (under
+    # load, seconds per request). The pool is one httpx client per connection, and a call
+    # takes an idle one: 8 calls arriving together reuse the 8 warm connections, each in
+    # as few passes as a call on its own.
+    n = 8
+    with trio.fail_after(10):
+        async with mock_upstream(max_connections=n) as (backend, app):
+            counter = _StepCounter()
+            opened: list[int] = []
+
+            async def open_one(go: trio.Event) -> None:
+                await go.wait()
+                task = trio.lowlevel.current_task()
+                counter.steps[task] = 0
+                async with backend.stream_chat(Q) as chunks:
+                    opened.append(counter.steps.pop(task))
+                    assert text([c async for c in chunks]) == REPLY
+
+            async def round_of(calls: int) -> list[int]:
+                opened.clear()
+                go = trio.Event()
+                async with trio.open_nursery() as nursery:
+                    for _ in range(calls):
+                        nursery.start_soon(open_one, go)
+                    await trio.testing.wait_all_tasks_blocked()
+                    go.set()
+                return sorted(opened)
+
+            trio.lowlevel.add_instrument(counter)
+            try:
+                await round_of(n)  # opens the n connections
+                alone = max(await round_of(1))
+                together = await round_of(n)
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+            await settled(backend, app, completed=2 * n + 1)
+            # Every warm connection used once, none opened anew.
+            assert len(set(app.peers[-n:])) == n and set(app.peers[-n:]) == set(app.peers[:n])
+            assert together[-1] <= alone + 2, (alone, together)  # a read may wait once more
+            assert backend._load == [0] * n and sorted(backend._idle) == list(range(n))
+
+
 async def test_complete_chat_and_list_models() -> None:
     with trio.fail_after(10):
         async with mock_upstream() as (backend, app):

@@ -1,8 +1,9 @@
-"""The upstream client: any OpenAI-compatible chat completions API over one pooled httpx client.
+"""The upstream client: any OpenAI-compatible chat completions API over pooled httpx clients.
 
-One :class:`httpx.AsyncClient` lives as long as the server (HTTP/1.1: closing
-an HTTP/1.1 response early closes its connection, so an abandoned stream stops
-generating upstream; httpx sends no RST_STREAM on HTTP/2, so HTTP/2 is refused).
+The pool lives as long as the server: one :class:`httpx.AsyncClient` per
+connection by default (see :func:`pool_shards`). HTTP/1.1 only: closing an
+HTTP/1.1 response early closes its connection, so an abandoned stream stops
+generating upstream; httpx sends no RST_STREAM on HTTP/2, so HTTP/2 is refused.
 
 Deadlines, each its own error: connect (``UpstreamConnectTimeoutError``),
 request sent to first content (``UpstreamFirstTokenTimeoutError``), the gap
@@ -19,7 +20,6 @@ deadline, and within a process-wide :class:`RetryBudget`.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -57,7 +57,6 @@ T = TypeVar("T")
 
 _CLOSE_GRACE = 1.0  # seconds a shielded response close may take
 _ERROR_BODY_LIMIT = 4096
-_SHARD_CONNECTIONS = 32  # connections per httpx client when the pool is split automatically
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -74,14 +73,19 @@ class OpenAIBackendStatistics:
 def pool_shards(config: UpstreamConfig) -> int:
     """How many httpx clients the connection pool is split into (``pool_shards``, 0 = auto).
 
-    httpcore's pool scans all its connections once per idle connection each
-    time a request arrives or a response closes (O(n^2) per call): at 64
-    streams it was 29 % of a proxying client's CPU. Auto keeps each shard at
-    about ``_SHARD_CONNECTIONS`` connections.
+    Auto is one client per connection. httpcore's pool, shared by several
+    calls, costs twice over under load: it scans all its connections once per
+    idle connection each time a request arrives or a response closes (O(n^2)
+    per call; 29 % of a proxying client's CPU at 64 streams), and it hands
+    every request queued at one moment the *same* idle connection, so all but
+    one fail over to the next round, a few scheduler passes each (a
+    saturated gateway spent 1.5 s per request there with idle connections
+    free). A client with one connection, chosen only while it is idle (see
+    :meth:`OpenAIBackend._take`), has neither.
     """
     if config.pool_shards:
         return config.pool_shards
-    return max(1, math.ceil(config.connections / _SHARD_CONNECTIONS))
+    return config.connections
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -153,7 +157,10 @@ class OpenAIBackend:
         self._clients = [client] if isinstance(client, httpx.AsyncClient) else list(client)
         if not self._clients:
             raise ConfigError("OpenAIBackend needs at least one httpx client")
+        # Calls open per client, and the clients with none open, the most recently freed last
+        # (its connection is the likeliest to be alive): a call takes an idle client in O(1).
         self._load = [0] * len(self._clients)
+        self._idle = list(range(len(self._clients)))[::-1]
         self._base = config.base_url.rstrip("/")
         self._headers = {"Accept": "application/json"}
         if config.api_key:
@@ -187,12 +194,24 @@ class OpenAIBackend:
 
     # -- helpers -----------------------------------------------------------------
 
-    def _shard(self) -> int:
-        """The client with the fewest calls open (the first one on a tie)."""
+    def _take(self) -> int:
+        """Choose a client for a call and count it open; :meth:`_give_back` when it ends.
+
+        An idle client (the most recently freed), else the one with the fewest
+        calls open: the call then waits in that client's pool.
+        """
         load = self._load
-        if len(load) == 1:
-            return 0
-        return load.index(min(load))
+        if self._idle:
+            shard = self._idle.pop()
+        else:
+            shard = load.index(min(load))
+        load[shard] += 1
+        return shard
+
+    def _give_back(self, shard: int) -> None:
+        self._load[shard] -= 1
+        if not self._load[shard]:
+            self._idle.append(shard)
 
     def _redact(self, text: str) -> str:
         key = self.config.api_key
@@ -344,9 +363,8 @@ class OpenAIBackend:
                 raise
             return stream
 
-        shard = self._shard()
+        shard = self._take()
         client = self._clients[shard]
-        self._load[shard] += 1
         try:
             stream = await self._with_retries(
                 attempt, first_deadline=first_deadline, timeout_error=first_timeout
@@ -361,7 +379,7 @@ class OpenAIBackend:
                 self._in_flight -= 1
                 await stream.aclose()
         finally:
-            self._load[shard] -= 1
+            self._give_back(shard)
 
     async def complete_chat(self, request: ChatRequest) -> ChatCompletion:
         """The whole reply in one non-streamed call, with the same retries and deadlines."""
@@ -404,9 +422,8 @@ class OpenAIBackend:
                     "upstream reply is not a chat.completion object"
                 ) from exc
 
-        shard = self._shard()
+        shard = self._take()
         client = self._clients[shard]
-        self._load[shard] += 1
         try:
             return await self._with_retries(
                 attempt,
@@ -416,17 +433,20 @@ class OpenAIBackend:
                 ),
             )
         finally:
-            self._load[shard] -= 1
+            self._give_back(shard)
 
     async def list_models(self) -> list[str]:
         """Model ids from ``GET {base_url}/models``."""
-        with trio.fail_after(self.config.first_token_timeout):
-            try:
-                response = await self._clients[self._shard()].get(
+        shard = self._take()
+        try:
+            with trio.fail_after(self.config.first_token_timeout):
+                response = await self._clients[shard].get(
                     f"{self._base}/models", headers=self._headers
                 )
-            except httpx.HTTPError as exc:
-                raise self._transport_error(exc, "listing models") from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, "listing models") from None
+        finally:
+            self._give_back(shard)
         if response.status_code != 200:
             raise await self._status_error(response)
         try:
