@@ -423,7 +423,8 @@ def test_the_pool_is_one_httpx_client_per_connection_unless_told() -> None:
     assert pool_shards(cfg()) == 100
     assert pool_shards(cfg(max_connections=200, pool_shards=2)) == 2
     auto = _open_clients(cfg(max_connections=3, max_keepalive_connections=2))
-    limits = [(c._transport._pool._max_connections, c._transport._pool._max_keepalive_connections) for c in auto]  # type: ignore[attr-defined]
+    auto_pools = [c._transport._pool for c in auto]  # type: ignore[attr-defined]
+    limits = [(p._max_connections, p._max_keepalive_connections) for p in auto_pools]
     assert limits == [(1, 1), (1, 1), (1, 0)]
     clients = _open_clients(cfg(max_connections=10, max_keepalive_connections=5, pool_shards=3))
     pools = [c._transport._pool for c in clients]  # type: ignore[attr-defined]

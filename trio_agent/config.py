@@ -157,7 +157,7 @@ class MockServerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class UpstreamConfig:
-    """A real OpenAI-compatible upstream reached through one pooled httpx client.
+    """A real OpenAI-compatible upstream reached through a pool of httpx clients.
 
     ``api_key`` is never shown in ``repr`` or logs. Deadlines in seconds:
     ``connect_timeout`` to open a connection, ``first_token_timeout`` from
@@ -168,11 +168,12 @@ class UpstreamConfig:
     The pool (``max_connections``) is split over ``pool_shards`` httpx
     clients (0: one per connection), since httpcore's pool costs O(n^2) in
     its connections per request and gives requests that queue together the
-    same idle connection (see ``trio_agent.llm._openai.pool_shards``). ``max_connections`` None: the gateway
-    sizes the pool to its ``max_concurrency`` (every admitted request has a
-    connection; a smaller pool makes admitted requests wait inside httpx,
-    unseen by admission and its metrics); a backend opened on its own gets
-    100. ``max_keepalive_connections`` None: as many as ``max_connections``.
+    same idle connection (see ``trio_agent.llm._openai.pool_shards``).
+    ``max_connections`` None: the gateway sizes the pool to its
+    ``max_concurrency`` (every admitted request has a connection; a smaller
+    pool makes admitted requests wait inside httpx, unseen by admission and
+    its metrics); a backend opened on its own gets 100.
+    ``max_keepalive_connections`` None: as many as ``max_connections``.
     ``read_below_httpx`` reads a streamed body straight from its HTTP/1.1
     connection's h11 state instead of through httpx's iterators (see
     ``trio_agent/llm/_h11_body.py``); off, every byte goes through ``aiter_raw``.

@@ -11,8 +11,8 @@ for at most ``max_queue_wait`` seconds, in FIFO order, or, with
 long (adaptive LIFO: under sustained overload the oldest waiters could only
 start too late to meet anyone's latency target, so a freed slot goes to the
 request that can still use it; the others keep their bounded wait). A full
-queue or a wait that runs out raises :class:`~trio_agent.errors.OverloadedError` (503)
-with ``retry_after`` estimated from live statistics; a per-key cap raises
+queue or a wait that runs out raises :class:`~trio_agent.errors.OverloadedError`
+(503) with ``retry_after`` estimated from live statistics; a per-key cap raises
 :class:`~trio_agent.errors.KeyLimitError` (429). Both are decided before the
 caller has sent anything to the client or the upstream.
 

@@ -313,8 +313,9 @@ class _CannedResponse:
 
     The protocol sends the answer at once, in one write; the request body is
     read and dropped, and the connection is recycled for the next request
-    when it ends (keep-alive), as after any response. Meanwhile the idle timer runs, so a body that never
-    ends closes the connection after ``keep_alive_timeout``.
+    when it ends (keep-alive), as after any response. Meanwhile the idle
+    timer runs, so a body that never ends closes the connection after
+    ``keep_alive_timeout``.
     """
 
     __slots__ = ("_send", "closed")
