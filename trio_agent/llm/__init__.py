@@ -3,7 +3,16 @@
 from ._mock import MockLLM, MockLLMStatistics
 from ._openai import OpenAIBackend, OpenAIBackendStatistics, open_openai_backend
 from ._retry import RetryBudget, RetryBudgetStatistics
-from ._types import ChatBackend, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Usage
+from ._types import (
+    ChatBackend,
+    ChatChunk,
+    ChatCompletion,
+    ChatMessage,
+    ChatRequest,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
 __all__ = [
     "ChatBackend",
@@ -17,6 +26,8 @@ __all__ = [
     "OpenAIBackendStatistics",
     "RetryBudget",
     "RetryBudgetStatistics",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
     "open_openai_backend",
 ]

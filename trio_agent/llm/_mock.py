@@ -68,7 +68,7 @@ class _MockStream:
         self._limit = (
             cfg.tokens if request.max_tokens is None else min(cfg.tokens, request.max_tokens)
         )
-        prompt = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+        prompt = next((m.content or "" for m in reversed(request.messages) if m.role == "user"), "")
         self._prompt_tokens = max(1, len(prompt.split()))
         if cfg.content == "echo":
             self._words = prompt.split() or ["echo"]

@@ -2,20 +2,63 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ChatBackend", "ChatChunk", "ChatCompletion", "ChatMessage", "ChatRequest", "Usage"]
+__all__ = [
+    "ChatBackend",
+    "ChatChunk",
+    "ChatCompletion",
+    "ChatMessage",
+    "ChatRequest",
+    "ToolCall",
+    "ToolCallDelta",
+    "Usage",
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToolCall:
+    """One complete tool call the model asked for; ``arguments`` is the JSON text as sent."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToolCallDelta:
+    """One streamed piece of a tool call, as OpenAI sends it.
+
+    The first piece of a call carries ``id`` and ``name`` (and usually empty
+    ``arguments``); later pieces carry ``index`` and a fragment of
+    ``arguments``. Parallel calls are told apart by ``index``; some servers
+    reuse ``index`` 0 and tell calls apart by a new ``id`` instead, and some
+    send all arguments in the first piece.
+    """
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ChatMessage:
-    """One chat message: ``role`` is system, user, assistant or tool."""
+    """One chat message: ``role`` is system, user, assistant or tool.
+
+    ``content`` is the message's text (``None`` for an assistant message that
+    only calls tools). An assistant message may carry ``tool_calls``; a tool
+    message answers one call and names it with ``tool_call_id``.
+    """
 
     role: str
-    content: str
+    content: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -26,6 +69,15 @@ class ChatRequest:
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    #: OpenAI function tools offered to the model (``{"type": "function", "function": {...}}``).
+    tools: tuple[Mapping[str, Any], ...] = ()
+    #: ``"auto"``, ``"none"``, ``"required"`` or ``{"type": "function", ...}``; ``None`` = not sent.
+    tool_choice: str | Mapping[str, Any] | None = None
+    #: The client's OpenAI body exactly as received, on the ``/v1`` pass-through path. When
+    #: set, an OpenAI-compatible backend forwards it unchanged except for what the gateway
+    #: owns (default model, ``stream``, ``stream_options.include_usage``); the fields above
+    #: are a parsed view of it for policy and for the mock.
+    openai_body: Mapping[str, Any] | None = None
 
     @classmethod
     def from_question(cls, question: str, **kwargs: object) -> ChatRequest:
@@ -49,14 +101,20 @@ class Usage:
 class ChatChunk:
     """One piece of a streamed reply.
 
-    ``delta`` is new text (may be empty); ``finish_reason`` is set on the
-    chunk that ends the choice ("stop", "length"); ``usage`` arrives once, at
-    the end, when the backend knows it.
+    ``delta`` is new text (may be empty); ``tool_calls`` are pieces of tool
+    calls (see :class:`ToolCallDelta`); ``finish_reason`` is set on the chunk
+    that ends the choice ("stop", "length", "tool_calls"); ``usage`` arrives
+    once, at the end, when the backend knows it. ``raw`` is the chunk's JSON
+    exactly as the upstream sent it (the SSE ``data`` of one chunk), so a
+    relay can forward it without re-encoding; ``None`` when the chunk was not
+    read off an OpenAI wire.
     """
 
     delta: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
     finish_reason: str | None = None
     usage: Usage | None = None
+    raw: bytes | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,6 +125,9 @@ class ChatCompletion:
     finish_reason: str
     usage: Usage
     model: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: The upstream's JSON answer exactly as sent, when it came off an OpenAI wire.
+    raw: bytes | None = None
 
 
 @runtime_checkable
