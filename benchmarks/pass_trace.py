@@ -14,7 +14,7 @@ milliseconds at 1000 streams, so every yield on a request's path costs that.
     kill -TERM <pid>            # or: python -m benchmarks.pass_trace --report /tmp/trace.json
 
 It patches trio_agent's internals (``_LeanH11Protocol.handle``,
-``Gateway.__call__``/``_read_json``/``_open_request``, ``_TokenPipe._count``): a
+``Gateway.__call__``/``_open``, ``BodyReader.read_json``, ``_TokenPipe._count``): a
 diagnostic, not something to serve with.
 """
 
@@ -48,7 +48,7 @@ class _Tracer:
     def install(self) -> None:
         from hypercorn.events import RawData
 
-        from trio_agent.server import _app, _listen, _stream
+        from trio_agent.server import _app, _body, _listen, _stream
 
         tracer = self
         handle = _listen._LeanH11Protocol.handle
@@ -84,7 +84,7 @@ class _Tracer:
                 if len(stamps) == len(STAGES):
                     tracer.records.append(stamps)
 
-        open_request = _app.Gateway._open_request
+        open_request = _app.Gateway._open
 
         def traced_open(self: Any, *args: Any) -> Any:
             info = open_request(self, *args)
@@ -93,10 +93,10 @@ class _Tracer:
                 tracer._by_info[id(info)] = stamps
             return info
 
-        read_json = _app.Gateway._read_json
+        read_json = _body.BodyReader.read_json
 
-        async def traced_read_json(self: Any, receive: Any, headers: Any) -> Any:
-            result = await read_json(self, receive, headers)
+        async def traced_read_json(self: Any, call: Any) -> Any:
+            result = await read_json(self, call)
             stamps = tracer._by_task.get(trio.lowlevel.current_task())
             if stamps is not None and len(stamps) == 2:
                 stamps.append(tracer.stamp())
@@ -113,8 +113,8 @@ class _Tracer:
 
         _listen._LeanH11Protocol.handle = traced_handle  # type: ignore[method-assign]
         _app.Gateway.__call__ = traced_call  # type: ignore[method-assign]
-        _app.Gateway._open_request = traced_open  # type: ignore[method-assign, assignment]
-        _app.Gateway._read_json = traced_read_json  # type: ignore[method-assign]
+        _app.Gateway._open = traced_open  # type: ignore[method-assign, assignment]
+        _body.BodyReader.read_json = traced_read_json  # type: ignore[method-assign]
         _stream._TokenPipe._count = traced_count  # type: ignore[method-assign]
 
 

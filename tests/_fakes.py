@@ -47,10 +47,10 @@ class FakeLLM:
         limit = cfg.tokens if request.max_tokens is None else min(cfg.tokens, request.max_tokens)
         await trio.sleep(cfg.ttft)
         if cfg.fail_before_first:
-            raise UpstreamStatusError("upstream said 503", status_code=503)
+            raise UpstreamStatusError("upstream said 503", upstream_status=503)
         for i in range(limit):
             if cfg.fail_after_tokens is not None and i == cfg.fail_after_tokens:
-                raise UpstreamStatusError("upstream broke mid-stream", status_code=500)
+                raise UpstreamStatusError("upstream broke mid-stream", upstream_status=500)
             if cfg.stall_after_tokens is not None and i == cfg.stall_after_tokens:
                 await trio.sleep_forever()
             if i:

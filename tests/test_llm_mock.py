@@ -4,7 +4,8 @@ import pytest
 import trio
 
 from tests._fakes import drain_ready
-from trio_agent import ChatRequest, MockLLM, UpstreamStatusError, UpstreamStreamError
+from trio_agent import UpstreamStatusError, UpstreamStreamError
+from trio_agent.llm import ChatRequest, MockLLM
 
 
 async def _collect(llm: MockLLM, req: ChatRequest) -> list[tuple[float, str, str | None]]:

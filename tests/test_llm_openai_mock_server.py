@@ -23,11 +23,6 @@ import trio
 
 from tests._mock_server import ScriptedMockServer, serving_mock_llm
 from trio_agent import (
-    ChatChunk,
-    ChatRequest,
-    OpenAIBackend,
-    RetryBudget,
-    RetryBudgetExhaustedError,
     UpstreamConfig,
     UpstreamConnectError,
     UpstreamConnectTimeoutError,
@@ -38,9 +33,9 @@ from trio_agent import (
     UpstreamStreamError,
     UpstreamTimeoutError,
     UpstreamTotalTimeoutError,
-    open_openai_backend,
 )
 from trio_agent.config import MockLLMConfig, MockServerConfig
+from trio_agent.llm import ChatChunk, ChatRequest, OpenAIBackend, RetryBudget, open_openai_backend
 from trio_agent.mock_server import MockServerStatistics
 
 pytestmark = pytest.mark.e2e
@@ -285,7 +280,7 @@ async def test_connection_refused_is_retried_then_upstream_connect_error() -> No
             with pytest.raises(UpstreamConnectError) as info:
                 await read_all(backend)
             assert type(info.value) is UpstreamConnectError
-            assert info.value.status_code is None
+            assert info.value.upstream_status is None
             s = backend.statistics()
             assert (s.requests, s.attempts, s.retries, s.in_flight) == (1, 3, 2, 0)
             assert s.errors == {"upstream_unavailable": 1}
@@ -476,7 +471,7 @@ async def test_retry_after_beyond_the_deadline_fails_at_once_carrying_it() -> No
             with pytest.raises(UpstreamStatusError) as info:
                 await read_all(backend)
             assert trio.current_time() - start < 0.5  # no 30 s wait, no wait for the deadline
-            assert (info.value.status_code, info.value.retry_after) == (429, 30.0)
+            assert (info.value.upstream_status, info.value.retry_after) == (429, 30.0)
             stats = await settled(backend, app, requests=1)
             assert (stats.faults, stats.completed) == (1, 0)
             s = backend.statistics()
@@ -491,12 +486,12 @@ async def test_client_error_statuses_are_never_retried() -> None:
                 with pytest.raises(UpstreamStatusError) as info:
                     await read_all(backend)
                 assert type(info.value) is UpstreamStatusError
-                assert (info.value.status_code, info.value.retry_after) == (status, None)
+                assert (info.value.upstream_status, info.value.retry_after) == (status, None)
                 assert f"upstream answered {status}" in info.value.message
                 assert app.statistics().requests == n  # exactly one request each
             with pytest.raises(UpstreamStatusError) as info:
                 await backend.complete_chat(Q)
-            assert info.value.status_code == 400
+            assert info.value.upstream_status == 400
             stats = await settled(backend, app, requests=6)
             assert (stats.faults, stats.completed) == (6, 0)
             s = backend.statistics()
@@ -515,16 +510,17 @@ async def test_retry_budget_bounds_the_attempts_against_a_failing_upstream() -> 
             server=server_config(fault_503_rate=1.0), budget=budget, max_attempts=3, backoff_base=0.0
         ) as (backend, app):
             for _ in range(n):
-                with pytest.raises(RetryBudgetExhaustedError) as info:
+                with pytest.raises(UpstreamStatusError) as info:
                     await read_all(backend)
-                assert info.value.status_code == 503
+                assert info.value.upstream_status == 503
+                assert "not retried: the retry budget is spent" in info.value.message
                 assert isinstance(info.value.__cause__, UpstreamStatusError)
             attempts = n + 1 + int(0.2 * n)
             stats = await settled(backend, app, requests=attempts)
             assert (stats.faults, stats.completed) == (attempts, 0)
             s = backend.statistics()
             assert (s.requests, s.attempts, s.retries) == (n, attempts, attempts - n)
-            assert s.errors == {"retry_budget_exhausted": n}
+            assert s.errors == {"upstream_status": n}
             b = budget.statistics()
             assert (b.requests_in_window, b.retries_in_window, b.refused) == (n, 2, n)
 

@@ -24,9 +24,8 @@ from tests._reliability import (
     raw_request,
     running_gateway,
 )
-from trio_agent import MockLLM
 from trio_agent.config import MockLLMConfig, ServerConfig
-from trio_agent.llm import ChatChunk, ChatCompletion, ChatRequest, MockLLMStatistics
+from trio_agent.llm import ChatChunk, ChatCompletion, ChatRequest, MockLLM, MockLLMStatistics
 
 Q = {"question": "hello"}
 

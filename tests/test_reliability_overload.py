@@ -18,8 +18,8 @@ import pytest
 import trio
 
 from tests._reliability import RawResponse, percentile, raw_request, running_gateway
-from trio_agent import MockLLM
 from trio_agent.config import MockLLMConfig, ServerConfig
+from trio_agent.llm import MockLLM
 
 MAX_CONCURRENCY = 8
 MAX_QUEUED = 8

@@ -9,8 +9,8 @@ import trio.lowlevel
 
 from tests._fakes import make_gateway
 from tests._reliability import running_gateway
-from trio_agent import MockLLM
 from trio_agent.config import MockLLMConfig, ServerConfig
+from trio_agent.llm import MockLLM
 
 BODY = orjson.dumps({"messages": [{"role": "user", "content": "hi"}]})
 OA_BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True})

@@ -42,9 +42,9 @@ from trio_agent.server._errors import (
         (DeadlineError("x"), 504),
         (UpstreamFirstTokenTimeoutError("x"), 504),
         (UpstreamConnectError("x"), 502),
-        (UpstreamStatusError("x", status_code=500), 502),
-        (UpstreamStatusError("x", status_code=429), 502),
-        (UpstreamStatusError("x", status_code=404), 400),
+        (UpstreamStatusError("x", upstream_status=500), 502),
+        (UpstreamStatusError("x", upstream_status=429), 502),
+        (UpstreamStatusError("x", upstream_status=404), 400),
         (TrioAgentError("x"), 500),
     ],
 )
@@ -81,7 +81,7 @@ def test_sse_error_data_has_type_error() -> None:
 
 
 def test_upstream_client_errors_are_not_retryable() -> None:
-    exc = UpstreamStatusError("model not found", status_code=404)
+    exc = UpstreamStatusError("model not found", upstream_status=404)
     assert error_payload(exc, "r")["error"]["retryable"] is False
     assert error_payload(exc, "r")["error"]["upstream_status"] == 404
 

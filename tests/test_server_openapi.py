@@ -17,8 +17,8 @@ import trio
 from tests._asgi import request
 from tests._fakes import make_gateway
 from tests._reliability import running_gateway
-from trio_agent import MockLLM
 from trio_agent.config import MockLLMConfig, ServerConfig
+from trio_agent.llm import MockLLM
 from trio_agent.server._openapi import OPENAPI
 
 MAX_EXAMPLES = 20
@@ -31,12 +31,11 @@ async def test_openapi_json_is_served_without_a_key() -> None:
     doc = r.json()
     assert doc == OPENAPI
     assert doc["openapi"] == "3.1.0"
-    # Every route of the app is described, and nothing else.
-    from trio_agent.server._app import _PUBLIC_PATHS, _ROUTES
-
-    assert set(doc["paths"]) == set(_ROUTES)
+    # Every route of the router table is described with its methods, and nothing else.
+    described = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert described == {(r.method, r.path) for r in gw.router.routes}
     public = {p for p, ops in doc["paths"].items() if all(op.get("security") == [{}] for op in ops.values())}
-    assert public == set(_PUBLIC_PATHS)
+    assert public == set(gw.router.public_paths)
 
 
 def _run_schemathesis(base_url: str) -> dict[str, Any]:

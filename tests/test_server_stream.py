@@ -587,7 +587,8 @@ async def test_tokens_that_are_already_there_go_out_as_one_event(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     # itl 0: every token is due at once, as when the gateway falls behind its upstream.
-    from trio_agent import MockLLM, ServerConfig
+    from trio_agent import ServerConfig
+    from trio_agent.llm import MockLLM
     from trio_agent.server import create_app
 
     def run(itl: float) -> MockLLM:
@@ -614,7 +615,8 @@ async def test_tokens_that_are_already_there_go_out_as_one_event(
 async def test_a_lagging_scheduler_gets_new_requests_a_503_and_streams_keep_going(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from trio_agent import LoopLag, MockLLM, ServerConfig
+    from trio_agent import LoopLag, ServerConfig
+    from trio_agent.llm import MockLLM
     from trio_agent.server import create_app
 
     lag = LoopLag(interval=0.01)

@@ -1,5 +1,19 @@
-"""trio_agent: a Trio-native, structured-concurrency gateway for LLM agent services."""
+"""trio_agent: a Trio-native, structured-concurrency gateway for LLM agent services.
 
+Importing ``trio_agent`` gives the light library only, usable from any trio
+program without loading a server, an HTTP client or a framework:
+
+* the SSE codec (:class:`SSEDecoder`, :func:`encode_event`, ...),
+* the concurrency helpers (:func:`map_concurrently`, :func:`as_completed`,
+  :class:`RequestQueue`, :class:`RateLimiter`, :func:`iter_with_timeouts`,
+  :class:`LoopLag`),
+* the exception tree (:class:`TrioAgentError` and its subclasses),
+* the configuration records.
+
+The rest are explicit subpackages: ``trio_agent.server`` (the gateway),
+``trio_agent.llm`` (backends), ``trio_agent.mock_server`` (the mock LLM
+server) and ``trio_agent.bench`` (the load generator).
+"""
 
 from .concurrency import (
     LoopLag,
@@ -36,7 +50,6 @@ from .errors import (
     QueueTimeoutError,
     RequestError,
     RequestValidationError,
-    RetryBudgetExhaustedError,
     ShuttingDownError,
     SSEError,
     SSEEventTooLargeError,
@@ -54,71 +67,28 @@ from .errors import (
     UpstreamTimeoutError,
     UpstreamTotalTimeoutError,
 )
-from .llm import (
-    ChatBackend,
-    ChatChunk,
-    ChatCompletion,
-    ChatMessage,
-    ChatRequest,
-    MockLLM,
-    MockLLMStatistics,
-    OpenAIBackend,
-    OpenAIBackendStatistics,
-    RetryBudget,
-    RetryBudgetStatistics,
-    Usage,
-    open_openai_backend,
-)
-from .mock_server import MockServerApp, MockServerStatistics, serve_mock_llm
-from .server import (
-    Admission,
-    AdmissionStatistics,
-    Gateway,
-    GatewayMetrics,
-    Lease,
-    Limits,
-    create_app,
-    serve,
-)
 from .sse import ServerSentEvent, SSEDecoder, encode_comment, encode_event
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Admission",
     "AdmissionError",
-    "AdmissionStatistics",
     "AuthenticationError",
     "BenchConfig",
-    "ChatBackend",
-    "ChatChunk",
-    "ChatCompletion",
-    "ChatMessage",
-    "ChatRequest",
     "ConcurrencyError",
     "ConfigError",
     "DeadlineError",
     "FirstItemTimeoutError",
-    "Gateway",
-    "GatewayMetrics",
     "IdleTimeoutError",
     "ItemCancelledError",
     "ItemTimeoutError",
     "KeyLimitError",
-    "Lease",
-    "Limits",
     "LoopLag",
     "LoopLagStatistics",
     "MethodNotAllowedError",
-    "MockLLM",
     "MockLLMConfig",
-    "MockLLMStatistics",
-    "MockServerApp",
     "MockServerConfig",
-    "MockServerStatistics",
     "NotFoundError",
-    "OpenAIBackend",
-    "OpenAIBackendStatistics",
     "Outcome",
     "OverloadedError",
     "PayloadTooLargeError",
@@ -131,9 +101,6 @@ __all__ = [
     "RequestQueue",
     "RequestQueueStatistics",
     "RequestValidationError",
-    "RetryBudget",
-    "RetryBudgetExhaustedError",
-    "RetryBudgetStatistics",
     "SSEDecoder",
     "SSEError",
     "SSEEventTooLargeError",
@@ -155,15 +122,10 @@ __all__ = [
     "UpstreamStreamError",
     "UpstreamTimeoutError",
     "UpstreamTotalTimeoutError",
-    "Usage",
     "as_completed",
-    "create_app",
     "encode_comment",
     "encode_event",
     "iter_with_timeouts",
     "map_concurrently",
-    "open_openai_backend",
     "open_request_queue",
-    "serve",
-    "serve_mock_llm",
 ]

@@ -30,10 +30,9 @@ into status codes, JSON bodies and SSE ``error`` events::
     │   └── MethodNotAllowedError        the path exists, the method does not (405)
     └── UpstreamError                    the LLM upstream failed
         ├── UpstreamConnectError         could not connect / connection dropped
-        ├── UpstreamStatusError          a non-2xx answer (status_code, retry_after)
+        ├── UpstreamStatusError          a non-2xx answer (upstream_status, retry_after)
         ├── UpstreamProtocolError        bytes that are not the OpenAI wire format, or no terminal frame
         ├── UpstreamStreamError          an {"error": ...} frame inside the stream
-        ├── RetryBudgetExhaustedError    a retry was due but the process-wide budget is spent
         └── UpstreamTimeoutError         an upstream deadline ran out (also a DeadlineError)
             ├── UpstreamConnectTimeoutError
             ├── UpstreamFirstTokenTimeoutError   (also a FirstItemTimeoutError)
@@ -42,11 +41,18 @@ into status codes, JSON bodies and SSE ``error`` events::
 
 Every error carries structured fields rather than only a message: ``code`` (a
 stable snake_case identifier used in JSON and SSE error bodies), ``retryable``,
-and where relevant ``status_code``, ``retry_after`` (seconds) or ``waited``.
-Causes are chained (``raise X(...) from exc``).
+and where relevant ``status_code`` (the HTTP status the gateway answers with;
+only on errors of the request itself: admission and request errors),
+``upstream_status`` (what an upstream answered, on upstream errors),
+``retry_after`` (seconds) or ``waited``. Causes are chained
+(``raise X(...) from exc``). How an upstream error maps to the gateway's own
+status is decided in one place, ``trio_agent.server``'s error renderer.
 """
 
 from __future__ import annotations
+
+import copy
+from typing import Self
 
 __all__ = [
     "AdmissionError",
@@ -68,7 +74,6 @@ __all__ = [
     "QueueTimeoutError",
     "RequestError",
     "RequestValidationError",
-    "RetryBudgetExhaustedError",
     "SSEError",
     "SSEEventTooLargeError",
     "SSEFieldError",
@@ -298,10 +303,17 @@ class ShuttingDownError(AdmissionError):
 
 
 class RequestError(TrioAgentError):
-    """The client's request cannot be served as sent."""
+    """The client's request cannot be served as sent. ``status_code`` is the HTTP answer."""
 
     code = "bad_request"
     status_code = 400
+
+    def __init__(
+        self, message: str = "", *, code: str | None = None, status_code: int | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        if status_code is not None:
+            self.status_code = status_code
 
 
 class RequestValidationError(RequestError):
@@ -310,9 +322,8 @@ class RequestValidationError(RequestError):
     code = "invalid_request"
 
     def __init__(self, message: str, *, field: str | None = None, status_code: int = 422) -> None:
-        super().__init__(message)
+        super().__init__(message, status_code=status_code)
         self.field = field
-        self.status_code = status_code
 
 
 class PayloadTooLargeError(RequestError):
@@ -355,7 +366,11 @@ class MethodNotAllowedError(RequestError):
 
 
 class UpstreamError(TrioAgentError):
-    """The LLM upstream failed. ``status_code`` is the upstream's, when it sent one."""
+    """The LLM upstream failed. ``upstream_status`` is what it answered, when it answered.
+
+    It has no ``status_code``: the gateway's own answer for an upstream failure
+    is decided by the HTTP edge, not by the layer that saw the failure.
+    """
 
     code = "upstream_error"
     retryable = True
@@ -364,13 +379,24 @@ class UpstreamError(TrioAgentError):
         self,
         message: str = "upstream error",
         *,
-        status_code: int | None = None,
+        upstream_status: int | None = None,
         retry_after: float | None = None,
         code: str | None = None,
     ) -> None:
         super().__init__(message, code=code)
-        self.status_code = status_code
+        self.upstream_status = upstream_status
         self.retry_after = retry_after
+
+    def with_detail(self, detail: str) -> Self:
+        """The same error (class, code, fields) with ``detail`` added to its message.
+
+        For what a caller learned after the failure, such as a retry the retry
+        budget did not allow: that is a detail of this failure, not another one.
+        """
+        clone = copy.copy(self)
+        clone.message = f"{self.message} ({detail})"
+        clone.args = (clone.message,)
+        return clone
 
 
 class UpstreamConnectError(UpstreamError):
@@ -395,12 +421,6 @@ class UpstreamStreamError(UpstreamError):
     """The upstream sent an ``{"error": ...}`` frame inside the stream."""
 
     code = "upstream_stream_error"
-
-
-class RetryBudgetExhaustedError(UpstreamError):
-    """A retry was due but the process-wide retry budget is spent."""
-
-    code = "retry_budget_exhausted"
 
 
 class UpstreamTimeoutError(UpstreamError, DeadlineError):

@@ -123,7 +123,7 @@ class _MockStream:
             await self._llm._pacer.sleep_until(self._start + cfg.ttft)
             self._done = self._failed = True
             raise UpstreamStatusError(
-                "mock LLM: injected failure before the first token", status_code=503
+                "mock LLM: injected failure before the first token", upstream_status=503
             )
         if i == self._limit:
             self._done = True

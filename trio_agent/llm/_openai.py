@@ -33,7 +33,6 @@ import trio
 from ..config import UpstreamConfig
 from ..errors import (
     ConfigError,
-    RetryBudgetExhaustedError,
     SSEError,
     UpstreamConnectError,
     UpstreamConnectTimeoutError,
@@ -251,7 +250,7 @@ class OpenAIBackend:
             pass
         return UpstreamStatusError(
             self._redact(message),
-            status_code=response.status_code,
+            upstream_status=response.status_code,
             retry_after=parse_retry_after(response.headers),
         )
 
@@ -290,7 +289,9 @@ class OpenAIBackend:
                     return await attempt_once()
                 except UpstreamStatusError as exc:
                     error = exc
-                    retryable = exc.status_code is not None and is_retryable_status(exc.status_code)
+                    retryable = exc.upstream_status is not None and is_retryable_status(
+                        exc.upstream_status
+                    )
                 except (UpstreamConnectError, UpstreamConnectTimeoutError) as exc:
                     error, retryable = exc, True
                 except UpstreamError as exc:
@@ -309,12 +310,10 @@ class OpenAIBackend:
                     error
                 )  # the wait does not fit: fail now, carrying retry_after
             if not self._budget.try_spend():
-                exhausted = RetryBudgetExhaustedError(
-                    f"retry budget spent; last error: {error.message}",
-                    status_code=error.status_code,
-                    retry_after=error.retry_after,
-                )
-                raise self._count_error(exhausted) from error
+                # Not retried is a detail of this failure: the client sees the same code
+                # (for example upstream_unavailable) whether or not a retry was allowed.
+                suppressed = error.with_detail("not retried: the retry budget is spent")
+                raise self._count_error(suppressed) from error
             retry += 1
             self._retries += 1
             await trio.sleep(delay)

@@ -5,7 +5,8 @@ runs it under Hypercorn with the backend, signal handling and graceful drain.
 """
 
 from ._admission import Admission, AdmissionStatistics, Lease, Limits
-from ._app import Gateway, RequestInfo, create_app
+from ._app import Gateway, create_app
+from ._context import RequestContext
 from ._drain import Drain, RequestControl
 from ._metrics import GatewayMetrics, Histogram
 from ._serve import open_backend, run_workers, serve, worker_config
@@ -20,7 +21,7 @@ __all__ = [
     "Lease",
     "Limits",
     "RequestControl",
-    "RequestInfo",
+    "RequestContext",
     "create_app",
     "open_backend",
     "run_workers",

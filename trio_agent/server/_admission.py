@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import trio
 
@@ -35,7 +36,16 @@ from ..concurrency._lag import LoopLag
 from ..config import ServerConfig
 from ..errors import AdmissionError, KeyLimitError, OverloadedError
 
-__all__ = ["Admission", "AdmissionStatistics", "Lease", "Limits"]
+__all__ = [
+    "Admission",
+    "AdmissionStatistics",
+    "Lease",
+    "LeaseContext",
+    "Limits",
+    "estimate_retry_after",
+]
+
+L = TypeVar("L", bound="Lease")
 
 _RETRY_AFTER_MIN = 1.0
 _RETRY_AFTER_MAX = 60.0
@@ -115,6 +125,15 @@ class Limits(Protocol):
 
     def statistics(self) -> AdmissionStatistics: ...
 
+    @property
+    def ready(self) -> bool:
+        """Whether new work can be admitted at all (``/readyz`` answers 503 when not)."""
+        ...
+
+    def status(self) -> dict[str, Any] | None:
+        """Extra state for ``/readyz`` and ``/metrics`` (mode, health), or None."""
+        ...
+
 
 class _Waiter:
     """One queued request: ``granted`` is set once a released slot was handed to it."""
@@ -126,17 +145,26 @@ class _Waiter:
         self.granted = trio.Event()
 
 
-class _LeaseContext:
-    __slots__ = ("_admission", "_borrower", "_key", "_lease")
+class LeaseContext(Generic[L]):
+    """``async with`` one lease: ``acquire()`` on entry, ``release(lease, exc)`` on every way out.
 
-    def __init__(self, admission: Admission, key: str | None) -> None:
-        self._admission = admission
-        self._key = key
-        self._borrower = object()
-        self._lease: Lease | None = None
+    The one lease context of every :class:`Limits` implementation: the slot is
+    given back exactly once, whether the block ends, raises or is cancelled.
+    """
 
-    async def __aenter__(self) -> Lease:
-        self._lease = await self._admission._acquire(self._key, self._borrower)
+    __slots__ = ("_acquire", "_lease", "_release")
+
+    def __init__(
+        self,
+        acquire: Callable[[], Awaitable[L]],
+        release: Callable[[L, BaseException | None], Awaitable[None] | None],
+    ) -> None:
+        self._acquire = acquire
+        self._release = release
+        self._lease: L | None = None
+
+    async def __aenter__(self) -> L:
+        self._lease = await self._acquire()
         return self._lease
 
     async def __aexit__(
@@ -147,7 +175,20 @@ class _LeaseContext:
     ) -> None:
         lease, self._lease = self._lease, None
         if lease is not None:
-            self._admission._release(lease, self._borrower)
+            # A synchronous release gives the slot back before any checkpoint, so
+            # a cancellation cannot come between the block's end and the release.
+            pending = self._release(lease, exc)
+            if pending is not None:
+                await pending
+
+
+def estimate_retry_after(mean_service_time: float, position: int, capacity: int) -> float:
+    """Seconds a refused client should wait: service time x (queue position + 1) / capacity.
+
+    Clamped to [1, 60]: never "retry now", never "come back tomorrow".
+    """
+    estimate = mean_service_time * (position + 1) / max(1, capacity)
+    return min(_RETRY_AFTER_MAX, max(_RETRY_AFTER_MIN, estimate))
 
 
 class Admission:
@@ -253,7 +294,11 @@ class Admission:
 
     def lease(self, key: str | None = None) -> AbstractAsyncContextManager[Lease]:
         """Wait for a slot (bounded); ``async with`` it. See the class docstring."""
-        return _LeaseContext(self, key)
+        borrower = object()
+        return LeaseContext(
+            lambda: self._acquire(key, borrower),
+            lambda lease, _exc: self._release(lease, borrower),
+        )
 
     def refuse_nowait(self, key: str | None = None) -> AdmissionError | None:
         """See :meth:`Limits.refuse_nowait`: the key is at its cap, or no slot and a full queue."""
@@ -306,13 +351,21 @@ class Admission:
         )
 
     def retry_after(self, position: int | None = None) -> float:
-        """Seconds a refused client should wait: service time x queue position / capacity.
+        """Seconds a refused client should wait (:func:`estimate_retry_after`).
 
-        Clamped to [1, 60]. ``position`` defaults to the current queue length.
+        ``position`` defaults to the current queue length.
         """
         pos = self._queued if position is None else position
-        estimate = self._mean_service_time * (pos + 1) / self.max_concurrency
-        return min(_RETRY_AFTER_MAX, max(_RETRY_AFTER_MIN, estimate))
+        return estimate_retry_after(self._mean_service_time, pos, self.max_concurrency)
+
+    @property
+    def ready(self) -> bool:
+        """Always: in-process admission has nothing that can be unavailable."""
+        return True
+
+    def status(self) -> None:
+        """Nothing beyond :meth:`statistics`."""
+        return None
 
     async def _acquire(self, key: str | None, borrower: object) -> Lease:
         if key is not None and self._per_key is not None:

@@ -1,9 +1,9 @@
 """The non-streamed work: one admitted chat call collected into a :class:`ChatResult`, and batches.
 
 Used by ``POST /chat``, the non-streamed branch of ``/v1/chat/completions``
-and every item of ``POST /chat/batch``. Each call takes a lease from the
-gateway's :class:`~trio_agent.server.Limits` first, so nothing (a batch
-included) reaches the upstream past the global cap.
+and every item of ``POST /chat/batch`` (JSON and SSE). Each call takes a
+lease from the gateway's :class:`~trio_agent.server.Limits` first, so nothing
+(a batch included) reaches the upstream past the global cap.
 """
 
 from __future__ import annotations
@@ -11,25 +11,27 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from ..concurrency import Outcome, map_concurrently
-from ..errors import (
-    DeadlineError,
-    ShuttingDownError,
-    TrioAgentError,
-    UpstreamError,
-)
-from ..llm import ChatRequest, Usage
-from ._drain import SHUTTING_DOWN, RequestControl
+from ..errors import DeadlineError, TrioAgentError, UpstreamError
+from ..llm import ChatBackend, ChatRequest, Usage
+from ._admission import Limits
+from ._context import RequestContext
+from ._drain import SHUTTING_DOWN, Drain, RequestControl, shutting_down_error
 from ._errors import as_trio_agent_error, error_fields
+from ._metrics import GatewayMetrics
 
-if TYPE_CHECKING:
-    from ._app import Gateway, RequestInfo
-
-__all__ = ["ChatResult", "batch_item_payload", "collect", "complete", "run_batch"]
+__all__ = [
+    "ChatResult",
+    "ChatService",
+    "batch_item_payload",
+    "request_timeout_error",
+    "timeout_outcome",
+    "usage_payload",
+]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -74,71 +76,109 @@ def request_timeout_error(timeout: float) -> DeadlineError:
     return DeadlineError(f"request exceeded request_timeout of {timeout:g}s", timeout=timeout)
 
 
-def shutting_down_error() -> ShuttingDownError:
-    return ShuttingDownError("server is shutting down", retry_after=1.0)
+class ChatService:
+    """Whole (non-streamed) chat calls: each one admitted, under the request deadline and the drain.
 
+    Holds only what such a call needs: the backend, the limits, the metrics,
+    the drain switch and the request timeout.
+    """
 
-async def collect(
-    gw: Gateway,
-    request: ChatRequest,
-    info: RequestInfo,
-    ctrl: RequestControl | None = None,
-) -> ChatResult:
-    """Take a lease, stream the reply from the backend and gather it whole."""
-    metrics = gw.metrics
-    async with gw.limits.lease(info.key_id) as lease:
-        if ctrl is not None:
-            ctrl.admitted = True
-        metrics.queue_wait.observe(lease.queued)
-        parts: list[str] = []
-        first_at: float | None = None
-        usage: Usage | None = None
-        finish: str | None = None
-        try:
-            async with gw.backend.stream_chat(request) as chunks:
-                async for chunk in chunks:
-                    if chunk.delta:
-                        if first_at is None:
-                            first_at = trio.current_time()
-                        parts.append(chunk.delta)
-                    if chunk.finish_reason is not None:
-                        finish = chunk.finish_reason
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-        except UpstreamError as exc:
-            metrics.count_upstream_error(exc.code)
-            raise
-    end = trio.current_time()
-    start = info.started_at
-    if first_at is not None:
-        metrics.ttft.observe(first_at - start)
-    metrics.total.observe(end - start)
-    return ChatResult(
-        content="".join(parts),
-        finish_reason=finish,
-        usage=usage or Usage(prompt_tokens=0, completion_tokens=len(parts)),
-        model=request.model or gw.backend.model,
-        queued_ms=lease.queued * 1000.0,
-        ttft_ms=None if first_at is None else (first_at - start) * 1000.0,
-        total_ms=(end - start) * 1000.0,
-    )
+    __slots__ = ("_backend", "_batch_concurrency", "_drain", "_limits", "_metrics", "_timeout")
 
+    def __init__(
+        self,
+        *,
+        backend: ChatBackend,
+        limits: Limits,
+        metrics: GatewayMetrics,
+        drain: Drain,
+        request_timeout: float,
+        batch_concurrency: int,
+    ) -> None:
+        self._backend = backend
+        self._limits = limits
+        self._metrics = metrics
+        self._drain = drain
+        self._timeout = request_timeout
+        self._batch_concurrency = batch_concurrency
 
-async def complete(gw: Gateway, request: ChatRequest, info: RequestInfo) -> ChatResult:
-    """One whole chat call under the request deadline and the drain; raises on failure."""
-    ctrl = gw.drain.register(gw.config.request_timeout)
-    result: ChatResult | None = None
-    try:
-        with ctrl.scope:
-            result = await collect(gw, request, info, ctrl)
-    finally:
-        gw.drain.unregister(ctrl)
-    if result is not None:
-        return result
-    if ctrl.reason == SHUTTING_DOWN:
-        raise shutting_down_error()
-    gw.metrics.timeouts += 1
-    raise request_timeout_error(gw.config.request_timeout)
+    async def collect(
+        self, request: ChatRequest, ctx: RequestContext, ctrl: RequestControl | None = None
+    ) -> ChatResult:
+        """Take a lease, stream the reply from the backend and gather it whole."""
+        metrics = self._metrics
+        async with self._limits.lease(ctx.key_id) as lease:
+            if ctrl is not None:
+                ctrl.admitted = True
+            metrics.queue_wait.observe(lease.queued)
+            parts: list[str] = []
+            first_at: float | None = None
+            usage: Usage | None = None
+            finish: str | None = None
+            try:
+                async with self._backend.stream_chat(request) as chunks:
+                    async for chunk in chunks:
+                        if chunk.delta:
+                            if first_at is None:
+                                first_at = trio.current_time()
+                            parts.append(chunk.delta)
+                        if chunk.finish_reason is not None:
+                            finish = chunk.finish_reason
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+            except UpstreamError as exc:
+                metrics.count_upstream_error(exc.code)
+                raise
+        end = trio.current_time()
+        start = ctx.started_at
+        if first_at is not None:
+            metrics.ttft.observe(first_at - start)
+        metrics.total.observe(end - start)
+        return ChatResult(
+            content="".join(parts),
+            finish_reason=finish,
+            usage=usage or Usage(prompt_tokens=0, completion_tokens=len(parts)),
+            model=request.model or self._backend.model,
+            queued_ms=lease.queued * 1000.0,
+            ttft_ms=None if first_at is None else (first_at - start) * 1000.0,
+            total_ms=(end - start) * 1000.0,
+        )
+
+    async def complete(self, request: ChatRequest, ctx: RequestContext) -> ChatResult:
+        """One whole chat call under the request deadline and the drain; raises on failure."""
+        result: ChatResult | None = None
+        with self._drain.track(self._timeout) as ctrl:
+            result = await self.collect(request, ctx, ctrl)
+        if result is not None:
+            return result
+        if ctrl.reason == SHUTTING_DOWN:
+            raise shutting_down_error()
+        self._metrics.timeouts += 1
+        raise request_timeout_error(self._timeout)
+
+    async def run_batch(
+        self, requests: Sequence[ChatRequest], ctx: RequestContext
+    ) -> list[dict[str, Any]]:
+        """Every item through admission, ``batch_concurrency`` at once; results in input order."""
+        outcomes: list[Outcome[ChatResult]] = []
+        timeout = self._timeout
+
+        async def one(req: ChatRequest) -> ChatResult:
+            return await self.collect(req, ctx)
+
+        # The batch itself holds no slot (its items take theirs), so it counts as
+        # admitted: a drain gives it the grace period instead of ending it at once.
+        with self._drain.track(math.inf, admitted=True) as ctrl:
+            outcomes = await map_concurrently(
+                one,
+                requests,
+                max_concurrency=self._batch_concurrency,
+                item_timeout=timeout,
+                total_timeout=timeout,
+            )
+        if ctrl.reason == SHUTTING_DOWN:
+            raise shutting_down_error()
+        return [batch_item_payload(o, ctx.request_id) for o in outcomes]
 
 
 def batch_item_payload(outcome: Outcome[ChatResult], request_id: str) -> dict[str, Any]:
@@ -161,31 +201,3 @@ def timeout_outcome(index: int) -> Outcome[ChatResult]:
         status="timeout",
         error=DeadlineError("the batch ran out of time before this item finished"),
     )
-
-
-async def run_batch(
-    gw: Gateway, requests: Sequence[ChatRequest], info: RequestInfo
-) -> list[dict[str, Any]]:
-    """Every item through admission, ``batch_concurrency`` at once; results in input order."""
-    ctrl = gw.drain.register(math.inf)
-    ctrl.admitted = True
-    outcomes: list[Outcome[ChatResult]] = []
-    timeout = gw.config.request_timeout
-
-    async def one(req: ChatRequest) -> ChatResult:
-        return await collect(gw, req, info)
-
-    try:
-        with ctrl.scope:
-            outcomes = await map_concurrently(
-                one,
-                requests,
-                max_concurrency=gw.config.batch_concurrency,
-                item_timeout=timeout,
-                total_timeout=timeout,
-            )
-    finally:
-        gw.drain.unregister(ctrl)
-    if ctrl.reason == SHUTTING_DOWN:
-        raise shutting_down_error()
-    return [batch_item_payload(o, info.request_id) for o in outcomes]

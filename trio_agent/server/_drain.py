@@ -1,7 +1,13 @@
 """Graceful drain: every request registers a cancel scope; shutdown ends them on a deadline.
 
-A request registers a :class:`RequestControl` for its whole life (queue wait,
-upstream call, writing). Its scope carries the request deadline, and anyone
+A request is tracked for its whole life (queue wait, upstream call, writing)::
+
+    with drain.track(config.request_timeout) as ctrl:   # 503 shutting_down if draining
+        ...                                              # runs inside ctrl.scope
+    if ctrl.reason == SHUTTING_DOWN: ...
+
+The control is registered on entry, its scope entered, and both undone on
+every way out, so the registry never holds a finished request. Its scope carries the request deadline, and anyone
 may end it with a *reason*: the client left (``disconnect``), a write stalled
 (``write_stalled``), or the server is shutting down (``shutting_down``). The
 handler reads the reason afterwards to decide the single terminal answer.
@@ -14,16 +20,22 @@ then cancels the rest with reason ``shutting_down``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import trio
 
 from ..errors import ShuttingDownError
 
-__all__ = ["Drain", "RequestControl"]
+__all__ = ["DISCONNECT", "SHUTTING_DOWN", "WRITE_STALLED", "Drain", "RequestControl", "shutting_down_error"]
 
 DISCONNECT = "disconnect"
 WRITE_STALLED = "write_stalled"
 SHUTTING_DOWN = "shutting_down"
+
+
+def shutting_down_error() -> ShuttingDownError:
+    return ShuttingDownError("server is shutting down", retry_after=1.0)
 
 
 class RequestControl:
@@ -67,18 +79,27 @@ class Drain:
     def active(self) -> int:
         return len(self._controls)
 
-    def register(self, timeout: float) -> RequestControl:
-        """A control whose deadline is ``timeout`` from now; 503 ``shutting_down`` when draining."""
-        if self._draining:
-            raise ShuttingDownError("server is shutting down", retry_after=1.0)
-        ctrl = RequestControl(trio.current_time() + timeout if math.isfinite(timeout) else math.inf)
-        self._controls.add(ctrl)
-        return ctrl
+    @contextmanager
+    def track(self, timeout: float, *, admitted: bool = False) -> Iterator[RequestControl]:
+        """Track one request inside a scope whose deadline is ``timeout`` from now.
 
-    def unregister(self, ctrl: RequestControl) -> None:
-        self._controls.discard(ctrl)
-        if self._draining and not self._controls:
-            self._empty.set()
+        Raises :class:`~trio_agent.errors.ShuttingDownError` (503) on entry
+        when draining. ``admitted=True`` for work that never waits for a slot
+        of its own (a batch: its items take theirs), so starting a drain does
+        not end it before ``grace``.
+        """
+        if self._draining:
+            raise shutting_down_error()
+        ctrl = RequestControl(trio.current_time() + timeout if math.isfinite(timeout) else math.inf)
+        ctrl.admitted = admitted
+        self._controls.add(ctrl)
+        try:
+            with ctrl.scope:
+                yield ctrl
+        finally:
+            self._controls.discard(ctrl)
+            if self._draining and not self._controls:
+                self._empty.set()
 
     def start(self) -> None:
         """Refuse new requests and end those not yet admitted (idempotent)."""

@@ -1,21 +1,40 @@
-"""The one place that turns errors into HTTP answers: status codes, JSON bodies, SSE events.
+"""The error renderer: the one place that turns errors into HTTP answers.
 
 Inner layers raise :class:`~trio_agent.errors.TrioAgentError` subclasses; this
-module decides what a client sees. Every error body has the shape::
+module decides what a client sees, for every route: the status, the JSON body,
+the headers (``Retry-After``, ``Allow``, ``WWW-Authenticate``) and the data of
+a terminal SSE ``error`` event. The front (streamed routes, early refusals)
+and the Quart handlers both render through :func:`render_error`.
+
+Every error body has the shape::
 
     {"error": {"code": "overloaded", "message": "...", "retryable": true,
                "request_id": "...", ...extra fields such as "field" or "retry_after"}}
 
-and the OpenAI-compatible routes use OpenAI's ``{"error": {"message", "type",
-"code", "param"}}``. An unexpected exception becomes a 500 ``internal_error``
-whose message says nothing about the code (never a traceback).
+and the OpenAI-compatible routes (``/v1/...``) use OpenAI's ``{"error":
+{"message", "type", "code", "param"}}``. An unexpected exception becomes a 500
+``internal_error`` whose message says nothing about the code (never a
+traceback).
+
+Statuses: admission and request errors carry their own ``status_code`` (our
+answer, fixed by the error's class or constructor). Upstream errors carry what
+the upstream answered (``upstream_status``) and are mapped here: an upstream
+4xx that blames the request (bad model, prompt too long) is our 400; a
+deadline is 504; anything else, ``upstream_unavailable`` (connection refused,
+dropped, not retried because the retry budget is spent) included, is 502: the
+gateway itself is up and would serve another upstream, so 503 (which says
+"this instance is overloaded or draining", and makes a load balancer take it
+out) would be wrong.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from werkzeug.exceptions import HTTPException
 
 from ..errors import (
@@ -29,19 +48,37 @@ from ..errors import (
     TrioAgentError,
     UpstreamError,
     UpstreamStatusError,
-    UpstreamTimeoutError,
 )
+from ._context import Headers, RequestContext
 
 __all__ = [
+    "Rendered",
     "as_trio_agent_error",
+    "error_fields",
     "error_headers",
+    "error_response",
     "error_payload",
+    "internal_error",
+    "json_response",
     "openai_error_payload",
+    "render_error",
+    "send_error",
+    "send_json",
     "sse_error_data",
     "status_for",
 ]
 
-Headers = list[tuple[bytes, bytes]]
+Message = dict[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+# Upstream 4xx answers that say nothing about the request itself: our key, our
+# rate or the upstream's own time ran out. They stay a bad gateway (502).
+_UPSTREAM_NOT_CLIENTS_FAULT = frozenset({401, 403, 408, 429})
+_RETRY_AFTER_HEADER_MIN = 1
+
+
+def internal_error() -> TrioAgentError:
+    return TrioAgentError("internal server error")
 
 
 def as_trio_agent_error(exc: BaseException) -> TrioAgentError:
@@ -58,27 +95,28 @@ def as_trio_agent_error(exc: BaseException) -> TrioAgentError:
         if code == 413:
             return PayloadTooLargeError("request body too large")
         if code == 408:
-            err = RequestError("request body not received in time", code="body_timeout")
-            err.status_code = 408
-            return err
+            return RequestError(
+                "request body not received in time", code="body_timeout", status_code=408
+            )
         if 400 <= code < 500:
-            err = RequestError(exc.description or "bad request", code=f"http_{code}")
-            err.status_code = code
-            return err
-    internal = TrioAgentError("internal server error")
-    return internal
+            return RequestError(
+                exc.description or "bad request", code=f"http_{code}", status_code=code
+            )
+    return internal_error()
 
 
 def status_for(exc: TrioAgentError) -> int:
-    """The HTTP status for an error (before any byte of the response was sent)."""
+    """Our HTTP status for an error (before any byte of the response was sent)."""
     if isinstance(exc, (AdmissionError, RequestError)):
         return int(exc.status_code)
-    if isinstance(exc, UpstreamStatusError) and exc.status_code is not None:
-        # The upstream refused the request itself (bad model, prompt too long):
-        # the client's fault, say so; everything else is a bad gateway.
-        if 400 <= exc.status_code < 500 and exc.status_code not in (401, 403, 408, 429):
-            return 400
-    if isinstance(exc, (UpstreamTimeoutError, DeadlineError)):
+    if (
+        isinstance(exc, UpstreamStatusError)
+        and exc.upstream_status is not None
+        and 400 <= exc.upstream_status < 500
+        and exc.upstream_status not in _UPSTREAM_NOT_CLIENTS_FAULT
+    ):
+        return 400
+    if isinstance(exc, DeadlineError):  # UpstreamTimeoutError is one too
         return 504
     if isinstance(exc, UpstreamError):
         return 502
@@ -91,9 +129,12 @@ def _retryable(exc: TrioAgentError) -> bool:
     return bool(exc.retryable)
 
 
-def _retry_after(exc: TrioAgentError) -> float | None:
+def _retry_after(exc: TrioAgentError) -> int | None:
+    """Whole seconds to wait before a retry (rounded up, at least 1), if the error says."""
     value = getattr(exc, "retry_after", None)
-    return float(value) if isinstance(value, (int, float)) else None
+    if not isinstance(value, (int, float)):
+        return None
+    return max(_RETRY_AFTER_HEADER_MIN, math.ceil(value))
 
 
 def error_fields(exc: TrioAgentError, request_id: str) -> dict[str, Any]:
@@ -110,9 +151,9 @@ def error_fields(exc: TrioAgentError, request_id: str) -> dict[str, Any]:
         fields["limit_bytes"] = exc.limit
     retry_after = _retry_after(exc)
     if retry_after is not None:
-        fields["retry_after"] = math.ceil(retry_after)
-    if isinstance(exc, UpstreamError) and exc.status_code is not None:
-        fields["upstream_status"] = exc.status_code
+        fields["retry_after"] = retry_after
+    if isinstance(exc, UpstreamError) and exc.upstream_status is not None:
+        fields["upstream_status"] = exc.upstream_status
     return fields
 
 
@@ -152,14 +193,84 @@ def openai_error_payload(exc: TrioAgentError, request_id: str) -> dict[str, Any]
     }
 
 
-def error_headers(exc: TrioAgentError) -> Headers:
-    """Extra headers: ``Retry-After`` (whole seconds), ``Allow``, ``WWW-Authenticate``."""
+def _error_headers(exc: TrioAgentError, status: int) -> Headers:
     headers: Headers = []
     retry_after = _retry_after(exc)
     if retry_after is not None:
-        headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
+        headers.append((b"retry-after", str(retry_after).encode()))
     if isinstance(exc, MethodNotAllowedError) and exc.allowed:
         headers.append((b"allow", ", ".join(sorted(exc.allowed)).encode()))
-    if status_for(exc) == 401:
+    if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="trio_agent"'))
     return headers
+
+
+def error_headers(exc: TrioAgentError) -> Headers:
+    """Extra headers: ``Retry-After`` (whole seconds), ``Allow``, ``WWW-Authenticate``."""
+    return _error_headers(exc, status_for(exc))
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """An error as an HTTP answer: status, the error's own headers, the JSON body."""
+
+    status: int
+    headers: Headers
+    body: dict[str, Any]
+
+
+def render_error(exc: TrioAgentError, ctx: RequestContext) -> Rendered:
+    """The answer for ``exc`` on this request (our shape or OpenAI's); notes the outcome."""
+    ctx.outcome = exc.code
+    status = status_for(exc)
+    body = (
+        openai_error_payload(exc, ctx.request_id)
+        if ctx.openai
+        else error_payload(exc, ctx.request_id)
+    )
+    return Rendered(status, _error_headers(exc, status), body)
+
+
+def json_response(
+    status: int, body: Any, ctx: RequestContext, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> tuple[int, Headers, bytes]:
+    """A whole JSON response as ``(status, headers, body)``; notes the status in ``ctx``."""
+    data = orjson.dumps(body)
+    ctx.status = status
+    return (
+        status,
+        [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+            *ctx.response_headers,
+            *headers,
+        ],
+        data,
+    )
+
+
+def error_response(exc: TrioAgentError, ctx: RequestContext) -> tuple[int, Headers, bytes]:
+    """The whole error answer as ``(status, headers, body)``, for the front and early refusals."""
+    rendered = render_error(exc, ctx)
+    return json_response(rendered.status, rendered.body, ctx, rendered.headers)
+
+
+async def _send_whole(send: Send, status: int, headers: Headers, data: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: Any,
+    ctx: RequestContext,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """A whole JSON response over ASGI."""
+    await _send_whole(send, *json_response(status, body, ctx, headers))
+
+
+async def send_error(send: Send, exc: TrioAgentError, ctx: RequestContext) -> None:
+    """The whole error answer over ASGI (only before any byte of the response was sent)."""
+    await _send_whole(send, *error_response(exc, ctx))

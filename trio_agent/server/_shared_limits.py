@@ -31,7 +31,6 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any
 
 import trio
@@ -39,7 +38,7 @@ import trio
 from ..concurrency import LoopLag
 from ..config import ServerConfig
 from ..errors import AdmissionError, KeyLimitError, OverloadedError
-from ._admission import Admission, AdmissionStatistics, Lease
+from ._admission import Admission, AdmissionStatistics, Lease, LeaseContext, estimate_retry_after
 
 __all__ = ["SharedLimits", "open_shared_limits"]
 
@@ -112,29 +111,6 @@ class _SharedLease(Lease):
         self.id = id
         self.key_set = key_set
         self.local: Any = None  # the fallback lease context when admitted locally
-
-
-class _LeaseContext:
-    __slots__ = ("_key", "_lease", "_limits")
-
-    def __init__(self, limits: SharedLimits, key: str | None) -> None:
-        self._limits = limits
-        self._key = key
-        self._lease: _SharedLease | None = None
-
-    async def __aenter__(self) -> Lease:
-        self._lease = await self._limits._acquire(self._key)
-        return self._lease
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            await self._limits._release(lease, exc_type, exc, tb)
 
 
 class SharedLimits:
@@ -210,9 +186,9 @@ class SharedLimits:
             f" queued={self._queued} max_concurrency={self._config.max_concurrency}>"
         )
 
-    def lease(self, key: str | None = None) -> _LeaseContext:
+    def lease(self, key: str | None = None) -> LeaseContext[_SharedLease]:
         """Wait (bounded) for a global slot; ``async with`` it."""
-        return _LeaseContext(self, key)
+        return LeaseContext(lambda: self._acquire(key), self._release)
 
     def refuse_nowait(self, key: str | None = None) -> AdmissionError | None:
         """The loop-lag refusal if this process lags, else None: only Redis knows whether
@@ -244,9 +220,8 @@ class SharedLimits:
     # -- acquire and release -----------------------------------------------------------
 
     def _retry_after(self) -> float:
-        return min(
-            60.0,
-            max(1.0, self._mean_service_time * (self._queued + 1) / self._config.max_concurrency),
+        return estimate_retry_after(
+            self._mean_service_time, self._queued, self._config.max_concurrency
         )
 
     def _held(self) -> int:
@@ -354,17 +329,13 @@ class SharedLimits:
         lease.local = ctx
         return lease
 
-    async def _release(
-        self,
-        lease: _SharedLease,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _release(self, lease: _SharedLease, exc: BaseException | None) -> None:
         held = trio.current_time() - lease.admitted_at
         self._mean_service_time += 0.1 * (held - self._mean_service_time)
         if lease.local is not None:
-            await lease.local.__aexit__(exc_type, exc, tb)
+            await lease.local.__aexit__(
+                None if exc is None else type(exc), exc, None if exc is None else exc.__traceback__
+            )
             return
         del self._live[lease.id]  # synchronously: renewal stops at once
         # If Redis is gone the lease simply expires; never hang a request on it.

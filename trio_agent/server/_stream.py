@@ -31,39 +31,39 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import trio
 
 from ..concurrency import Outcome, as_completed
+from ..config import ServerConfig
 from ..errors import TrioAgentError, UpstreamError
-from ..llm import ChatChunk, ChatRequest, Usage
+from ..llm import ChatBackend, ChatChunk, ChatRequest, Usage
 from ..sse import encode_comment, encode_event
-from ._admission import Lease
+from ._admission import Lease, Limits
 from ._chat import (
     ChatResult,
+    ChatService,
     batch_item_payload,
-    collect,
     request_timeout_error,
-    shutting_down_error,
     timeout_outcome,
     usage_payload,
 )
+from ._context import RequestContext
 from ._direct import ClientGoneError, DirectBody, direct_body
-from ._drain import DISCONNECT, SHUTTING_DOWN, WRITE_STALLED, RequestControl
-from ._errors import (
-    error_headers,
-    error_payload,
-    openai_error_payload,
-    sse_error_data,
-    status_for,
+from ._drain import (
+    DISCONNECT,
+    SHUTTING_DOWN,
+    WRITE_STALLED,
+    Drain,
+    RequestControl,
+    shutting_down_error,
 )
+from ._errors import internal_error, openai_error_payload, sse_error_data
+from ._metrics import GatewayMetrics
 
-if TYPE_CHECKING:
-    from ._app import Gateway, RequestInfo
-
-__all__ = ["NativeFormat", "OpenAIFormat", "serve_batch_stream", "serve_stream", "send_json"]
+__all__ = ["NativeFormat", "OpenAIFormat", "StreamService"]
 
 logger = logging.getLogger("trio_agent.server")
 
@@ -84,57 +84,6 @@ SSE_HEADERS: Headers = [
 
 def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
-
-
-def json_response(
-    status: int,
-    body: Any,
-    info: RequestInfo,
-    headers: Sequence[tuple[bytes, bytes]] = (),
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """A whole JSON response as ``(status, headers, body)``; notes the status in ``info``."""
-    data = orjson.dumps(body)
-    info.status = status
-    return (
-        status,
-        [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(data)).encode()),
-            *info.response_headers,
-            *headers,
-        ],
-        data,
-    )
-
-
-def error_response(
-    exc: TrioAgentError, info: RequestInfo, *, openai: bool
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The JSON error answer for ``exc``, in our shape or OpenAI's; notes it in ``info``."""
-    info.outcome = exc.code
-    body = openai_error_payload(exc, info.request_id) if openai else error_payload(exc, info.request_id)
-    return json_response(status_for(exc), body, info, error_headers(exc))
-
-
-async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], data: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data, "more_body": False})
-
-
-async def send_json(
-    send: Send,
-    status: int,
-    body: Any,
-    info: RequestInfo,
-    headers: Sequence[tuple[bytes, bytes]] = (),
-) -> None:
-    """A whole JSON response (used before any streamed byte was sent)."""
-    await _send_whole(send, *json_response(status, body, info, headers))
-
-
-async def send_error(send: Send, exc: TrioAgentError, info: RequestInfo, *, openai: bool) -> None:
-    """The JSON error answer for ``exc``, in our shape or OpenAI's."""
-    await _send_whole(send, *error_response(exc, info, openai=openai))
 
 
 # -- event formats --------------------------------------------------------------------
@@ -234,10 +183,10 @@ class _Responder:
 
     __slots__ = (
         "_ctrl",
-        "_gw",
         "_pending_since",
         "_send",
         "_stall",
+        "_svc",
         "_write_timeout",
         "direct",
         "info",
@@ -245,11 +194,11 @@ class _Responder:
         "terminal_sent",
     )
 
-    def __init__(self, gw: Gateway, send: Send, ctrl: RequestControl, info: RequestInfo) -> None:
-        self._gw = gw
+    def __init__(self, svc: StreamService, send: Send, ctrl: RequestControl, info: RequestContext) -> None:
+        self._svc = svc
         self._send = send
         self._ctrl = ctrl
-        self._write_timeout = gw.config.write_timeout
+        self._write_timeout = svc.config.write_timeout
         self._stall = trio.CancelScope()
         self._pending_since: float | None = None
         self.direct: DirectBody | None = None
@@ -280,8 +229,8 @@ class _Responder:
             if since is not None and trio.current_time() - since >= self._write_timeout:
                 break
         self._ctrl.cancel(WRITE_STALLED)
-        self._gw.metrics.write_stalls += 1
-        abort = self._gw.abort_transport
+        self._svc.metrics.write_stalls += 1
+        abort = self._svc.abort_transport
         if abort is not None:
             abort(self._send)
 
@@ -315,7 +264,7 @@ class _Responder:
             }
         )
         self.started = True
-        if self._gw.config.direct_writes:
+        if self._svc.config.direct_writes:
             self.direct = direct_body(self._send)
 
     async def write(self, data: bytes) -> None:
@@ -524,10 +473,10 @@ class _TokenPipe:
         return taken, tokens
 
 
-async def _produce(gw: Gateway, request: ChatRequest, info: RequestInfo, pipe: _TokenPipe) -> None:
+async def _produce(svc: StreamService, request: ChatRequest, info: RequestContext, pipe: _TokenPipe) -> None:
     """The upstream reader of an admitted stream: backend chunks into ``pipe``, then close it."""
     try:
-        async with gw.backend.stream_chat(request) as chunks:
+        async with svc.backend.stream_chat(request) as chunks:
             ready = getattr(chunks, "receive_nowait", None)
             async for chunk in chunks:
                 # The backend's own wait was this iteration's checkpoint. Chunks that
@@ -541,15 +490,15 @@ async def _produce(gw: Gateway, request: ChatRequest, info: RequestInfo, pipe: _
         pipe.close()
     except TrioAgentError as exc:
         if isinstance(exc, UpstreamError):
-            gw.metrics.count_upstream_error(exc.code)
+            svc.metrics.count_upstream_error(exc.code)
         pipe.close(exc)
     except Exception:
         logger.exception("backend failed (request_id=%s)", info.request_id)
-        pipe.close(TrioAgentError("internal server error"))
+        pipe.close(internal_error())
 
 
 async def _write_stream(
-    gw: Gateway,
+    svc: StreamService,
     out: _Responder,
     pipe: _TokenPipe,
     lease: Lease,
@@ -557,14 +506,14 @@ async def _write_stream(
 ) -> None:
     """The writer: head and thinking event, then whatever the producer could not send, then the end."""
     info = out.info
-    metrics = gw.metrics
+    metrics = svc.metrics
     fmt = pipe.fmt
-    model = request.model or gw.backend.model
+    model = request.model or svc.backend.model
     await out.start()
     metrics.streams_started += 1
     await out.write(fmt.begin(lease, model))
     pipe.last_write_at = trio.current_time()
-    keepalive_interval = gw.config.keepalive_interval
+    keepalive_interval = svc.config.keepalive_interval
     while True:
         # The keepalive deadline is armed from the last write, and re-armed only
         # when it fires early: one cancel scope per keepalive interval, not per token.
@@ -616,131 +565,111 @@ async def _write_stream(
         pipe.writing = False
 
 
-async def serve_stream(
-    gw: Gateway,
-    info: RequestInfo,
-    receive: Receive,
-    send: Send,
-    request: ChatRequest,
-    fmt: NativeFormat | OpenAIFormat,
-) -> None:
-    """Answer one streamed chat request; every path ends with one terminal answer if the client is there."""
-    try:
-        ctrl = gw.drain.register(gw.config.request_timeout)
-    except TrioAgentError as exc:
-        await send_error(send, exc, info, openai=fmt.openai)
-        return
-    refusal = gw.limits.refuse_nowait(info.key_id)
-    if refusal is not None:
-        # Refused at once (queue full, key at its cap): a plain 503/429, no stream set up.
-        gw.drain.unregister(ctrl)
-        await send_error(send, refusal, info, openai=fmt.openai)
-        return
-    out = _Responder(gw, send, ctrl, info)
-    refused: TrioAgentError | None = None
-    try:
-        with ctrl.scope:
+class StreamService:
+    """Serves the streamed routes: one request nursery per request, reader and writer inside it.
+
+    Holds what a stream needs and nothing else: the backend, the limits, the
+    metrics, the drain switch, the whole-call service (batch items) and the
+    server's ``abort_transport`` hook (set by whoever serves the app; it closes
+    the connection under a write that stalled, see :meth:`_Responder.watchdog`).
+
+    Errors before the response head (drain, refusal, a deadline while queued)
+    are raised, not written: the front renders them through the one error
+    renderer. Once the head is out, the stream ends with exactly one terminal
+    event instead.
+    """
+
+    __slots__ = ("abort_transport", "backend", "chat", "config", "drain", "limits", "metrics")
+
+    def __init__(
+        self,
+        *,
+        config: ServerConfig,
+        backend: ChatBackend,
+        limits: Limits,
+        metrics: GatewayMetrics,
+        drain: Drain,
+        chat: ChatService,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.limits = limits
+        self.metrics = metrics
+        self.drain = drain
+        self.chat = chat
+        self.abort_transport: Callable[[Send], bool] | None = None
+
+    async def serve(
+        self,
+        info: RequestContext,
+        receive: Receive,
+        send: Send,
+        request: ChatRequest,
+        fmt: NativeFormat | OpenAIFormat,
+    ) -> None:
+        """Answer one streamed chat request; every path ends with one terminal answer if the client is there."""
+        svc = self
+        out: _Responder | None = None
+        refused: TrioAgentError | None = None
+        with svc.drain.track(svc.config.request_timeout) as ctrl:
+            # Refused at once (queue full, key at its cap): a plain 503/429, no stream set up.
+            refusal = svc.limits.refuse_nowait(info.key_id)
+            if refusal is not None:
+                raise refusal
+            out = _Responder(svc, send, ctrl, info)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_disconnect, receive, ctrl)
                 nursery.start_soon(out.watchdog)
                 try:
                     # The lease is taken here, not in the producer: a free slot costs no
-                    # scheduler pass, so the head and thinking event go out in the pass the
-                    # request arrived in. Under load each pass is tens of milliseconds of TTFT.
-                    async with gw.limits.lease(info.key_id) as lease:
+                    # scheduler pass, so the head and the first event go out in the pass
+                    # the request arrived in.
+                    async with svc.limits.lease(info.key_id) as lease:
                         ctrl.admitted = True
-                        gw.metrics.queue_wait.observe(lease.queued)
-                        pipe = _TokenPipe(out, fmt, gw.metrics)
+                        svc.metrics.queue_wait.observe(lease.queued)
+                        pipe = _TokenPipe(out, fmt, svc.metrics)
                         # The stream nursery: the upstream reader ends (its response closed,
                         # however the request ends) before the slot is given back.
                         async with trio.open_nursery() as stream:
-                            stream.start_soon(_produce, gw, request, info, pipe)
-                            await _write_stream(gw, out, pipe, lease, request)
+                            stream.start_soon(_produce, svc, request, info, pipe)
+                            await _write_stream(svc, out, pipe, lease, request)
                 except TrioAgentError as exc:
                     if ctrl.admitted:
                         raise
                     refused = exc
                 nursery.cancel_scope.cancel()
-    finally:
-        gw.drain.unregister(ctrl)
-    await _finish(gw, out, ctrl, fmt, refused)
+        await _finish(svc, out, ctrl, fmt, refused)
 
+    async def serve_batch(
+        self,
+        info: RequestContext,
+        receive: Receive,
+        send: Send,
+        requests: Sequence[ChatRequest],
+    ) -> None:
+        """``POST /chat/batch`` with ``Accept: text/event-stream``: one ``result`` event per item.
 
-async def _finish(
-    gw: Gateway,
-    out: _Responder,
-    ctrl: RequestControl,
-    fmt: NativeFormat | OpenAIFormat,
-    refused: TrioAgentError | None,
-) -> None:
-    """After the request scope: write the single terminal answer the path still owes."""
-    info = out.info
-    metrics = gw.metrics
-    if ctrl.reason == DISCONNECT:
-        metrics.disconnects += 1
-        info.outcome = DISCONNECT
-        return
-    if ctrl.reason == WRITE_STALLED:
-        info.outcome = WRITE_STALLED
-        return
-    if refused is not None:
-        await send_error(out._send, refused, info, openai=fmt.openai)
-        return
-    if out.terminal_sent:
-        await out.finish_unwatched()
-        return
-    if ctrl.reason == SHUTTING_DOWN:
-        exc: TrioAgentError = shutting_down_error()
-        if out.started:
-            metrics.drain_cancelled += 1
-    else:
-        metrics.timeouts += 1
-        exc = request_timeout_error(gw.config.request_timeout)
-    info.outcome = exc.code
-    if out.started:
-        await out.finish_unwatched(fmt.error(exc))
-    else:
-        await send_error(out._send, exc, info, openai=fmt.openai)
+        Items go through admission one by one (a batch never bypasses the global
+        cap), ``batch_concurrency`` at a time. Items still running when the
+        request deadline passes are reported as ``timeout``; then ``done``.
+        """
+        svc = self
+        fmt = NativeFormat(info.request_id)
+        pending = set(range(len(requests)))
+        counts = {"ok": 0, "error": 0, "timeout": 0}
 
+        async def one(index: int) -> ChatResult:
+            return await svc.chat.collect(requests[index], info)
 
-# -- batches over SSE -------------------------------------------------------------------
+        async def report(outcome: Outcome[ChatResult]) -> bytes:
+            payload = batch_item_payload(outcome, info.request_id)
+            counts[payload["status"]] += 1
+            pending.discard(outcome.index)
+            return fmt.event("result", payload)
 
-
-async def serve_batch_stream(
-    gw: Gateway,
-    info: RequestInfo,
-    receive: Receive,
-    send: Send,
-    requests: Sequence[ChatRequest],
-) -> None:
-    """``POST /chat/batch`` with ``Accept: text/event-stream``: one ``result`` event per item.
-
-    Items go through admission one by one (a batch never bypasses the global
-    cap), ``batch_concurrency`` at a time. Items still running when the
-    request deadline passes are reported as ``timeout``; then ``done``.
-    """
-    fmt = NativeFormat(info.request_id)
-    try:
-        ctrl = gw.drain.register(gw.config.request_timeout)
-    except TrioAgentError as exc:
-        await send_error(send, exc, info, openai=False)
-        return
-    ctrl.admitted = True
-    out = _Responder(gw, send, ctrl, info)
-    pending = set(range(len(requests)))
-    counts = {"ok": 0, "error": 0, "timeout": 0}
-
-    async def one(index: int) -> ChatResult:
-        return await collect(gw, requests[index], info)
-
-    async def report(outcome: Outcome[ChatResult]) -> bytes:
-        payload = batch_item_payload(outcome, info.request_id)
-        counts[payload["status"]] += 1
-        pending.discard(outcome.index)
-        return fmt.event("result", payload)
-
-    try:
-        with ctrl.scope:
+        # The batch holds no slot of its own (its items take theirs): admitted.
+        with svc.drain.track(svc.config.request_timeout, admitted=True) as ctrl:
+            out = _Responder(svc, send, ctrl, info)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_disconnect, receive, ctrl)
                 nursery.start_soon(out.watchdog)
@@ -751,8 +680,8 @@ async def serve_batch_stream(
                 async with as_completed(
                     one,
                     range(len(requests)),
-                    max_concurrency=gw.config.batch_concurrency,
-                    item_timeout=gw.config.request_timeout,
+                    max_concurrency=svc.config.batch_concurrency,
+                    item_timeout=svc.config.request_timeout,
                 ) as outcomes:
                     async for outcome in outcomes:
                         await out.write(await report(outcome))
@@ -760,15 +689,52 @@ async def serve_batch_stream(
                 out.terminal_sent = True
                 info.outcome = "done"
                 nursery.cancel_scope.cancel()
-    finally:
-        gw.drain.unregister(ctrl)
-    if out.terminal_sent or ctrl.reason in (DISCONNECT, WRITE_STALLED, SHUTTING_DOWN):
-        await _finish(gw, out, ctrl, fmt, None)
+        if out.terminal_sent or ctrl.reason in (DISCONNECT, WRITE_STALLED, SHUTTING_DOWN):
+            await _finish(svc, out, ctrl, fmt, None)
+            return
+        # The request deadline passed: the items still out are timeouts, then done.
+        svc.metrics.timeouts += 1
+        tail = b"".join([await report(timeout_outcome(i)) for i in sorted(pending)])
+        info.outcome = "timeout"
+        await out.finish_unwatched(tail + fmt.event("done", {"items": len(requests), **counts}))
+
+
+async def _finish(
+    svc: StreamService,
+    out: _Responder | None,
+    ctrl: RequestControl,
+    fmt: NativeFormat | OpenAIFormat,
+    refused: TrioAgentError | None,
+) -> None:
+    """After the request scope: the single terminal answer the path still owes.
+
+    Before the head was sent, that answer is an error raised to the front;
+    after it, one SSE ``error`` event or the end of the body.
+    """
+    metrics = svc.metrics
+    if ctrl.reason == DISCONNECT:
+        metrics.disconnects += 1
+        if out is not None:
+            out.info.outcome = DISCONNECT
         return
-    # The request deadline passed: the items still out are timeouts, then done.
-    gw.metrics.timeouts += 1
-    tail = b"".join([await report(timeout_outcome(i)) for i in sorted(pending)])
-    info.outcome = "timeout"
-    await out.finish_unwatched(
-        tail + fmt.event("done", {"items": len(requests), **counts})
-    )
+    if ctrl.reason == WRITE_STALLED:
+        if out is not None:
+            out.info.outcome = WRITE_STALLED
+        return
+    if refused is not None:
+        raise refused
+    if out is not None and out.terminal_sent:
+        await out.finish_unwatched()
+        return
+    started = out is not None and out.started
+    if ctrl.reason == SHUTTING_DOWN:
+        exc: TrioAgentError = shutting_down_error()
+        if started:
+            metrics.drain_cancelled += 1
+    else:
+        metrics.timeouts += 1
+        exc = request_timeout_error(svc.config.request_timeout)
+    if out is None or not out.started:
+        raise exc
+    out.info.outcome = exc.code
+    await out.finish_unwatched(fmt.error(exc))

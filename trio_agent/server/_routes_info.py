@@ -1,0 +1,107 @@
+"""The routes that describe the gateway: probes, metrics, models, the chat page, the API.
+
+``/healthz`` (the process is up), ``/readyz`` (it takes work: not draining,
+limits available), ``/metrics`` (Prometheus text), ``/v1/models``, ``/`` (the
+one-file chat page) and ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+
+from quart import Response
+
+from ..concurrency import LoopLag
+from ..llm import ChatBackend
+from ._admission import Limits
+from ._context import RequestContext
+from ._drain import Drain
+from ._listen import ConnectionCounter
+from ._metrics import GatewayMetrics
+from ._openapi import OPENAPI
+from ._router import ViewHandler
+from ._routes_chat import json_view
+
+__all__ = ["chat_page", "healthz", "metrics", "models", "openapi", "readyz"]
+
+
+def healthz() -> ViewHandler:
+    async def handle(ctx: RequestContext) -> Response:
+        return json_view({"status": "ok"})
+
+    return handle
+
+
+def readyz(drain: Drain, limits: Limits) -> ViewHandler:
+    async def handle(ctx: RequestContext) -> Response:
+        if drain.draining:
+            return json_view({"status": "shutting_down"}, 503)
+        status = limits.status()
+        if not limits.ready:
+            return json_view({"status": "limits_unavailable", "limits": status}, 503)
+        return json_view({"status": "ready", **({"limits": status} if status else {})})
+
+    return handle
+
+
+def metrics(
+    gateway_metrics: GatewayMetrics,
+    limits: Limits,
+    drain: Drain,
+    backend: ChatBackend,
+    loop_lag: LoopLag,
+    connections: ConnectionCounter,
+) -> ViewHandler:
+    async def handle(ctx: RequestContext) -> Response:
+        text = gateway_metrics.render(
+            limits.statistics(),
+            draining=drain.draining,
+            backend_statistics=backend.statistics(),
+            limits_status=limits.status(),
+            loop_lag=loop_lag.statistics(),
+            connections=connections,
+        )
+        return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return handle
+
+
+def models(backend: ChatBackend) -> ViewHandler:
+    async def handle(ctx: RequestContext) -> Response:
+        names = await backend.list_models()
+        return json_view(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "trio_agent"}
+                    for m in names
+                ],
+            }
+        )
+
+    return handle
+
+
+def chat_page() -> ViewHandler:
+    async def handle(ctx: RequestContext) -> Response:
+        return Response(
+            _chat_page(),
+            content_type="text/html; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    return handle
+
+
+def openapi() -> ViewHandler:
+    async def handle(ctx: RequestContext) -> Response:
+        return json_view(OPENAPI)
+
+    return handle
+
+
+@functools.cache
+def _chat_page() -> bytes:
+    """The one-file chat page (trio_agent/web/chat.html), read once."""
+    return importlib.resources.files("trio_agent.web").joinpath("chat.html").read_bytes()
