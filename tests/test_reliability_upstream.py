@@ -223,7 +223,7 @@ async def test_outage_costs_the_upstream_at_most_1_1x_the_incoming_requests() ->
             )
             assert attempts <= 1.1 * incoming
             assert stats.retries == attempts - incoming
-            assert set(codes) <= {"upstream_status", "retry_budget_exhausted"}
+            assert set(codes) <= {"upstream_status"}  # a refused retry is not another code
             # The upstream recovers: the next request streams normally.
             healthy.set()
             kind, _ = terminal(await raw_request(srv.port, "POST", "/chat/stream", json=Q))
