@@ -28,8 +28,12 @@ class FakeStatistics:
 class FakeLLM:
     """Tokens "t0 ", "t1 ", ... after ``ttft``, one every ``itl`` seconds."""
 
-    def __init__(self, config: MockLLMConfig | None = None) -> None:
+    def __init__(
+        self, config: MockLLMConfig | None = None, *, bug_after_first: Exception | None = None
+    ) -> None:
         self.config = config or MockLLMConfig(ttft=0.1, itl=0.01, tokens=5)
+        # Raised (as a backend bug would be) right after the first token.
+        self.bug_after_first = bug_after_first
         self.active = self.started = self.finished = self.cancelled = self.failed = self.tokens = 0
         self.max_active = 0
 
@@ -57,6 +61,8 @@ class FakeLLM:
                 await trio.sleep(cfg.itl)
             self.tokens += 1
             yield ChatChunk(delta=f"t{i} ")
+            if self.bug_after_first is not None:
+                raise self.bug_after_first
         yield ChatChunk(
             finish_reason="length" if limit < cfg.tokens else "stop",
             usage=Usage(prompt_tokens=3, completion_tokens=limit),

@@ -139,7 +139,7 @@ async def test_a_fault_after_the_first_token_is_one_error_event_and_never_retrie
             await trio.sleep(0.05)  # lets a (wrong) retry reach the upstream
             assert up.requests == 1
             if fault == "stall":
-                assert 0.3 <= took < 1.0
+                assert 0.3 <= took < 3.0
                 assert up.closed_by_peer == 1  # the gateway closed the stalled connection
             released(srv.gw)
 
@@ -155,7 +155,7 @@ async def test_first_token_beyond_its_deadline() -> None:
             took = trio.current_time() - t0
             kind, data = terminal(r)
             assert kind == "error" and data["code"] == "upstream_first_token_timeout"
-            assert 0.4 <= took < 1.2
+            assert 0.4 <= took < 4.0
             assert up.requests == 1
             with trio.fail_after(1):
                 while up.closed_by_peer < 1:  # noqa: ASYNC110  (closed, not leaked)
@@ -170,7 +170,7 @@ async def test_first_token_beyond_its_deadline() -> None:
             took = trio.current_time() - t0
             kind, data = terminal(r)
             assert kind == "error" and data["code"] == "timeout"
-            assert 0.4 <= took < 1.2
+            assert 0.4 <= took < 4.0
             released(srv.gw)
 
 

@@ -153,7 +153,7 @@ async def test_a_release_elsewhere_wakes_a_waiter_promptly(redis: RedisServer) -
                 release.set()
             latency = woke[0] - released_at
             print(f"wake latency after a release in another process: {latency * 1000:.1f} ms")
-            assert latency < 0.5  # the poll interval is 5 s: only pub/sub can be this fast
+            assert latency < 2.5  # the poll interval is 5 s: only pub/sub can be this fast
 
 
 async def test_queue_wait_runs_out_with_503(redis: RedisServer) -> None:
@@ -164,7 +164,7 @@ async def test_queue_wait_runs_out_with_503(redis: RedisServer) -> None:
                 with pytest.raises(OverloadedError) as info:
                     async with a.lease():
                         pass
-                assert 0.3 <= trio.current_time() - start < 1.5
+                assert 0.3 <= trio.current_time() - start < 3.0
                 assert info.value.retry_after is not None and info.value.retry_after >= 1
             async with instances(1, config(redis, max_concurrency=1, max_queued=0)) as (c,):
                 async with c.lease():
@@ -179,8 +179,9 @@ async def test_a_dead_process_leases_expire_within_the_ttl(redis: RedisServer) -
         async with instances(1, cfg) as (survivor,):
             async with open_shared_limits(cfg) as doomed:
                 # The doomed process takes both slots and dies without releasing them.
-                await doomed._acquire(None)
-                await doomed._acquire(None)
+                # (Entered and never left: that is what a killed process does.)
+                await doomed.lease().__aenter__()
+                await doomed.lease().__aenter__()
             died_at = trio.current_time()
             async with survivor.lease():
                 freed = trio.current_time() - died_at

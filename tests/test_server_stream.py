@@ -15,9 +15,9 @@ import trio
 import trio.testing
 
 from tests._asgi import Exchange, data, request
-from tests._fakes import assert_released, make_gateway
-from trio_agent.config import MockLLMConfig
-from trio_agent.llm import ChatChunk
+from tests._fakes import FakeLLM, assert_released, make_gateway
+from trio_agent.config import MockLLMConfig, ServerConfig
+from trio_agent.server import create_app
 from trio_agent.sse import ServerSentEvent
 
 Q = {"question": "hello"}
@@ -510,13 +510,10 @@ def test_terminal_helper_rejects_two_terminals() -> None:
 async def test_an_unexpected_backend_bug_is_an_internal_error_event(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    gw, llm = make_gateway(MockLLMConfig(ttft=0.1, itl=0.1, tokens=3))
-
-    async def broken(request: object) -> object:
-        yield ChatChunk(delta="ok ")
-        raise RuntimeError("secret internals")
-
-    llm._chunks = broken  # type: ignore[method-assign,assignment]
+    llm = FakeLLM(
+        MockLLMConfig(ttft=0.1, itl=0.1, tokens=3), bug_after_first=RuntimeError("secret internals")
+    )
+    gw = create_app(ServerConfig(), backend=llm)
     caplog.set_level(logging.CRITICAL)
     r = await request(gw, "POST", "/chat/stream", json=Q)
     assert kinds(r.events) == ["thinking", "token", "error"]

@@ -203,9 +203,8 @@ class Admission:
     means requests arrive faster than slots free up; served in order, every
     request would then wait about as long as the queue allows and start too
     late for its client, while newest first keeps the wait of those served
-    short and leaves the bounded wait (then a 503) to the others. In a hand
-    run of proxied overload it took goodput from 12 to 27 req/s
-    (benchmarks/README.md, step 18).
+    short and leaves the bounded wait (then a 503) to the others
+    (docs/decisions/006).
     ``per_key_max_concurrency`` caps the leases held or awaited by one key
     (``None``: no per-key cap; requests without a key are never key-limited).
 
@@ -215,9 +214,8 @@ class Admission:
     the slot count, is then what runs out, and every admitted stream would
     slow down. Queued requests keep their place. The rule stands aside while
     fewer than a tenth of the slots (at least one) are held: the lag then
-    comes from refusing itself, and refusing everything would serve nothing.
-    At 5x overload (1,250 arrivals a second against 1000 slots) a run without
-    that floor ended refusing every request, its admitted streams all done.
+    comes from refusing itself, and refusing everything would serve nothing
+    (docs/decisions/007).
     """
 
     def __init__(

@@ -271,6 +271,7 @@ class Gateway:
         ctx = self._open("POST", path.decode(), headers)
         ctx.key_id = key_id
         answer = error_response(refusal, ctx)
+        self.metrics.early_refusals += 1
         self._access.close(ctx)
         return answer
 

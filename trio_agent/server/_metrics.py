@@ -71,6 +71,8 @@ class GatewayMetrics:
         self.upstream_errors: dict[str, int] = {}
         self.disconnects = 0
         self.write_stalls = 0
+        # Refusals answered from the request head, without running the app for them.
+        self.early_refusals = 0
         self.drain_cancelled = 0
         self.tokens_streamed = 0
         self.token_events = 0
@@ -175,6 +177,9 @@ class GatewayMetrics:
                    [("", int(limits_status.get("redis_errors", 0)))])
         metric("trio_agent_disconnects_total", "counter", "Clients that left before the end.",
                [("", self.disconnects)])
+        metric("trio_agent_early_refusals_total", "counter",
+               "503/429 answered from the request head, before the app ran.",
+               [("", self.early_refusals)])
         metric("trio_agent_write_stalls_total", "counter",
                "Streams ended because a write stalled past write_timeout.",
                [("", self.write_stalls)])

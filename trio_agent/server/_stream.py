@@ -2,19 +2,21 @@
 
 ::
 
-    RequestControl scope (request deadline; drain; disconnect; stalled write)
+    drain.track() scope (request deadline; drain; disconnect; stalled write)
     └── request nursery
         ├── disconnect listener   receive() -> http.disconnect cancels the scope
         ├── stall watchdog        a write pending past write_timeout cancels the scope
-        ├── producer              lease (admission) -> backend.stream_chat -> _TokenPipe.offer
-        └── writer (this task)    200 + thinking, then what the producer could not send, one terminal event
+        └── lease (admission), then the stream nursery
+            ├── producer          backend.stream_chat -> _TokenPipe.offer
+            └── writer            200 + first event, then what the producer could not send, one terminal event
 
-Admission is decided (``nursery.start`` returns the lease, or raises) before
-a single byte of the response is sent, so a refusal is a plain JSON 503/429.
+Admission is decided (the lease is taken, or refused) before a single byte
+of the response is sent, so a refusal is raised to the front and rendered
+as a plain JSON 503/429.
 
 Per token, the producer writes the token event itself, straight to the
-socket, when the writer is idle and the socket is free (``_direct.py``:
-no task hop, no yield; one task switch per token in all). Otherwise the
+socket, when the writer is idle and the socket is free (docs/decisions/001,
+``_direct.py``: no task hop, no yield; one task switch per token in all). Otherwise the
 delta waits in the pipe and the writer takes whatever piled up and sends it
 as ONE token event, so a slow reader costs at most ``CHANNEL_SIZE`` deltas
 plus one event of memory, while a reader that keeps up gets each token at once.
@@ -216,7 +218,7 @@ class _Responder:
 
         The deadline is armed lazily: a write only sets it when none is set,
         and the watchdog re-arms it from the pending write's start when it
-        fires early. So a stream writing every 20 ms touches the deadline
+        fires early. So a stream writing every few milliseconds touches the deadline
         once per ``write_timeout``, not twice per write, and a stalled write
         is still caught exactly ``write_timeout`` after it began.
         """
