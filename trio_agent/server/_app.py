@@ -194,8 +194,10 @@ class Gateway:
             if not ctx.responded:
                 await send_error(send, exc, ctx)
             else:
-                logger.error("error after the response started (request_id=%s): %r",
-                             ctx.request_id, exc)
+                # A handler owns its terminal answer once the head is out; one that
+                # raises instead has a bug: log it, the connection ends the body.
+                logger.exception("error after the response started (request_id=%s)", ctx.request_id)
+                ctx.outcome = "internal_error"
         except Exception:
             logger.exception("unhandled error (request_id=%s)", ctx.request_id)
             if not ctx.responded:

@@ -29,10 +29,6 @@ class ApiKeys:
     def __init__(self, keys: Iterable[str]) -> None:
         self._digests = tuple(hashlib.sha256(k.encode()).digest() for k in keys)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._digests)
-
     def authenticate(self, headers: dict[bytes, bytes]) -> str | None:
         """The key's id (a hash prefix, safe to log), or None when auth is off; 401 if wrong."""
         if not self._digests:

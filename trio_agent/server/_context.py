@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
-from typing import Any
 
 __all__ = ["CONTEXT_KEY", "Headers", "RequestContext", "read_head"]
 
@@ -90,7 +89,3 @@ def read_head(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[dict[bytes, b
         size += len(name) + len(value) + 4
     return headers, size
 
-
-def scope_context(scope: dict[str, Any]) -> RequestContext | None:
-    ctx = scope.get(CONTEXT_KEY)
-    return ctx if isinstance(ctx, RequestContext) else None
