@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import trio
@@ -65,7 +65,7 @@ from ._drain import (
 from ._errors import internal_error, openai_error_payload, sse_error_data
 from ._metrics import GatewayMetrics
 
-__all__ = ["NativeFormat", "OpenAIFormat", "StreamService"]
+__all__ = ["NativeFormat", "OpenAIFormat", "StreamFormat", "StreamService"]
 
 logger = logging.getLogger("trio_agent.server")
 
@@ -91,10 +91,25 @@ def _dumps(obj: Any) -> str:
 # -- event formats --------------------------------------------------------------------
 
 
+class StreamFormat(Protocol):
+    """How one streamed reply is framed on the wire; a new wire format is one more of these.
+
+    ``begin`` is sent right after the head, ``token`` for each (possibly
+    merged) delta, then exactly one of ``done`` or ``error``.
+    """
+
+    def begin(self, lease: Lease | None, model: str) -> bytes: ...
+
+    def token(self, content: str) -> bytes: ...
+
+    def done(self, result: ChatResult) -> bytes: ...
+
+    def error(self, exc: TrioAgentError) -> bytes: ...
+
+
+
 class NativeFormat:
     """Our events: ``event: <type>``, incrementing ``id``, JSON data with the same ``type``."""
-
-    openai = False
 
     def __init__(self, request_id: str) -> None:
         self._request_id = request_id
@@ -136,8 +151,6 @@ class NativeFormat:
 
 class OpenAIFormat:
     """OpenAI's wire format: ``chat.completion.chunk`` frames, then ``data: [DONE]``."""
-
-    openai = True
 
     def __init__(self, request_id: str, model: str, *, include_usage: bool) -> None:
         self._request_id = request_id
@@ -356,7 +369,7 @@ class _TokenPipe:
         "writing",
     )
 
-    def __init__(self, out: _Responder, fmt: NativeFormat | OpenAIFormat, metrics: Any) -> None:
+    def __init__(self, out: _Responder, fmt: StreamFormat, metrics: Any) -> None:
         self._out = out
         self.fmt = fmt
         self.metrics = metrics
@@ -607,7 +620,7 @@ class StreamService:
         receive: Receive,
         send: Send,
         request: ChatRequest,
-        fmt: NativeFormat | OpenAIFormat,
+        fmt: StreamFormat,
     ) -> None:
         """Answer one streamed chat request; every path ends with one terminal answer if the client is there."""
         svc = self
@@ -705,7 +718,7 @@ async def _finish(
     svc: StreamService,
     out: _Responder | None,
     ctrl: RequestControl,
-    fmt: NativeFormat | OpenAIFormat,
+    fmt: StreamFormat,
     refused: TrioAgentError | None,
 ) -> None:
     """After the request scope: the single terminal answer the path still owes.
