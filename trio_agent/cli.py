@@ -98,7 +98,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--direct-writes",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write streamed tokens straight to Hypercorn's socket when it is free "
+        help="write streamed tokens straight to the socket when it is free "
         f"[default: {defaults.direct_writes}; env TRIO_AGENT_DIRECT_WRITES]",
     )
     p.add_argument(

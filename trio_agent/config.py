@@ -170,15 +170,15 @@ class UpstreamConfig:
     The pool (``max_connections``) is split over ``pool_shards`` httpx
     clients (0: one per connection), since httpcore's pool costs O(n^2) in
     its connections per request and gives requests that queue together the
-    same idle connection (see ``trio_agent.llm._openai.pool_shards``).
+    same idle connection (docs/decisions/004).
     ``max_connections`` None: the gateway sizes the pool to its
     ``max_concurrency`` (every admitted request has a connection; a smaller
     pool makes admitted requests wait inside httpx, unseen by admission and
     its metrics); a backend opened on its own gets 100.
     ``max_keepalive_connections`` None: as many as ``max_connections``.
     ``read_below_httpx`` reads a streamed body straight from its HTTP/1.1
-    connection's h11 state instead of through httpx's iterators (see
-    ``trio_agent/llm/_h11_body.py``); off, every byte goes through ``aiter_raw``.
+    connection's h11 state instead of through httpx's iterators
+    (docs/decisions/003); off, every byte goes through ``aiter_raw``.
     """
 
     base_url: str
@@ -242,7 +242,7 @@ class ServerConfig:
     the answer is 503 with ``Retry-After``. The queue is FIFO until it has
     stayed non-empty for ``queue_lifo_after`` seconds (0 = always FIFO);
     from then until it empties, a freed slot goes to the newest waiter
-    (adaptive LIFO, see :class:`~trio_agent.server.Admission`): under
+    (adaptive LIFO, docs/decisions/006): under
     sustained overload the requests served start while their clients still
     want them, and the rest get their 503 when their wait runs out.
     ``request_timeout`` covers queue wait and upstream together.
@@ -252,17 +252,17 @@ class ServerConfig:
     A request head over ``max_header_bytes`` gets 431, a body over
     ``max_body_bytes`` 413. ``max_loop_lag`` (seconds, 0 = off) refuses new
     requests with 503 at once while the process's trio scheduler runs
-    further behind than that (see :class:`~trio_agent.concurrency.LoopLag`):
-    the CPU is full and admitting more would slow every stream already
-    running. ``gc_threshold`` is Python's collector threshold for its
+    further behind than that (see :class:`~trio_agent.concurrency.LoopLag`,
+    docs/decisions/007): the CPU is full and admitting more would slow every
+    stream already running. ``gc_threshold`` is Python's collector threshold for its
     youngest generation while :func:`~trio_agent.serve` runs (Python's
     default is 700; 0 leaves the collector as it is): streaming allocates
     a few container objects per token, so at the default the collector runs
-    hundreds of times a second under load, and its full collections, which
-    walk every live stream's objects, stopped the process for up to 190 ms.
-    ``direct_writes`` lets a stream write its token
-    events straight to Hypercorn's socket when it is free (HTTP/1.1 over TCP;
-    see ``trio_agent/server/_direct.py``); off, every write goes through ASGI.
+    hundreds of times a second under load, and each full collection, which
+    walks every live stream's objects, stops every stream at once
+    (docs/decisions/005). ``direct_writes`` lets a stream write its token
+    events straight to the socket when it is free (HTTP/1.1 over TCP;
+    docs/decisions/001); off, every write goes through ASGI.
     ``upstream`` set means proxy to a real
     OpenAI-compatible API; ``None`` means answer from the built-in mock.
 
