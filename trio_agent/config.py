@@ -520,7 +520,7 @@ def config_from_env(
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     for key, raw in env.items():
-        if not key.startswith(prefix):
+        if not key.startswith(prefix) or key in ENV_NOT_CONFIG:
             continue
         name = key[len(prefix) :].lower()
         if name not in fields:
