@@ -9,8 +9,8 @@ by the responses, is the figure. A connection the server closes (Hypercorn
 recycles one after 1000 requests) is reopened. The generator shares the
 machine's cores with the server, so figures move by about 20 %.
 
-Used for the per-request figures in benchmarks/README.md (a refusal, a bare
-ASGI app under Hypercorn and uvicorn).
+Used for the per-request figures in docs/decisions/002-lean-connection-server.md
+(a refusal, a bare ASGI app under Hypercorn and uvicorn).
 """
 
 from __future__ import annotations

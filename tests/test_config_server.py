@@ -59,7 +59,7 @@ def test_overrides_win_over_the_environment() -> None:
         ({"TRIO_AGENT_UPSTREAM_MODLE": "x"}, "TRIO_AGENT_UPSTREAM_MODLE"),
         ({"TRIO_AGENT_UPSTREAM_BASE_URL": "http://x"}, "TRIO_AGENT_UPSTREAM_BASE_URL"),
         ({"TRIO_AGENT_UPSTREAM_MODEL": "gpt"}, "upstream URL"),
-        ({"TRIO_AGENT_PORT": "eighty"}, "port"),
+        ({"TRIO_AGENT_PORT": "eighty"}, "TRIO_AGENT_PORT: expected an integer, got 'eighty'"),
         ({"TRIO_AGENT_MAX_CONCURRENCY": "0"}, "max_concurrency"),
         ({"TRIO_AGENT_GC_THRESHOLD": "-1"}, "gc_threshold"),
         ({"TRIO_AGENT_QUEUE_LIFO_AFTER": "-0.1"}, "queue_lifo_after"),

@@ -98,7 +98,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--direct-writes",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write streamed tokens straight to Hypercorn's socket when it is free "
+        help="write streamed tokens straight to the socket when it is free "
         f"[default: {defaults.direct_writes}; env TRIO_AGENT_DIRECT_WRITES]",
     )
     p.add_argument(
@@ -425,6 +425,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """``unrecognized arguments: ...``, with a "did you mean" for each near-miss flag."""
+    import difflib
+
+    # Compared without the leading "--", which every flag shares and which would
+    # make unrelated short flags look alike.
+    known = [opt[2:] for action in parser._actions for opt in action.option_strings if opt.startswith("--")]
+    message = "unrecognized arguments: " + " ".join(extras)
+    for extra in extras:
+        if not extra.startswith("--"):
+            continue
+        close = difflib.get_close_matches(extra[2:].partition("=")[0], known, n=1, cutoff=0.7)
+        if close:
+            message += f"\n{extra}: did you mean --{close[0]}?"
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse hands a subcommand's unknown flags up to the top-level parser, which
+    # would print its own usage; the subcommand's usage is the one that helps.
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _subparsers(parser)[args.command].error(_unrecognized(_subparsers(parser)[args.command], extras))
     return int(args.func(args))

@@ -7,11 +7,12 @@ and :func:`config_from_mapping` refuses unknown keys instead of ignoring them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -25,6 +26,7 @@ __all__ = [
     "UpstreamConfig",
     "config_from_env",
     "config_from_mapping",
+    "env_name",
     "server_config_from_env",
 ]
 
@@ -168,15 +170,15 @@ class UpstreamConfig:
     The pool (``max_connections``) is split over ``pool_shards`` httpx
     clients (0: one per connection), since httpcore's pool costs O(n^2) in
     its connections per request and gives requests that queue together the
-    same idle connection (see ``trio_agent.llm._openai.pool_shards``).
+    same idle connection (docs/decisions/004).
     ``max_connections`` None: the gateway sizes the pool to its
     ``max_concurrency`` (every admitted request has a connection; a smaller
     pool makes admitted requests wait inside httpx, unseen by admission and
     its metrics); a backend opened on its own gets 100.
     ``max_keepalive_connections`` None: as many as ``max_connections``.
     ``read_below_httpx`` reads a streamed body straight from its HTTP/1.1
-    connection's h11 state instead of through httpx's iterators (see
-    ``trio_agent/llm/_h11_body.py``); off, every byte goes through ``aiter_raw``.
+    connection's h11 state instead of through httpx's iterators
+    (docs/decisions/003); off, every byte goes through ``aiter_raw``.
     """
 
     base_url: str
@@ -240,7 +242,7 @@ class ServerConfig:
     the answer is 503 with ``Retry-After``. The queue is FIFO until it has
     stayed non-empty for ``queue_lifo_after`` seconds (0 = always FIFO);
     from then until it empties, a freed slot goes to the newest waiter
-    (adaptive LIFO, see :class:`~trio_agent.server.Admission`): under
+    (adaptive LIFO, docs/decisions/006): under
     sustained overload the requests served start while their clients still
     want them, and the rest get their 503 when their wait runs out.
     ``request_timeout`` covers queue wait and upstream together.
@@ -250,17 +252,17 @@ class ServerConfig:
     A request head over ``max_header_bytes`` gets 431, a body over
     ``max_body_bytes`` 413. ``max_loop_lag`` (seconds, 0 = off) refuses new
     requests with 503 at once while the process's trio scheduler runs
-    further behind than that (see :class:`~trio_agent.concurrency.LoopLag`):
-    the CPU is full and admitting more would slow every stream already
-    running. ``gc_threshold`` is Python's collector threshold for its
+    further behind than that (see :class:`~trio_agent.concurrency.LoopLag`,
+    docs/decisions/007): the CPU is full and admitting more would slow every
+    stream already running. ``gc_threshold`` is Python's collector threshold for its
     youngest generation while :func:`~trio_agent.serve` runs (Python's
     default is 700; 0 leaves the collector as it is): streaming allocates
     a few container objects per token, so at the default the collector runs
-    hundreds of times a second under load, and its full collections, which
-    walk every live stream's objects, stopped the process for up to 190 ms.
-    ``direct_writes`` lets a stream write its token
-    events straight to Hypercorn's socket when it is free (HTTP/1.1 over TCP;
-    see ``trio_agent/server/_direct.py``); off, every write goes through ASGI.
+    hundreds of times a second under load, and each full collection, which
+    walks every live stream's objects, stops every stream at once
+    (docs/decisions/005). ``direct_writes`` lets a stream write its token
+    events straight to the socket when it is free (HTTP/1.1 over TCP;
+    docs/decisions/001); off, every write goes through ASGI.
     ``upstream`` set means proxy to a real
     OpenAI-compatible API; ``None`` means answer from the built-in mock.
 
@@ -428,6 +430,17 @@ class BenchConfig:
 
 C = TypeVar("C")
 
+_EXPECTED: dict[Any, str] = {int: "an integer", float: "a number", str: "a string"}
+
+# Where each config object's fields live in the environment, for the gateway
+# (``trio-agent serve``): ``<prefix><FIELD>``. ``UpstreamConfig.base_url`` is
+# ``TRIO_AGENT_UPSTREAM_URL``; nested configs have no variable of their own.
+ENV_SECTIONS: dict[type[Any], str] = {
+    ServerConfig: ENV_PREFIX,
+    UpstreamConfig: ENV_PREFIX + "UPSTREAM_",
+    MockLLMConfig: ENV_PREFIX + "MOCK_",
+}
+
 
 def _convert(name: str, tp: Any, raw: Any) -> Any:
     """Convert ``raw`` (often a string from the environment) to the field type ``tp``."""
@@ -447,7 +460,7 @@ def _convert(name: str, tp: Any, raw: Any) -> Any:
         raise ConfigError(str(last_exc))
     if origin is Literal:
         if raw not in args:
-            raise ConfigError(f"{name} must be one of {list(args)}, got {raw!r}")
+            raise ConfigError(f"{name}: expected one of {list(args)}, got {raw!r}")
         return raw
     if origin in (tuple, frozenset):
         items = [s.strip() for s in raw.split(",") if s.strip()] if isinstance(raw, str) else list(raw)
@@ -460,14 +473,15 @@ def _convert(name: str, tp: Any, raw: Any) -> Any:
             return True
         if s in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{name} must be a boolean, got {raw!r}")
+        raise ConfigError(f"{name}: expected a boolean (true or false), got {raw!r}")
     if tp in (int, float, str):
+        expected = _EXPECTED[tp]
         if isinstance(raw, bool) and tp is not str:
-            raise ConfigError(f"{name} must be a {tp.__name__}, got {raw!r}")
+            raise ConfigError(f"{name}: expected {expected}, got {raw!r}")
         try:
             return tp(raw)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{name} must be a {tp.__name__}, got {raw!r}") from exc
+            raise ConfigError(f"{name}: expected {expected}, got {raw!r}") from exc
     if dataclasses.is_dataclass(tp) and isinstance(raw, Mapping):
         return config_from_mapping(tp, raw)  # type: ignore[arg-type]
     if dataclasses.is_dataclass(tp) and dataclasses.is_dataclass(raw):
@@ -506,14 +520,50 @@ def config_from_env(
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     for key, raw in env.items():
-        if not key.startswith(prefix):
+        if not key.startswith(prefix) or key in ENV_NOT_CONFIG:
             continue
         name = key[len(prefix) :].lower()
         if name not in fields:
-            raise ConfigError(f"unknown environment variable {key}")
-        values[name] = raw
+            known = [prefix + f.upper() for f in fields]
+            raise ConfigError(f"unknown environment variable {key}{_did_you_mean(key, known)}")
+        values[name] = _convert(key, typing.get_type_hints(cls)[name], raw)
+    env_names = {name: prefix + name.upper() for name in values}
     values.update(overrides or {})
-    return config_from_mapping(cls, values)
+    with _naming_variables({n: v for n, v in env_names.items() if n not in (overrides or {})}):
+        return config_from_mapping(cls, values)
+
+
+def env_name(cls: type[Any], name: str) -> str | None:
+    """The environment variable of field ``name`` of ``cls`` for ``trio-agent serve``, if any."""
+    prefix = ENV_SECTIONS.get(cls)
+    if prefix is None or name in ("upstream", "mock"):
+        return None
+    if cls is UpstreamConfig and name == "base_url":
+        return ENV_PREFIX + "UPSTREAM_URL"
+    return prefix + name.upper()
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+@contextlib.contextmanager
+def _naming_variables(variables: Mapping[str, str]) -> Iterator[None]:
+    """Prefix a validation error about a field that came from the environment with its variable.
+
+    ``__post_init__`` checks speak of fields (``max_concurrency must be >= 1``);
+    a user who set ``TRIO_AGENT_MAX_CONCURRENCY=0`` must see which variable it was.
+    """
+    try:
+        yield
+    except ConfigError as exc:
+        variable = variables.get(str(exc).split(" ", 1)[0])
+        if variable is None:
+            raise
+        raise ConfigError(f"{variable}: {exc}") from exc
 
 
 def server_config_from_env(
@@ -535,38 +585,40 @@ def server_config_from_env(
     Upstream settings without an upstream URL are an error too.
     """
     env = os.environ if environ is None else environ
-    server_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"upstream", "mock"}
-    upstream_fields = {f.name for f in dataclasses.fields(UpstreamConfig)} - {"base_url"}
-    mock_fields = {f.name for f in dataclasses.fields(MockLLMConfig)}
-    s_vals: dict[str, Any] = {}
-    u_vals: dict[str, Any] = {}
-    m_vals: dict[str, Any] = {}
+    # variable name -> (config class, field); every value read is converted
+    # here, so a bad one is reported under the variable the user set.
+    variables = {
+        name: (cls, f.name)
+        for cls in (ServerConfig, UpstreamConfig, MockLLMConfig)
+        for f in dataclasses.fields(cls)
+        if (name := env_name(cls, f.name)) is not None
+    }
+    vals: dict[type[Any], dict[str, Any]] = {ServerConfig: {}, UpstreamConfig: {}, MockLLMConfig: {}}
+    names: dict[type[Any], dict[str, str]] = {ServerConfig: {}, UpstreamConfig: {}, MockLLMConfig: {}}
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX) or key in ENV_NOT_CONFIG:
             continue
-        name = key[len(ENV_PREFIX) :].lower()
-        if name in server_fields:
-            s_vals[name] = raw
-        elif name == "upstream_url":
-            u_vals["base_url"] = raw
-        elif name.startswith("upstream_") and name[len("upstream_") :] in upstream_fields:
-            u_vals[name[len("upstream_") :]] = raw
-        elif name.startswith("mock_") and name[len("mock_") :] in mock_fields:
-            m_vals[name[len("mock_") :]] = raw
-        else:
-            raise ConfigError(f"unknown environment variable {key}")
-    s_vals.update(server or {})
-    u_vals.update(upstream or {})
-    m_vals.update(mock or {})
+        if key not in variables:
+            raise ConfigError(f"unknown environment variable {key}{_did_you_mean(key, list(variables))}")
+        cls, name = variables[key]
+        vals[cls][name] = _convert(key, typing.get_type_hints(cls)[name], raw)
+        names[cls][name] = key
+    for cls, flags in ((ServerConfig, server), (UpstreamConfig, upstream), (MockLLMConfig, mock)):
+        for name in flags or {}:
+            names[cls].pop(name, None)  # a flag wins, and names itself
+        vals[cls].update(flags or {})
     upstream_config: UpstreamConfig | None = None
-    if u_vals:
-        if "base_url" not in u_vals:
+    if vals[UpstreamConfig]:
+        if "base_url" not in vals[UpstreamConfig]:
             raise ConfigError(
                 "upstream settings given without an upstream URL "
                 "(--upstream-url or TRIO_AGENT_UPSTREAM_URL)"
             )
-        upstream_config = config_from_mapping(UpstreamConfig, u_vals)
-    mock_config = config_from_mapping(MockLLMConfig, m_vals)
-    return config_from_mapping(
-        ServerConfig, {**s_vals, "upstream": upstream_config, "mock": mock_config}
-    )
+        with _naming_variables(names[UpstreamConfig]):
+            upstream_config = config_from_mapping(UpstreamConfig, vals[UpstreamConfig])
+    with _naming_variables(names[MockLLMConfig]):
+        mock_config = config_from_mapping(MockLLMConfig, vals[MockLLMConfig])
+    with _naming_variables(names[ServerConfig]):
+        return config_from_mapping(
+            ServerConfig, {**vals[ServerConfig], "upstream": upstream_config, "mock": mock_config}
+        )

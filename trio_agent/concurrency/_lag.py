@@ -18,7 +18,10 @@ Run the monitor in a nursery that lives as long as the server::
 ``run`` sleeps ``interval`` seconds at a time and measures how late each wake
 is; ``current`` is a moving average of the last few (so one slow pass, a GC
 pause, does not trip it, and a sustained backlog does within a few passes).
-A monitor that is not running reports 0.
+A monitor that is not running reports 0. The default interval is long (50 ms)
+because a timed wake-up is itself a cost the monitor adds to the load; the
+gateway's use of it, and the measurements behind the defaults, are in
+docs/decisions/007-loop-lag-shedding.md.
 """
 
 from __future__ import annotations
