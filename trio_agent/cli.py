@@ -426,5 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import BindError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except* BindError as group:
+        # A port in use or a bad --host: one line, not the server's task tree.
+        exc: BaseException = group
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+        print(f"trio-agent: {exc}", file=sys.stderr)
+    return 2

@@ -260,7 +260,7 @@ class ServerConfig:
     walk every live stream's objects, stopped the process for up to 190 ms.
     ``direct_writes`` lets a stream write its token
     events straight to Hypercorn's socket when it is free (HTTP/1.1 over TCP;
-    see ``trio_agent/server/_direct.py``); off, every write goes through ASGI.
+    see ``trio_agent/http/_direct.py``); off, every write goes through ASGI.
     ``upstream`` set means proxy to a real
     OpenAI-compatible API; ``None`` means answer from the built-in mock.
 
