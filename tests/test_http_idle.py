@@ -12,10 +12,13 @@ from trio_agent.http._idle import IdleTimer
 
 
 class _TaskGroup:
-    """Hypercorn's trio TaskGroup, as far as IdleTimer uses it (its contract: test_http_contracts)."""
+    """Hypercorn's TaskGroup protocol, as far as IdleTimer uses it (``spawn``)."""
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+
+    def spawn(self, func: Callable[..., Awaitable[None]], *args: object) -> None:
+        self._nursery.start_soon(func, *args)
 
 
 def _recording_close() -> tuple[list[float], Callable[[], Awaitable[None]]]:

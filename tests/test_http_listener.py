@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import pytest
 import trio
 import trio.testing
+
 from tests._http import running_http
 from trio_agent.http import DrainingListener, HTTPConfig
 

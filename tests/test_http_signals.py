@@ -14,9 +14,12 @@ from trio_agent.http import set_after, watch_signals
 async def test_set_after_sets_the_event_once_the_trigger_returns(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    async def trigger() -> None:
+        await trio.sleep(3)
+
     event = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(set_after, lambda: trio.sleep(3), event)
+        nursery.start_soon(set_after, trigger, event)
         await event.wait()
         assert trio.current_time() == 3
 

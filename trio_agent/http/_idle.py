@@ -10,8 +10,10 @@ waiting in a cancel scope whose deadline ``restart`` sets to
 ``keep_alive_timeout`` from now and ``stop`` to infinity: neither yields nor
 spawns, and the timeout is the same.
 
-Relies on Hypercorn's ``TaskGroup._nursery`` (checked in
-tests/test_http_contracts.py).
+It starts its task with ``spawn``, part of Hypercorn's ``TaskGroup``
+protocol (hypercorn.typing); that the trio task group's ``spawn`` starts the
+task at once in the connection's nursery is checked in
+tests/test_http_contracts.py.
 """
 
 from __future__ import annotations
@@ -69,8 +71,7 @@ class IdleTimer:
         self._set_deadline(trio.current_time() + self._timeout)
         if not self._running and not self._cancelled:
             self._running = True
-            # Hypercorn's trio TaskGroup has no public start_soon that returns at once.
-            task_group._nursery.start_soon(self._watch, action)
+            task_group.spawn(self._watch, action)
 
     async def stop(self) -> None:
         """Busy from now: no deadline until the next :meth:`restart`."""
