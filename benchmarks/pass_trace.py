@@ -48,10 +48,11 @@ class _Tracer:
     def install(self) -> None:
         from hypercorn.events import RawData
 
-        from trio_agent.server import _app, _body, _listen, _stream
+        from trio_agent.http._early import LeanH11Protocol
+        from trio_agent.server import _app, _body, _stream
 
         tracer = self
-        handle = _listen._LeanH11Protocol.handle
+        handle = LeanH11Protocol.handle
 
         async def traced_handle(self: Any, event: Any) -> None:
             if isinstance(event, RawData) and event.data.startswith(b"POST"):
@@ -111,7 +112,7 @@ class _Tracer:
                     stamps.append(tracer.stamp())
             count(self, tokens, events)
 
-        _listen._LeanH11Protocol.handle = traced_handle  # type: ignore[method-assign]
+        LeanH11Protocol.handle = traced_handle  # type: ignore[method-assign]
         _app.Gateway.__call__ = traced_call  # type: ignore[method-assign]
         _app.Gateway._open = traced_open  # type: ignore[method-assign, assignment]
         _body.BodyReader.read_json = traced_read_json  # type: ignore[method-assign]

@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 
 from trio_agent.concurrency import LoopLagStatistics
+from trio_agent.http import ConnectionCounter
 from trio_agent.server import AdmissionStatistics, GatewayMetrics, Histogram
-from trio_agent.server._listen import ConnectionCounter
 
 STATS = AdmissionStatistics(
     in_flight=3, queued=2, max_concurrency=10, max_queued=5, admitted=40,

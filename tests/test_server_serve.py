@@ -458,3 +458,17 @@ async def test_sigint_with_idle_server_exits_zero_at_once() -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+@pytest.mark.e2e
+async def test_the_gateway_exposes_its_listener_and_connection_counts() -> None:
+    from tests._reliability import running_gateway
+
+    config = ServerConfig(access_log=False, mock=MockLLMConfig(ttft=0.0, itl=0.0, tokens=1))
+    with trio.fail_after(10):
+        async with running_gateway(config) as srv:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.port}") as client:
+                assert (await client.get("/healthz")).status_code == 200
+            (listener,) = srv.gw.listeners
+            assert listener.statistics().accepted >= 1
+            assert srv.gw.connections.opened >= 1

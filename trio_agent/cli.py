@@ -450,10 +450,20 @@ def _unrecognized(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import BindError
+
     parser = build_parser()
     # argparse hands a subcommand's unknown flags up to the top-level parser, which
     # would print its own usage; the subcommand's usage is the one that helps.
     args, extras = parser.parse_known_args(argv)
     if extras:
         _subparsers(parser)[args.command].error(_unrecognized(_subparsers(parser)[args.command], extras))
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except* BindError as group:
+        # A port in use or a bad --host: one line, not the server's task tree.
+        exc: BaseException = group
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+        print(f"trio-agent: {exc}", file=sys.stderr)
+    return 2

@@ -168,7 +168,7 @@ class UpstreamConfig:
     the first token reached the caller, at most ``max_attempts`` attempts, and
     at most ``retry_budget_ratio`` of requests over ``retry_budget_window``.
     The pool (``max_connections``) is split over ``pool_shards`` httpx
-    clients (0: one per connection), since httpcore's pool costs O(n^2) in
+    clients (0: one per connection), since httpx's connection pool costs O(n^2) in
     its connections per request and gives requests that queue together the
     same idle connection (docs/decisions/004).
     ``max_connections`` None: the gateway sizes the pool to its

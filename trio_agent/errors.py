@@ -5,6 +5,7 @@ into status codes, JSON bodies and SSE ``error`` events::
 
     TrioAgentError
     ├── ConfigError                      bad or unknown configuration (also a ValueError)
+    │   └── BindError                    the address to listen on is in use or not usable
     ├── SSEError                         the SSE codec refused its input (also a ValueError)
     │   ├── SSEFieldError                event/id/retry/comment that cannot be encoded
     │   └── SSEEventTooLargeError        a decoded line or event exceeded max_event_chars
@@ -57,6 +58,7 @@ from typing import Self
 __all__ = [
     "AdmissionError",
     "AuthenticationError",
+    "BindError",
     "ConcurrencyError",
     "ConfigError",
     "DeadlineError",
@@ -114,6 +116,23 @@ class ConfigError(TrioAgentError, ValueError):
     """A configuration value is invalid, or a key is unknown."""
 
     code = "config_error"
+
+
+class BindError(ConfigError):
+    """A server could not listen on ``host:port`` (in use, not this machine's, unresolvable).
+
+    ``str()`` is one line for a person:
+    ``cannot listen on 127.0.0.1:8000: address already in use``.
+    """
+
+    code = "bind_error"
+
+    def __init__(self, *, host: str, port: int, reason: str) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(f"cannot listen on {shown}:{port}: {reason}")
+        self.host = host
+        self.port = port
+        self.reason = reason
 
 
 # -- SSE codec ----------------------------------------------------------------

@@ -72,7 +72,7 @@ class OpenAIBackendStatistics:
 def pool_shards(config: UpstreamConfig) -> int:
     """How many httpx clients the connection pool is split into (``pool_shards``, 0 = auto).
 
-    Auto is one client per connection. httpcore's pool, shared by several
+    Auto is one client per connection. httpx's connection pool, shared by several
     calls, costs twice over under load: it scans all its connections once per
     idle connection each time a request arrives or a response closes (O(n^2)
     per call; 29 % of a proxying client's CPU at 64 streams), and it hands

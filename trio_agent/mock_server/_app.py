@@ -42,9 +42,8 @@ from ..errors import (
     UpstreamError,
     UpstreamStatusError,
 )
+from ..http import ClientGoneError, DirectBody, direct_body, quick_receive
 from ..llm import ChatMessage, ChatRequest, MockLLM, Usage
-from ..server._direct import ClientGoneError, DirectBody, direct_body
-from ..server._listen import quick_receive
 from ._faults import Fault, draw_fault, parse_fault_header
 
 __all__ = ["MockServerApp", "MockServerStatistics"]

@@ -1,31 +1,20 @@
-"""Running the mock LLM server: :func:`serve_mock_llm` on Hypercorn's trio worker.
+"""Running the mock LLM server: :func:`serve_mock_llm` on :func:`trio_agent.http.serve_http`.
 
-It is served the way the gateway is (:func:`~trio_agent.server._listen.serve_hypercorn`:
-the accept queue drained in one pass, a listen backlog of 4096): with
-Hypercorn's own worker (a backlog of 100, one accept per scheduler pass), a
-gateway opening a thousand upstream connections at once lost SYNs and waited
-for TCP's 1 s, 3 s and 7 s retransmits, and proxied TTFT p50 was 7 s.
+It is served the way the gateway is (the accept queue drained in one pass, a
+listen backlog of :data:`~trio_agent.http.LISTEN_BACKLOG`), so a gateway
+opening a thousand upstream connections at once is not held up by the mock
+in front of it (docs/decisions/008).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.utils import wrap_app
 
 from ..config import MockServerConfig
-from ..server._listen import serve_hypercorn
-from ..server._serve import (
-    _LISTEN_BACKLOG,
-    _gc_threshold,
-    _parse_bind,
-    _wait_then_set,
-    _watch_signals,
-)
+from ..http import HTTPConfig, gc_threshold, serve_http, set_after, watch_signals
 from ._app import MockServerApp
 
 __all__ = ["serve_mock_llm"]
@@ -41,38 +30,33 @@ async def serve_mock_llm(
     """Serve the mock LLM until ``shutdown_trigger`` returns (or, without one, SIGTERM/SIGINT).
 
     ``task_status.started((host, port))`` reports the bound address (port 0
-    picks a free one). On shutdown Hypercorn stops accepting and gives open
-    streams ``config.drain_timeout`` seconds before cancelling them. ``app``
-    serves a :class:`MockServerApp` the caller built (to read its
-    ``statistics()`` in-process); by default one is made from ``config``.
+    picks a free one); an address that cannot be used raises
+    :class:`~trio_agent.errors.BindError`. On shutdown the server stops
+    accepting and gives open streams ``config.drain_timeout`` seconds before
+    cancelling them. ``app`` serves a :class:`MockServerApp` the caller built
+    (to read its ``statistics()`` in-process); by default one is made from
+    ``config``.
     """
     asgi = app if app is not None else MockServerApp(config)
-    hc = HypercornConfig()
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    hc.bind = [f"{host}:{config.port}"]
-    hc.graceful_timeout = config.drain_timeout
-    hc.keep_alive_timeout = config.keep_alive_timeout
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.backlog = _LISTEN_BACKLOG
+    http = HTTPConfig(
+        host=config.host,
+        port=config.port,
+        graceful_timeout=config.drain_timeout,
+        keep_alive_timeout=config.keep_alive_timeout,
+    )
     stop = trio.Event()
 
-    async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
+    async def run_http(*, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
         try:
-            await serve_hypercorn(
-                wrap_app(cast(Any, asgi), hc.wsgi_max_body_size, "asgi"),
-                hc,
-                shutdown_trigger=stop.wait,
-                task_status=task_status,
-            )
+            await serve_http(asgi, http, shutdown_trigger=stop.wait, task_status=task_status)
         finally:
-            # Hypercorn returns once it stopped and open streams drained (or were cut).
+            # serve_http returns once it stopped and open streams drained (or were cut).
             nursery.cancel_scope.cancel()
 
-    async with _gc_threshold(config.gc_threshold), trio.open_nursery() as nursery:
-        if shutdown_trigger is not None:
-            nursery.start_soon(_wait_then_set, shutdown_trigger, stop)
-        else:
-            nursery.start_soon(_watch_signals, stop)
-        binds: list[str] = await nursery.start(run_hypercorn)
-        task_status.started(_parse_bind(binds[0]) if binds else (config.host, config.port))
+    with gc_threshold(config.gc_threshold):
+        async with trio.open_nursery() as nursery:
+            if shutdown_trigger is not None:
+                nursery.start_soon(set_after, shutdown_trigger, stop)
+            else:
+                nursery.start_soon(watch_signals, stop)
+            task_status.started(await nursery.start(run_http))

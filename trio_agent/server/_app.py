@@ -30,6 +30,7 @@ import trio
 from ..concurrency import LoopLag
 from ..config import ServerConfig
 from ..errors import AuthenticationError, RequestError, TrioAgentError
+from ..http import ConnectionCounter, DrainingListener
 from ..llm import ChatBackend
 from . import _routes_chat as chat_routes
 from . import _routes_info as info_routes
@@ -41,7 +42,6 @@ from ._chat import ChatService
 from ._context import CONTEXT_KEY, Headers, RequestContext, read_head
 from ._drain import Drain
 from ._errors import error_response, internal_error, send_error
-from ._listen import ConnectionCounter, DrainingListener
 from ._metrics import GatewayMetrics
 from ._quart import build_quart
 from ._router import Call, Route, Router, asgi_route, view_route
@@ -122,9 +122,9 @@ class Gateway:
         self.limits: Limits = limits or Admission.from_config(config, loop_lag=self.loop_lag)
         self.metrics = metrics or GatewayMetrics()
         self.drain = Drain()
-        # The listeners serve() accepts through (see _listen.py), for statistics.
+        # The listeners serve() accepts through (trio_agent.http.DrainingListener), for statistics.
         self.listeners: list[DrainingListener] = []
-        # The connections serve() serves (see _listen.LeanTCPServer), for statistics.
+        # The connections serve() serves (trio_agent.http.LeanTCPServer), for statistics.
         self.connections = ConnectionCounter()
         self.chat = ChatService(
             backend=backend,

@@ -8,7 +8,7 @@ import trio
 from quart import request
 
 from ..errors import PayloadTooLargeError, RequestError
-from ._listen import quick_receive
+from ..http import quick_receive
 from ._router import Call
 from ._validation import check_content_type, decode_json
 

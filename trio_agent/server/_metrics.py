@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..concurrency import LoopLagStatistics
+from ..http import ConnectionCounter
 from ._admission import AdmissionStatistics
-from ._listen import ConnectionCounter
 
 __all__ = ["GatewayMetrics", "Histogram"]
 

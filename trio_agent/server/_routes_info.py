@@ -13,11 +13,11 @@ import importlib.resources
 from quart import Response
 
 from ..concurrency import LoopLag
+from ..http import ConnectionCounter
 from ..llm import ChatBackend
 from ._admission import Limits
 from ._context import RequestContext
 from ._drain import Drain
-from ._listen import ConnectionCounter
 from ._metrics import GatewayMetrics
 from ._openapi import OPENAPI
 from ._router import ViewHandler

@@ -22,39 +22,40 @@ socket. Each worker gets ``max_concurrency // workers`` (at least 1) and
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from types import FrameType
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
-from hypercorn.utils import wrap_app
 
 from ..concurrency import LoopLag
 from ..config import ServerConfig, UpstreamConfig
+from ..http import (
+    HTTPConfig,
+    abort_transport,
+    bind_sockets,
+    gc_threshold,
+    serve_http,
+    set_after,
+    watch_signals,
+)
 from ..llm import ChatBackend
 from ._admission import Limits
 from ._app import Gateway, create_app
-from ._direct import hypercorn_h11_parts
-from ._listen import serve_hypercorn
 
-__all__ = ["abort_hypercorn_transport", "open_backend", "run_workers", "serve", "worker_config"]
+__all__ = ["http_config", "open_backend", "run_workers", "serve", "worker_config"]
 
 logger = logging.getLogger("trio_agent.server")
 
-# Seconds Hypercorn waits, after the drain deadline, for the last bytes to go out.
+# Seconds the server waits, after the drain deadline, for the last bytes to go out.
 _FLUSH_GRACE = 2.0
-# The kernel caps this at net.core.somaxconn (4096 on current Linux).
-_LISTEN_BACKLOG = 4096
 
 
 @asynccontextmanager
@@ -76,11 +77,9 @@ def upstream_for(config: ServerConfig) -> UpstreamConfig:
 
     Every admitted request holds one upstream connection (HTTP/1.1), so a pool
     smaller than the admission cap makes admitted requests queue inside httpx,
-    where admission, its deadlines and its metrics do not see them, and
-    httpcore's pool scans every waiter on each change: at 1000 proxied
-    streams with a 200-connection pool the gateway served a third of the
-    baseline's tokens at 2.7 times its CPU per token. An explicit smaller
-    pool is kept, with a warning.
+    where admission, its deadlines and its metrics do not see them, and the
+    pool scans every waiter on each change (docs/decisions/004). An explicit
+    smaller pool is kept, with a warning.
     """
     upstream = config.upstream
     assert upstream is not None
@@ -96,28 +95,22 @@ def upstream_for(config: ServerConfig) -> UpstreamConfig:
     return upstream
 
 
-def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
-    hc = HypercornConfig()
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    hc.bind = [f"{host}:{config.port}"]
-    hc.graceful_timeout = config.drain_timeout + _FLUSH_GRACE
-    # Hypercorn's default listen backlog of 100 overflows when a thousand clients connect at
-    # once: the kernel drops their SYNs and they come back after TCP's 1 s, 3 s retransmits.
-    hc.backlog = _LISTEN_BACKLOG
-    # Hypercorn's idle timer runs from accept until a whole request head has
-    # arrived, and between requests: it bounds slowloris headers too.
-    hc.keep_alive_timeout = config.keep_alive_timeout
-    # h11 answers 431 to a head still incomplete past this size; the app checks
-    # the same limit on heads that arrived whole (see Gateway.__call__).
-    hc.h11_max_incomplete_size = config.max_header_bytes
-    hc.accesslog = None  # ours is structured and knows the request id
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    return hc
+def http_config(config: ServerConfig) -> HTTPConfig:
+    """The HTTP layer's part of ``config``.
 
-
-def _parse_bind(bind: str) -> tuple[str, int]:
-    parts = urlsplit(bind)
-    return parts.hostname or "", parts.port or 0
+    Open streams get ``drain_timeout`` and then a short grace for their last
+    bytes. The keep-alive timer runs from accept until a whole request head
+    has arrived, and between requests: it bounds slowloris heads too. h11
+    answers 431 to a head still incomplete past ``max_header_bytes``; the app
+    checks the same limit on heads that arrived whole.
+    """
+    return HTTPConfig(
+        host=config.host,
+        port=config.port,
+        graceful_timeout=config.drain_timeout + _FLUSH_GRACE,
+        keep_alive_timeout=config.keep_alive_timeout,
+        max_header_bytes=config.max_header_bytes,
+    )
 
 
 async def serve(
@@ -126,7 +119,7 @@ async def serve(
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
     handle_signals: bool = True,
-    sockets: Sockets | None = None,
+    sockets: Sequence[socket.socket] | None = None,
     backend: ChatBackend | None = None,
     on_app: Callable[[Gateway], None] | None = None,
 ) -> None:
@@ -141,96 +134,70 @@ async def serve(
     youngest generation is ``config.gc_threshold`` (restored on return).
     """
     loop_lag = LoopLag()
-    async with (
-        _gc_threshold(config.gc_threshold),
-        _maybe_backend(config, backend) as be,
-        _maybe_shared_limits(config, loop_lag) as limits,
-    ):
-        app = create_app(config, backend=be, limits=limits, loop_lag=loop_lag)
-        app.abort_transport = abort_hypercorn_transport
-        if on_app is not None:
-            on_app(app)
-        hc = _hypercorn_config(config)
-        if sockets is not None:
-            for sock in sockets.insecure_sockets:
-                sock.listen(hc.backlog)
-        stop_accepting = trio.Event()
-        shutdown_requested = trio.Event()
-        hypercorn_done = trio.Event()
-
-        async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await serve_hypercorn(
-                    wrap_app(cast(Any, app), hc.wsgi_max_body_size, "asgi"),
-                    hc,
-                    sockets=sockets,
-                    shutdown_trigger=stop_accepting.wait,
-                    on_listeners=app.listeners.extend,
-                    counter=app.connections,
-                    early=app.early_refusal,
-                    task_status=task_status,
-                )
-            finally:
-                hypercorn_done.set()
-                shutdown_requested.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(loop_lag.run)
-            if handle_signals:
-                nursery.start_soon(_watch_signals, shutdown_requested)
-            if shutdown_trigger is not None:
-                nursery.start_soon(_wait_then_set, shutdown_trigger, shutdown_requested)
-            binds: list[str] = await nursery.start(run_hypercorn)
-            host, port = _parse_bind(binds[0]) if binds else (config.host, config.port)
-            task_status.started((host, port))
-
-            await shutdown_requested.wait()
-            logger.info("shutting down: draining for up to %gs", config.drain_timeout)
-            app.drain.start()
-            stop_accepting.set()
-            cancelled = await app.drain.drain(config.drain_timeout)
-            if cancelled:
-                logger.info("drain deadline: ended %d request(s) with shutting_down", cancelled)
-            await hypercorn_done.wait()
-            nursery.cancel_scope.cancel()
+    http = http_config(config)
+    with gc_threshold(config.gc_threshold):
+        async with (
+            _maybe_backend(config, backend) as be,
+            _maybe_shared_limits(config, loop_lag) as limits,
+        ):
+            app = create_app(config, backend=be, limits=limits, loop_lag=loop_lag)
+            app.abort_transport = abort_transport
+            if on_app is not None:
+                on_app(app)
+            await _serve_app(
+                app, config, http, sockets, loop_lag, task_status, shutdown_trigger, handle_signals
+            )
 
 
-@asynccontextmanager
-async def _gc_threshold(threshold: int) -> AsyncIterator[None]:
-    """Python's youngest-generation GC threshold set to ``threshold`` (0: unchanged), then restored.
+async def _serve_app(
+    app: Gateway,
+    config: ServerConfig,
+    http: HTTPConfig,
+    sockets: Sequence[socket.socket] | None,
+    loop_lag: LoopLag,
+    task_status: trio.TaskStatus[tuple[str, int]],
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None,
+    handle_signals: bool,
+) -> None:
+    """Serve ``app`` until a signal or ``shutdown_trigger``, then drain it (the module's steps)."""
+    stop_accepting = trio.Event()
+    shutdown_requested = trio.Event()
+    http_done = trio.Event()
 
-    An async context manager only to sit in ``serve``'s ``async with`` beside the others.
-    """
-    if not threshold:
-        yield
-        return
-    before = gc.get_threshold()
-    gc.set_threshold(threshold, *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
+    async def run_http(*, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        try:
+            await serve_http(
+                app,
+                http,
+                sockets=sockets,
+                shutdown_trigger=stop_accepting.wait,
+                on_listeners=app.listeners.extend,
+                counter=app.connections,
+                early=app.early_refusal,
+                task_status=task_status,
+            )
+        finally:
+            http_done.set()
+            shutdown_requested.set()
 
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loop_lag.run)
+        if handle_signals:
+            nursery.start_soon(watch_signals, shutdown_requested)
+        if shutdown_trigger is not None:
+            nursery.start_soon(set_after, shutdown_trigger, shutdown_requested)
+        host, port = await nursery.start(run_http)
+        task_status.started((host, port))
 
-def abort_hypercorn_transport(send: Callable[..., Awaitable[None]]) -> bool:
-    """Close the TCP connection under a Hypercorn HTTP/1.1 ASGI ``send``; False if not possible.
-
-    Hypercorn writes to the socket inside a shielded cancel scope, so a
-    client that stops reading can hold a write (and the task in it) forever.
-    Closing the socket wakes that write with ``ClosedResourceError``, which
-    Hypercorn treats as the client leaving. This reaches into Hypercorn's
-    objects (``HTTPStream.app_send`` -> ``H11Protocol.stream_send`` ->
-    ``TCPServer.protocol_send``): on any other shape (HTTP/2, a future
-    Hypercorn) it does nothing and returns False.
-    """
-    parts = hypercorn_h11_parts(send)
-    if parts is None:
-        return False
-    sock = getattr(getattr(parts[2], "stream", None), "socket", None)
-    if not isinstance(sock, trio.socket.SocketType):
-        return False
-    sock.close()
-    return True
+        await shutdown_requested.wait()
+        logger.info("shutting down: draining for up to %gs", config.drain_timeout)
+        app.drain.start()
+        stop_accepting.set()
+        cancelled = await app.drain.drain(config.drain_timeout)
+        if cancelled:
+            logger.info("drain deadline: ended %d request(s) with shutting_down", cancelled)
+        await http_done.wait()
+        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -242,19 +209,6 @@ async def _maybe_backend(
     else:
         async with open_backend(config) as be:
             yield be
-
-
-async def _watch_signals(shutdown_requested: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            if not shutdown_requested.is_set():
-                logger.info("received %s", signal.Signals(signum).name)
-            shutdown_requested.set()
-
-
-async def _wait_then_set(trigger: Callable[[], Awaitable[Any]], event: trio.Event) -> None:
-    await trigger()
-    event.set()
 
 
 # -- several worker processes ---------------------------------------------------------
@@ -296,7 +250,7 @@ def worker_config(config: ServerConfig) -> ServerConfig:
     )
 
 
-def _worker_main(config: ServerConfig, sockets: Sockets) -> None:
+def _worker_main(config: ServerConfig, sockets: list[socket.socket]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     trio.run(partial(serve, config, sockets=sockets))
@@ -307,9 +261,8 @@ def run_workers(config: ServerConfig, *, on_bound: Callable[[str, int], None] | 
 
     Returns 0 when every worker exited 0 (after its own drain), else 1.
     """
-    hc = _hypercorn_config(config)
-    sockets = hc.create_sockets()
-    host, port = sockets.insecure_sockets[0].getsockname()[:2]
+    sockets = bind_sockets(http_config(config))
+    host, port = sockets[0].getsockname()[:2]
     share = worker_config(config)
     ctx = multiprocessing.get_context("spawn")
     procs = [
@@ -318,7 +271,7 @@ def run_workers(config: ServerConfig, *, on_bound: Callable[[str, int], None] | 
     ]
     for proc in procs:
         proc.start()
-    for sock in sockets.insecure_sockets:
+    for sock in sockets:
         sock.close()
     if on_bound is not None:
         on_bound(host, port)

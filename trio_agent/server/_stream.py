@@ -16,7 +16,7 @@ as a plain JSON 503/429.
 
 Per token, the producer writes the token event itself, straight to the
 socket, when the writer is idle and the socket is free (docs/decisions/001,
-``_direct.py``: no task hop, no yield; one task switch per token in all). Otherwise the
+``trio_agent/http/_direct.py``: no task hop, no yield; one task switch per token in all). Otherwise the
 delta waits in the pipe and the writer takes whatever piled up and sends it
 as ONE token event, so a slow reader costs at most ``CHANNEL_SIZE`` deltas
 plus one event of memory, while a reader that keeps up gets each token at once.
@@ -41,6 +41,7 @@ import trio
 from ..concurrency import Outcome, as_completed
 from ..config import ServerConfig
 from ..errors import TrioAgentError, UpstreamError
+from ..http import ClientGoneError, DirectBody, direct_body
 from ..llm import ChatBackend, ChatChunk, ChatRequest, Usage
 from ..sse import encode_comment, encode_event
 from ._admission import Lease, Limits
@@ -53,7 +54,6 @@ from ._chat import (
     usage_payload,
 )
 from ._context import RequestContext
-from ._direct import ClientGoneError, DirectBody, direct_body
 from ._drain import (
     DISCONNECT,
     SHUTTING_DOWN,
@@ -345,7 +345,7 @@ class _TokenPipe:
 
     When the writer is idle and Hypercorn's socket is free, :meth:`offer`
     writes the token event straight to the socket from the producer's task
-    (:class:`~trio_agent.server._direct.DirectBody`): no task hop, no yield.
+    (:class:`~trio_agent.http.DirectBody`): no task hop, no yield.
     Otherwise the deltas wait here and the writer sends everything that
     piled up as ONE event (coalescing), so a slow reader costs at most
     ``CHANNEL_SIZE`` chunks plus one event of memory.

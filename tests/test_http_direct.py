@@ -11,7 +11,7 @@ import h11
 import pytest
 import trio
 
-from trio_agent.server._direct import ClientGoneError, DirectBody, direct_body
+from trio_agent.http import ClientGoneError, DirectBody, direct_body
 
 
 def responding_connection() -> h11.Connection:

@@ -4,27 +4,29 @@ Under Hypercorn's trio worker every ASGI ``http.response.body`` message goes
 ``HTTPStream.app_send`` -> ``H11Protocol`` -> ``TCPServer.protocol_send``,
 which takes a :class:`trio.Lock` and calls ``SocketStream.send_all`` in a
 shielded cancel scope: two reschedules of the writing task and half a dozen
-frames per streamed event, about a third of the server's CPU per token in the
-profile (benchmarks/README.md). uvicorn writes the same bytes with one
-synchronous ``transport.write``.
+frames per streamed event. :class:`DirectBody` writes the body of an
+HTTP/1.1 response whose head Hypercorn has already sent with one
+non-blocking ``send``, no yield, when Hypercorn holds no write on that
+connection (docs/decisions/001).
 
-:class:`DirectBody` does what uvicorn does for the body of an HTTP/1.1
-response whose head Hypercorn has already sent: the chunk is framed as h11's
-``ChunkedWriter`` frames it (done here when h11 chose chunked framing and is
-sending the body, since that writer keeps no state per chunk; through
-``h11.Connection.send`` otherwise), so Hypercorn's final ``EndOfMessage`` is
-still correct, and the bytes go to the socket with one non-blocking ``send``, no yield, when
-Hypercorn holds no write on that connection. Anything else (the socket
-would block, a partial send, a write of Hypercorn's in progress) takes
-Hypercorn's own lock and ``send_all``, exactly as Hypercorn would, so bytes
-are never reordered.
+Invariants:
 
-It reaches into Hypercorn's objects (``HTTPStream.app_send`` ->
-``H11Protocol.stream_send`` -> ``TCPServer``), like
-:func:`~trio_agent.server.abort_hypercorn_transport`. :func:`direct_body`
-returns ``None`` for any other shape (HTTP/2, TLS, a test harness, a future
-Hypercorn), and the caller keeps using ASGI ``send``; a test fails if the
-fast path stops being found under the pinned Hypercorn.
+- bytes are never reordered: anything else (the socket would block, a
+  partial send, a write of Hypercorn's in progress) takes Hypercorn's own
+  lock and ``send_all``, exactly as Hypercorn would;
+- h11's state stays true: a chunk is framed as h11's ``ChunkedWriter``
+  frames it (done here only when h11 chose chunked framing and is sending the
+  body, since that writer keeps no state per chunk; through
+  ``h11.Connection.send`` otherwise), so Hypercorn's final ``EndOfMessage``
+  is still correct;
+- never writes to a closed, possibly reused, file descriptor.
+
+:func:`direct_body` finds the parts through
+:func:`~trio_agent.http._transport.h11_parts` and returns ``None`` for any
+other shape (HTTP/2, TLS, a test harness, a future Hypercorn); the caller
+then keeps using ASGI ``send``. The internals it relies on (the ``send``
+chain, ``TCPServer.send_lock`` and ``stream``, ``h11.Connection._writer``
+being a ``ChunkedWriter``) are checked in tests/test_http_contracts.py.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from typing import Any
 
 import h11
 import trio
-from hypercorn.protocol.h11 import H11Protocol
 
-__all__ = ["ClientGoneError", "DirectBody", "direct_body", "hypercorn_h11_parts", "write_nowait"]
+from ._transport import h11_parts
+
+__all__ = ["ClientGoneError", "DirectBody", "direct_body", "write_nowait"]
 
 
 class ClientGoneError(Exception):
@@ -110,7 +113,7 @@ class DirectBody:
         conn = self._conn
         if self._chunked and body and conn.our_state is h11.SEND_BODY:
             # What h11's ChunkedWriter writes for Data (it keeps no state per chunk), without
-            # its event validation and state machine: 11 % of the CPU per token at 100 streams.
+            # its event validation and state machine (docs/decisions/001).
             return b"%x\r\n%b\r\n" % (len(body), body)
         data = conn.send(h11.Data(data=body))
         assert data is not None
@@ -164,27 +167,9 @@ class DirectBody:
                 raise ClientGoneError(str(exc)) from None
 
 
-def hypercorn_h11_parts(send: Callable[..., Awaitable[None]]) -> tuple[Any, Any, Any] | None:
-    """``(HTTPStream, H11Protocol, TCPServer)`` under a Hypercorn HTTP/1.1 ASGI ``send``, else None.
-
-    The one place that walks Hypercorn's objects (``HTTPStream.app_send`` ->
-    ``H11Protocol.stream_send`` -> ``TCPServer.protocol_send``): any other
-    shape (HTTP/2, a test harness, a future Hypercorn) gives None.
-    """
-    try:
-        http_stream = send.__self__  # type: ignore[attr-defined]
-        protocol = http_stream.send.__self__
-        server = protocol.send.__self__
-    except AttributeError:
-        return None
-    if not isinstance(protocol, H11Protocol):
-        return None
-    return http_stream, protocol, server
-
-
 def direct_body(send: Callable[..., Awaitable[None]]) -> DirectBody | None:
     """The direct writer under a Hypercorn HTTP/1.1 ASGI ``send`` over plain TCP, else None."""
-    parts = hypercorn_h11_parts(send)
+    parts = h11_parts(send)
     if parts is None:
         return None
     http_stream, protocol, server = parts

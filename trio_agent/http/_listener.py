@@ -1,0 +1,117 @@
+"""Accepting connections fairly under load: drain the kernel's accept queue in one pass.
+
+trio's :class:`trio.SocketListener` yields after every ``accept()`` (a
+scheduling point, as every trio operation is), so :func:`trio.serve_listeners`
+takes in one connection per pass of the scheduler. Under load a pass is long
+(every busy stream gets its turn in it), so new clients wait in the kernel's
+backlog behind the streams already served. :class:`DrainingListener` accepts
+everything the kernel has queued (up to ``max_batch``) when the socket turns
+readable and hands the connections out without yielding in between, so a
+pass admits (or refuses with a 503) every client that arrived during the
+previous one (docs/decisions/008).
+
+Invariant: :meth:`DrainingListener.accept` yields only when no accepted
+connection is waiting to be handed out.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+__all__ = ["DrainingListener", "ListenerStatistics"]
+
+# Errors of accept(2) that concern one connection only (as trio's SocketListener).
+_IGNORABLE = {errno.ECONNABORTED, errno.EPERM, errno.EPROTO}
+_CLOSED = {errno.EBADF, errno.EINVAL, errno.ENOTSOCK}
+# Most connections taken in one pass: enough that a burst never waits behind busy streams for
+# more than a pass or two, few enough that a flood of new clients (each a task, a parse and
+# most likely a 503 under overload) cannot crowd out the streams already admitted.
+_MAX_BATCH = 64
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListenerStatistics:
+    """``accepted`` connections so far, in ``passes`` wake-ups; ``largest_pass`` the most at once;
+    ``ready`` accepted but not yet handed out."""
+
+    accepted: int
+    passes: int
+    largest_pass: int
+    ready: int
+
+
+class DrainingListener(trio.abc.Listener[trio.SocketStream]):
+    """A listener that takes every queued connection at once (see the module docstring)."""
+
+    def __init__(self, sock: socket.socket, *, max_batch: int = _MAX_BATCH) -> None:
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError("DrainingListener needs a SOCK_STREAM socket")
+        sock.setblocking(False)
+        self._sock = sock
+        self._max_batch = max_batch
+        self._ready: deque[trio.SocketStream] = deque()
+        self._accepted = self._passes = self._largest = 0
+        self._closed = False
+
+    @property
+    def socket(self) -> socket.socket:
+        """The listening socket."""
+        return self._sock
+
+    def statistics(self) -> ListenerStatistics:
+        """Counts so far, and connections accepted but not yet handed out (``ready``)."""
+        return ListenerStatistics(
+            accepted=self._accepted,
+            passes=self._passes,
+            largest_pass=self._largest,
+            ready=len(self._ready),
+        )
+
+    def __repr__(self) -> str:
+        return f"<DrainingListener fd={self._sock.fileno()} accepted={self._accepted} ready={len(self._ready)}>"
+
+    async def accept(self) -> trio.SocketStream:
+        """The next connection; only waits (and yields) when none is queued."""
+        while not self._ready:
+            if self._closed:
+                raise trio.ClosedResourceError("the listener is closed")
+            await trio.lowlevel.wait_readable(self._sock)
+            self._drain()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return self._ready.popleft()
+
+    def _drain(self) -> None:
+        taken = 0
+        while taken < self._max_batch:
+            try:
+                conn, _ = self._sock.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _IGNORABLE:
+                    continue
+                if exc.errno in _CLOSED:
+                    raise trio.ClosedResourceError("the listener is closed") from None
+                raise
+            conn.setblocking(False)
+            self._ready.append(trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
+            taken += 1
+        if taken:
+            self._passes += 1
+            self._accepted += taken
+            self._largest = max(self._largest, taken)
+
+    async def aclose(self) -> None:
+        """Close the listening socket and every connection accepted but not handed out."""
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+            while self._ready:
+                await trio.aclose_forcefully(self._ready.popleft())
+        await trio.lowlevel.checkpoint()
