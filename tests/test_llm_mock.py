@@ -22,7 +22,8 @@ async def test_tokens_paced_against_absolute_deadlines(autojump_clock: trio.test
     got = await _collect(llm, ChatRequest.from_question("hi"))
     times = [round(t - start, 9) for t, d, _ in got if d]
     assert times == [0.2, 0.22, 0.24, 0.26, 0.28]
-    assert got[-1][2] == "stop"
+    # OpenAI's order: the finish reason, then usage in a chunk of its own.
+    assert [f for _, _, f in got if f] == ["stop"] and got[-2][2] == "stop"
     s = llm.statistics()
     assert (s.active, s.started, s.finished, s.cancelled, s.tokens) == (0, 1, 1, 0, 5)
 
@@ -43,7 +44,7 @@ async def test_echo_content_and_max_tokens_length(autojump_clock: trio.testing.M
     llm = MockLLM(pacing_resolution=0, ttft=0, itl=0, tokens=10, content="echo")
     got = await _collect(llm, ChatRequest.from_question("alpha beta gamma", max_tokens=4))
     assert "".join(d for _, d, _ in got) == "alpha beta gamma alpha"
-    assert got[-1][2] == "length"
+    assert got[-2][2] == "length"
 
 
 async def test_seeded_jitter_is_reproducible(autojump_clock: trio.testing.MockClock) -> None:
@@ -72,7 +73,7 @@ async def test_fail_after_k_tokens(autojump_clock: trio.testing.MockClock) -> No
         async with llm.stream_chat(ChatRequest.from_question("q")) as chunks:
             async for c in chunks:
                 seen.append(c.delta)
-    assert len(seen) == 3
+    assert len([d for d in seen if d]) == 3
     assert llm.statistics().failed == 1 and llm.statistics().active == 0
 
 
@@ -111,14 +112,16 @@ async def test_receive_nowait_hands_over_only_tokens_already_due(
     async with llm.stream_chat(ChatRequest.from_question("hi")) as chunks:
         with pytest.raises(trio.WouldBlock):
             chunks.receive_nowait()  # type: ignore[attr-defined]  # the first token is __anext__'s
-        first = await chunks.__anext__()
+        role = await chunks.__anext__()  # OpenAI's first chunk: the role, no text
+        assert role.delta == "" and role.raw is not None and b'"role":"assistant"' in role.raw
+        first = chunks.receive_nowait()  # type: ignore[attr-defined]  # token 0 came with it
         with pytest.raises(trio.WouldBlock):
             chunks.receive_nowait()  # type: ignore[attr-defined]  # token 1 is not due yet
         await trio.sleep(0.035)  # fall behind: tokens 1..3 are due by now
         ready = drain_ready(chunks)
         assert len(ready) == 3
         rest = [c async for c in chunks]
-    assert rest[-1].finish_reason == "stop" and rest[-1].usage is not None
+    assert rest[-2].finish_reason == "stop" and rest[-1].usage is not None
     # Same words, same seeded schedule, whichever way they were taken.
     assert [first.delta, *(c.delta for c in ready), *(c.delta for c in rest if c.delta)] == paced
     assert llm.statistics().tokens == 6

@@ -139,10 +139,11 @@ async def test_streams_deltas_finish_and_usage(autojump_clock: trio.testing.Mock
     script = Script(standard_stream())
     backend = make_backend(script)
     got = await collect(backend)
-    assert [c.delta for _, c in got] == ["Hel", "lo", "", ""]
-    assert [round(t, 9) for t, _ in got[:2]] == [0.1, 0.12]
-    assert got[2][1].finish_reason == "stop"
-    assert got[3][1].usage is not None and got[3][1].usage.completion_tokens == 2
+    # Every upstream chunk comes through, the role chunk too (a relay forwards each one).
+    assert [c.delta for _, c in got] == ["", "Hel", "lo", "", ""]
+    assert [round(t, 9) for t, _ in got[:3]] == [0.1, 0.1, 0.12]
+    assert got[3][1].finish_reason == "stop"
+    assert got[4][1].usage is not None and got[4][1].usage.completion_tokens == 2
     body = orjson.loads(script.requests[0].content)
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert script.requests[0].headers["authorization"] == f"Bearer {CANARY}"
@@ -405,7 +406,12 @@ async def test_receive_nowait_hands_over_events_already_read(
         ready = drain_ready(chunks)
         rest = [c async for c in chunks]
     assert first.delta == "a"
-    assert [(c.delta, c.finish_reason) for c in ready] == [("b", None), ("c", None), ("", "stop")]
+    assert [(c.delta, c.finish_reason) for c in ready] == [
+        ("b", None),
+        ("", None),  # the role chunk, passed on as it came
+        ("c", None),
+        ("", "stop"),
+    ]
     assert rest == []  # [DONE] was left to __anext__, which ended the stream
     assert backend.statistics().in_flight == 0
 

@@ -378,7 +378,7 @@ async def test_a_dribbling_upstream_is_caught_by_the_per_event_deadline(below: b
                         times.append(trio.current_time())
             gap = trio.current_time() - times[-1]
             assert info.value.timeout == 0.1
-            assert deltas == ["alpha"]  # the first came within first_token_timeout; no second
+            assert [d for d in deltas if d] == ["alpha"]  # the first came within first_token_timeout; no second
             assert 0.1 <= gap < 1.0  # the event deadline, not httpx's 3 s read timeout
             stats = await settled(backend, app, cancelled=1)
             assert (stats.requests, stats.completed, stats.faults) == (1, 0, 1)

@@ -62,6 +62,9 @@ class MockLLMConfig:
     ``stall_after_tokens`` stops sending (forever) after that many tokens.
     ``pacing_resolution``: streams due within this many seconds of each other
     are woken together by one shared clock (see ``Pacer``); 0 keeps exact times.
+    ``tool_calls``: how many tool calls answer a request that offers tools
+    (0 = answer with text). ``script``: a JSON-lines file of turns replayed in
+    order instead (see ``trio_agent.llm._mock_script``).
     """
 
     ttft: float = 0.2
@@ -75,9 +78,12 @@ class MockLLMConfig:
     fail_after_tokens: int | None = None
     stall_after_tokens: int | None = None
     pacing_resolution: float = 0.001
+    tool_calls: int = 1
+    script: str | None = None
 
     def __post_init__(self) -> None:
         _non_negative("pacing_resolution", self.pacing_resolution)
+        _check(self.tool_calls >= 0, f"tool_calls must be >= 0, got {self.tool_calls!r}")
         _non_negative("ttft", self.ttft)
         _non_negative("itl", self.itl)
         _non_negative("jitter", self.jitter)

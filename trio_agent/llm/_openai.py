@@ -33,7 +33,6 @@ import trio
 from ..config import UpstreamConfig
 from ..errors import (
     ConfigError,
-    SSEError,
     UpstreamConnectError,
     UpstreamConnectTimeoutError,
     UpstreamError,
@@ -45,10 +44,12 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamTotalTimeoutError,
 )
-from ..sse import SSEDecoder
 from ._h11_body import h11_body
+from ._relay import Relay
 from ._retry import RetryBudget, backoff_delay, is_retryable_status, parse_retry_after
-from ._types import ChatChunk, ChatCompletion, ChatRequest, Usage
+from ._sse_data import SSEDataSplitter
+from ._types import ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Usage
+from ._wire import chunk_from_object, tool_calls_from_message, usage_from_object
 
 __all__ = ["OpenAIBackend", "OpenAIBackendStatistics", "open_openai_backend"]
 
@@ -221,9 +222,22 @@ class OpenAIBackend:
         return exc
 
     def _body(self, request: ChatRequest, *, stream: bool) -> bytes:
-        body: dict[str, Any] = {
+        """The upstream's JSON body: the client's own (``openai_body``) with only what the
+        gateway owns changed, else one built from the request's fields."""
+        client_body = request.openai_body
+        if client_body is not None:
+            body = dict(client_body)
+            if body.get("model") is None:
+                body["model"] = request.model or self.config.model
+            body["stream"] = stream
+            if stream:
+                # Usage is counted from the stream; every other option the client set stays.
+                options = body.get("stream_options")
+                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            return orjson.dumps(body)
+        body = {
             "model": request.model or self.config.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [_message(m) for m in request.messages],
             "stream": stream,
         }
         if stream:
@@ -232,6 +246,10 @@ class OpenAIBackend:
             body["max_tokens"] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        if request.tools:
+            body["tools"] = list(request.tools)
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
         return orjson.dumps(body)
 
     async def _status_error(self, response: httpx.Response) -> UpstreamStatusError:
@@ -396,18 +414,19 @@ class OpenAIBackend:
                 raise self._transport_error(exc, "during the call") from None
             if response.status_code != 200:
                 raise await self._status_error(response)
+            raw = response.content
             try:
-                obj = orjson.loads(response.content)
+                obj = orjson.loads(raw)
                 choice = obj["choices"][0]
-                usage = obj.get("usage") or {}
+                message = choice["message"]
+                usage = usage_from_object(obj.get("usage"))
                 return ChatCompletion(
-                    content=choice["message"].get("content") or "",
+                    content=message.get("content") or "",
                     finish_reason=choice.get("finish_reason") or "stop",
-                    usage=Usage(
-                        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                        completion_tokens=int(usage.get("completion_tokens", 0)),
-                    ),
+                    usage=usage or Usage(prompt_tokens=0, completion_tokens=0),
                     model=str(obj.get("model") or request.model or cfg.model),
+                    tool_calls=tool_calls_from_message(message),
+                    raw=raw,
                 )
             except (
                 orjson.JSONDecodeError,
@@ -434,6 +453,93 @@ class OpenAIBackend:
         finally:
             self._give_back(shard)
 
+    @asynccontextmanager
+    async def open_relay(self, path: str, body: bytes, *, stream: bool) -> AsyncIterator[Relay]:
+        """Relay ``POST {base_url}{path}`` (``/embeddings``, ``/completions``, ``/responses``, ...).
+
+        ``body`` goes upstream byte for byte. The block is entered once the
+        first bytes are in (the first event of a stream, or the whole body);
+        until then retryable failures are retried as for chat, within the
+        first-token deadline for a stream and the total one otherwise; after
+        it, the idle and total deadlines bound each read. A status the
+        upstream will not change its mind about (a 4xx other than 408, 409,
+        429) comes back as the relay's status, with the upstream's body.
+        Leaving the block closes the upstream response.
+        """
+        cfg = self.config
+        start = trio.current_time()
+        total_deadline = start + cfg.total_timeout
+        first_deadline = min(start + cfg.first_token_timeout, total_deadline) if stream else total_deadline
+        url = f"{self._base}/{path.lstrip('/')}"
+        headers = {
+            **self._headers,
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+        }
+
+        def first_timeout() -> UpstreamTimeoutError:
+            if first_deadline >= total_deadline:
+                return UpstreamTotalTimeoutError(
+                    f"upstream call exceeded {cfg.total_timeout} s", timeout=cfg.total_timeout
+                )
+            return UpstreamFirstTokenTimeoutError(
+                f"no first byte from the upstream within {cfg.first_token_timeout} s",
+                timeout=cfg.first_token_timeout,
+            )
+
+        async def attempt() -> tuple[Relay, _RelaySource | None]:
+            req = client.build_request("POST", url, content=body, headers=headers)
+            try:
+                response = await client.send(req, stream=True)
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc, "while sending") from None
+            content_type = response.headers.get("content-type", "application/json")
+            status = response.status_code
+            try:
+                if status != 200 and is_retryable_status(status):
+                    raise await self._status_error(response)
+                if status == 200 and content_type.startswith("text/event-stream"):
+                    source = _RelaySource(self, response, total_deadline)
+                    relay = Relay(status=200, content_type=content_type, source=source)
+                    await relay.prime()
+                    return relay, source
+                try:
+                    data = await response.aread()
+                except httpx.HTTPError as exc:
+                    raise self._transport_error(exc, "reading the answer") from None
+                return (
+                    Relay(
+                        status=status,
+                        content_type=content_type,
+                        body=data,
+                        first_byte_at=trio.current_time(),
+                    ),
+                    None,
+                )
+            except BaseException:
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
+                    await response.aclose()
+                raise
+
+        shard = self._take()
+        client = self._clients[shard]
+        try:
+            relay, source = await self._with_retries(
+                attempt, first_deadline=first_deadline, timeout_error=first_timeout
+            )
+            self._in_flight += 1
+            try:
+                yield relay
+            except UpstreamError as exc:
+                self._count_error(exc)
+                raise
+            finally:
+                self._in_flight -= 1
+                if source is not None:
+                    await source.aclose()
+        finally:
+            self._give_back(shard)
+
     async def list_models(self) -> list[str]:
         """Model ids from ``GET {base_url}/models``."""
         shard = self._take()
@@ -454,6 +560,20 @@ class OpenAIBackend:
             raise UpstreamProtocolError("upstream /models reply is not a model list") from exc
 
 
+def _message(m: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        out["name"] = m.name
+    return out
+
+
 class _UpstreamStream:
     """The chunks of one upstream response. Each ``__anext__`` opens its own deadline scope."""
 
@@ -461,12 +581,12 @@ class _UpstreamStream:
         "_backend",
         "_body",
         "_closed",
-        "_decoder",
         "_done",
         "_events",
         "_pending",
         "_raw",
         "_response",
+        "_splitter",
         "_total_deadline",
     )
 
@@ -478,8 +598,8 @@ class _UpstreamStream:
         self._raw = response.aiter_raw()
         # Below httpx when the response is HTTP/1.1 over trio (see _h11_body); else aiter_raw.
         self._body = h11_body(response) if backend.config.read_below_httpx else None
-        self._decoder = SSEDecoder()
-        self._events: list[str] = []  # data of decoded, not yet parsed events
+        self._splitter = SSEDataSplitter()
+        self._events: list[bytes] = []  # data of split, not yet parsed events
         self._pending: list[ChatChunk] = []
         self._total_deadline = total_deadline
         self._done = False
@@ -495,7 +615,12 @@ class _UpstreamStream:
             if chunk is None:
                 return
             self._pending.append(chunk)
-            if chunk.delta or chunk.finish_reason is not None or chunk.usage is not None:
+            if (
+                chunk.delta
+                or chunk.tool_calls
+                or chunk.finish_reason is not None
+                or chunk.usage is not None
+            ):
                 return
 
     async def __anext__(self) -> ChatChunk:
@@ -533,10 +658,8 @@ class _UpstreamStream:
     def _decoded_chunk(self) -> ChatChunk | None:
         """The next chunk worth returning among the events already decoded, up to ``[DONE]``."""
         events = self._events
-        while events and events[0] != "[DONE]":
-            chunk = self._parse(events.pop(0))
-            if chunk is not None:
-                return chunk
+        if events and events[0] != b"[DONE]":
+            return self._parse(events.pop(0))
         return None
 
     async def _next_chunk(self) -> ChatChunk | None:
@@ -564,12 +687,7 @@ class _UpstreamStream:
                     raise UpstreamProtocolError("upstream stream ended without [DONE]") from None
                 except httpx.HTTPError as exc:
                     raise self._backend._transport_error(exc, "mid-stream") from None
-            try:
-                self._events.extend(ev.data for ev in self._decoder.feed(data))
-            except SSEError as exc:
-                raise UpstreamProtocolError(
-                    f"upstream sent a malformed event stream: {exc}"
-                ) from None
+            self._events.extend(self._splitter.feed(data))
 
     async def _drain(self) -> None:
         """Read what follows ``[DONE]`` (normally nothing) so the connection can be reused."""
@@ -585,7 +703,8 @@ class _UpstreamStream:
             except (httpx.HTTPError, UpstreamError):
                 pass
 
-    def _parse(self, payload: str) -> ChatChunk | None:
+    def _parse(self, payload: bytes) -> ChatChunk:
+        """One chunk, carrying ``payload`` as its ``raw`` (the bytes as received)."""
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -598,22 +717,10 @@ class _UpstreamStream:
             raise UpstreamStreamError(
                 self._backend._redact(f"upstream error mid-stream: {message}"[:400])
             )
-        usage_obj = obj.get("usage")
-        usage = None
-        if isinstance(usage_obj, dict):
-            usage = Usage(
-                prompt_tokens=int(usage_obj.get("prompt_tokens") or 0),
-                completion_tokens=int(usage_obj.get("completion_tokens") or 0),
-            )
-        choices = obj.get("choices") or ()
-        delta, finish = "", None
-        if choices:
-            choice = choices[0]
-            delta = (choice.get("delta") or {}).get("content") or ""
-            finish = choice.get("finish_reason")
-        if not delta and finish is None and usage is None:
-            return None
-        return ChatChunk(delta=delta, finish_reason=finish, usage=usage)
+        try:
+            return chunk_from_object(obj, payload)
+        except (AttributeError, TypeError, IndexError, KeyError):
+            raise UpstreamProtocolError("upstream sent a malformed chat.completion.chunk") from None
 
     async def aclose(self) -> None:
         """Close the response (and so its connection, if unread), shielded with a short deadline."""
@@ -623,3 +730,86 @@ class _UpstreamStream:
         with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
             await self._raw.aclose()  # type: ignore[attr-defined]
             await self._response.aclose()
+
+
+class _RelaySource:
+    """The raw bytes of one relayed event stream, cut after the last whole event of each read.
+
+    Each ``__anext__`` reads within the idle and total deadlines; what
+    follows the last blank line waits for the next read, so every item ends
+    on an event boundary; the upstream's end of body ends the iteration.
+    """
+
+    __slots__ = ("_backend", "_body", "_closed", "_ended", "_raw", "_response", "_rest", "_total_deadline")
+
+    def __init__(
+        self, backend: OpenAIBackend, response: httpx.Response, total_deadline: float
+    ) -> None:
+        self._backend = backend
+        self._response = response
+        self._raw = response.aiter_raw()
+        self._body = h11_body(response) if backend.config.read_below_httpx else None
+        self._total_deadline = total_deadline
+        self._rest = b""
+        self._ended = False
+        self._closed = False
+
+    def __aiter__(self) -> _RelaySource:
+        return self
+
+    async def __anext__(self) -> bytes:
+        cfg = self._backend.config
+        while not self._ended:
+            deadline = min(trio.current_time() + cfg.idle_timeout, self._total_deadline)
+            data = b""
+            with trio.move_on_at(deadline):
+                data = await self._read()
+            if not data and not self._ended:
+                if deadline == self._total_deadline:
+                    raise UpstreamTotalTimeoutError(
+                        f"upstream call exceeded {cfg.total_timeout} s", timeout=cfg.total_timeout
+                    )
+                raise UpstreamIdleTimeoutError(
+                    f"upstream sent nothing for {cfg.idle_timeout} s", timeout=cfg.idle_timeout
+                )
+            buf = self._rest + data if self._rest else data
+            cut = _last_event_end(buf)
+            if cut:
+                self._rest = buf[cut:]
+                return buf[:cut] if cut < len(buf) else buf
+            self._rest = buf
+        if self._rest:  # an unterminated last event: relayed as it came
+            rest, self._rest = self._rest, b""
+            return rest
+        raise StopAsyncIteration
+
+    async def _read(self) -> bytes:
+        body = self._body
+        if body is not None:
+            data = await body.read()
+            if not data:
+                self._ended = True
+            return data
+        try:
+            return await self._raw.__anext__()
+        except StopAsyncIteration:
+            self._ended = True
+            return b""
+        except httpx.HTTPError as exc:
+            raise self._backend._transport_error(exc, "mid-stream") from None
+
+    async def aclose(self) -> None:
+        """Close the response (and so its connection, if unread), shielded with a short deadline."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
+            await self._raw.aclose()  # type: ignore[attr-defined]
+            await self._response.aclose()
+
+
+def _last_event_end(buf: bytes) -> int:
+    """Where the last whole event of ``buf`` ends (0: none ends in it)."""
+    lf = buf.rfind(b"\n\n")
+    crlf = buf.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)

@@ -1,18 +1,26 @@
-"""The mock LLM server's ASGI app: OpenAI's chat completions wire format over :class:`MockLLM`.
+"""The mock LLM server's ASGI app: OpenAI's wire formats over :class:`MockLLM`.
 
 A thin raw ASGI app rather than a Quart app, so that nothing but Hypercorn sits
-between a token and its write: the per-token path is one ``bytes``
-concatenation (a JSON prefix and suffix built once per request around the
-orjson-escaped delta); frames already due together (``itl`` 0, a backlog) go
-out in one ASGI ``send``.
+between a token and its write: each chunk's JSON comes from the ``MockLLM``
+(``ChatChunk.raw``, built around the orjson-escaped delta once per request)
+and is framed with one concatenation; frames already due together (``itl`` 0,
+a backlog) go out in one ASGI ``send``.
 
 Routes::
 
     POST /v1/chat/completions   stream true: text/event-stream of chat.completion.chunk
-                                frames, then data: [DONE]; stream false: a chat.completion
+                                frames, then data: [DONE]; stream false: a chat.completion.
+                                Offered tools are called (MockLLMConfig.tool_calls), a tool
+                                result is answered in text, a JSON response_format gets JSON
+    POST /v1/embeddings         deterministic vectors, seeded by each input's text
+    POST /v1/completions        text_completion, streamed or whole
+    POST /v1/responses          the Responses API: named events streamed, or a response object
     GET  /v1/models             the one model, as a list
     GET  /mock/stats            MockServerStatistics as JSON
     POST /mock/reset            zero the counters (peak_active restarts at active)
+    GET  /mock/last-request     the last JSON body a POST /v1 route received, byte for byte
+
+Any other path is a JSON 404.
 
 Each chat request runs in one nursery beside a task that listens for
 ``http.disconnect``: a client that leaves mid-stream cancels the stream at
@@ -22,11 +30,11 @@ shape ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import orjson
@@ -43,7 +51,8 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ..http import ClientGoneError, DirectBody, direct_body, quick_receive
-from ..llm import ChatMessage, ChatRequest, MockLLM, Usage
+from ..llm import ChatMessage, ChatRequest, MockLLM, ToolCall, Usage
+from ..llm._mock import chat_completion_json
 from ._faults import Fault, draw_fault, parse_fault_header
 
 __all__ = ["MockServerApp", "MockServerStatistics"]
@@ -58,6 +67,15 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _DONE = b"data: [DONE]\n\n"
+_RELAYED = ("/v1/embeddings", "/v1/completions", "/v1/responses")
+_ROUTES = {
+    "/v1/chat/completions": "POST",
+    **dict.fromkeys(_RELAYED, "POST"),
+    "/v1/models": "GET",
+    "/mock/stats": "GET",
+    "/mock/reset": "POST",
+    "/mock/last-request": "GET",
+}
 _COALESCE_BYTES = 16384  # flush coalesced frames at this size
 
 _STATUS_ERRORS: dict[int, tuple[str, str, str | None]] = {
@@ -112,16 +130,6 @@ def _error_frame(message: str) -> bytes:
     return b"data: " + _error_doc(message, "server_error", "mock_stream_error") + b"\n\n"
 
 
-def _usage_json(usage: Usage) -> bytes:
-    return orjson.dumps(
-        {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-        }
-    )
-
-
 def _error_doc(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
@@ -164,9 +172,9 @@ def _invalid(message: str, field: str | None = None) -> RequestValidationError:
     return RequestValidationError(message, field=field, status_code=400)
 
 
-def _content_text(content: Any, field: str) -> str:
+def _content_text(content: Any, field: str) -> str | None:
     if content is None or isinstance(content, str):
-        return content or ""
+        return content
     if isinstance(content, list):
         parts: list[str] = []
         for part in content:
@@ -175,6 +183,27 @@ def _content_text(content: Any, field: str) -> str:
             parts.append(part.get("text", ""))
         return "".join(parts)
     raise _invalid(f"{field} must be a string or a list of content parts", field)
+
+
+def _tool_calls(raw: Any, field: str) -> tuple[ToolCall, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _invalid(f"{field} must be an array", field)
+    calls = []
+    for k, item in enumerate(raw):
+        fn = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise _invalid(f"{field}[{k}] must be a function call with a name", f"{field}[{k}]")
+        arguments = fn.get("arguments", "")
+        calls.append(
+            ToolCall(
+                id=str(item.get("id") or ""),
+                name=fn["name"],
+                arguments=arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode(),
+            )
+        )
+    return tuple(calls)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -201,7 +230,17 @@ def _parse_chat(body: bytes, default_model: str) -> _ChatCall:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise _invalid(f"messages[{i}] must be an object with a string 'role'", f"messages[{i}]")
         text = _content_text(m.get("content"), f"messages[{i}].content")
-        parsed.append(ChatMessage(role=m["role"], content=text))
+        call_id = m.get("tool_call_id")
+        name = m.get("name")
+        parsed.append(
+            ChatMessage(
+                role=m["role"],
+                content=text,
+                tool_calls=_tool_calls(m.get("tool_calls"), f"messages[{i}].tool_calls"),
+                tool_call_id=call_id if isinstance(call_id, str) else None,
+                name=name if isinstance(name, str) else None,
+            )
+        )
     model = doc.get("model", default_model)
     if not isinstance(model, str) or not model:
         raise _invalid("'model' must be a non-empty string", "model")
@@ -225,7 +264,20 @@ def _parse_chat(body: bytes, default_model: str) -> _ChatCall:
     n = doc.get("n", 1)
     if n not in (1, None):
         raise _invalid("the mock LLM serves only n=1", "n")
-    request = ChatRequest(messages=tuple(parsed), model=model, max_tokens=max_tokens)
+    tools = doc.get("tools") or []
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise _invalid("'tools' must be an array of objects", "tools")
+    tool_choice = doc.get("tool_choice")
+    if tool_choice is not None and not isinstance(tool_choice, str | dict):
+        raise _invalid("'tool_choice' must be a string or an object", "tool_choice")
+    request = ChatRequest(
+        messages=tuple(parsed),
+        model=model,
+        max_tokens=max_tokens,
+        tools=tuple(tools),
+        tool_choice=tool_choice,
+        openai_body=doc,
+    )
     return _ChatCall(request=request, model=model, stream=bool(stream), include_usage=include_usage)
 
 
@@ -243,7 +295,8 @@ class MockServerApp:
         self.llm = MockLLM(config.llm)
         self._limiter = trio.CapacityLimiter(config.max_concurrency)
         self._rng = random.Random(config.llm.seed)
-        self._ids = itertools.count(1)
+        #: The body of the last POST to a /v1 route, as received (``GET /mock/last-request``).
+        self.last_request: bytes | None = None
         self._active = self._queued = 0
         self._changed = trio.lowlevel.ParkingLot()
         self._reset_counters()
@@ -312,34 +365,38 @@ class MockServerApp:
 
     async def _route(self, scope: Message, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        routes = {
-            "/v1/chat/completions": "POST",
-            "/v1/models": "GET",
-            "/mock/stats": "GET",
-            "/mock/reset": "POST",
-        }
-        allowed = routes.get(path)
+        allowed = _ROUTES.get(path)
         if allowed is None:
             raise NotFoundError(f"no route for {method} {path}")
         if method != allowed:
             raise MethodNotAllowedError(f"{path} allows {allowed} only")
-        if path == "/v1/chat/completions":
-            await self._chat(scope, receive, send)
+        if path in _RELAYED or path == "/v1/chat/completions":
+            await self._call(scope, receive, send, path)
         elif path == "/v1/models":
             model = {"id": self.config.llm.model, "object": "model", "created": 0,
                      "owned_by": "trio-agent"}
             await _send_json(send, 200, orjson.dumps({"object": "list", "data": [model]}))
+        elif path == "/mock/last-request":
+            if self.last_request is None:
+                raise NotFoundError("no request has been received yet")
+            await _send_json(send, 200, self.last_request)
         else:
             if path == "/mock/reset":
                 self.reset()
             await _send_json(send, 200, orjson.dumps(self.statistics()))
 
-    # -- chat completions ------------------------------------------------------------
+    # -- calls: chat completions and the relayed routes ---------------------------------
 
-    async def _chat(self, scope: Message, receive: Receive, send: Send) -> None:
+    async def _call(self, scope: Message, receive: Receive, send: Send, path: str) -> None:
         body = await _read_body(receive, self.config.max_body_bytes)
+        self.last_request = body
         self._requests += 1
-        call = _parse_chat(body, self.config.llm.model)
+        reply: Callable[[Send, Fault, _Exchange], Awaitable[None]]
+        if path == "/v1/chat/completions":
+            call = _parse_chat(body, self.config.llm.model)
+            reply = partial(self._chat_reply, call)
+        else:
+            reply = partial(self._relay_reply, path.removeprefix("/v1"), body)
         header = next((v for k, v in scope["headers"] if k == b"x-mock-fault"), None)
         if header is not None:
             fault = parse_fault_header(header.decode("latin-1"))
@@ -357,7 +414,7 @@ class MockServerApp:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_listen_for_disconnect, receive, nursery.cancel_scope, exchange)
-                await self._admit_and_reply(send, call, fault, exchange)
+                await self._admit_and_reply(send, reply, fault, exchange)
                 nursery.cancel_scope.cancel()
             # A completed reply was counted before its slot was given back (_admit_and_reply).
             if exchange.gone and not exchange.counted:
@@ -365,8 +422,20 @@ class MockServerApp:
         finally:
             self._changed.unpark_all()
 
+    async def _chat_reply(
+        self, call: _ChatCall, send: Send, fault: Fault, exchange: _Exchange
+    ) -> None:
+        if call.stream:
+            await self._stream(send, call, fault, exchange)
+        else:
+            await self._complete(send, call, fault, exchange)
+
     async def _admit_and_reply(
-        self, send: Send, call: _ChatCall, fault: Fault, exchange: _Exchange
+        self,
+        send: Send,
+        reply: Callable[[Send, Fault, _Exchange], Awaitable[None]],
+        fault: Fault,
+        exchange: _Exchange,
     ) -> None:
         limiter = self._limiter
         try:
@@ -389,10 +458,7 @@ class MockServerApp:
         self._peak_active = max(self._peak_active, self._active)
         self._changed.unpark_all()
         try:
-            if call.stream:
-                await self._stream(send, call, fault, exchange)
-            else:
-                await self._complete(send, call, fault, exchange)
+            await reply(send, fault, exchange)
         finally:
             # Counted before the slot is given back, so a reader that sees it idle sees it done:
             # the last bytes may be on the wire already (a direct write does not yield).
@@ -430,110 +496,103 @@ class MockServerApp:
         return MockLLM(replace(self.config.llm, ttft=fault.ttft))
 
     async def _stream(self, send: Send, call: _ChatCall, fault: Fault, exchange: _Exchange) -> None:
-        cid = f"chatcmpl-mock{next(self._ids):012x}".encode()
-        created = str(int(time.time())).encode()
-        model = orjson.dumps(call.model)
-        envelope = (
-            b'data: {"id":"' + cid + b'","object":"chat.completion.chunk","created":' + created
-            + b',"model":' + model + b',"system_fingerprint":null,"choices":'
-        )
-        usage_null = b',"usage":null' if call.include_usage else b""
-        head = envelope + b'[{"index":0,"delta":{"content":'
-        tail = b'},"logprobs":null,"finish_reason":null}]' + usage_null + b"}\n\n"
-        role = envelope + b'[{"index":0,"delta":{"role":"assistant","content":""}' + tail[1:]
         out = (
             _slow_writer(send, exchange, self.config.slow_bytes_delay)
             if fault.slow_bytes
             else _writer(send, exchange)
         )
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        pending = [role]  # the role frame goes out with the first token, as OpenAI's does
+        pending: list[bytes] = []
         pending_bytes = 0
-        sent = 0
+        sent = 0  # content and tool-call deltas sent: what fault counts refer to
         llm = self._llm_for(fault)
         cfg = llm.config
         async with llm.stream_chat(call.request) as chunks:
-            # Token i is due at start + ttft + i * itl (+- jitter) on the stream's clock; taken
+            # Unit i is due at start + ttft + i * itl (+- jitter) on the stream's clock; taken
             # after the stream's own start, this bound errs late, never early.
             start = trio.current_time() + cfg.ttft + cfg.jitter
             try:
                 async for chunk in chunks:
-                    if sent == fault.stall_after:
+                    said = bool(chunk.delta or chunk.tool_calls)
+                    if said and sent == fault.stall_after:
                         await out(b"".join(pending), False)
                         await trio.sleep_forever()
-                    if sent == fault.drop_after:
+                    if said and sent == fault.drop_after:
                         await out(b"".join(pending), False)
                         exchange.done = exchange.faulted = True
                         return  # Hypercorn closes a connection whose response did not end
-                    if sent == fault.error_after:
+                    if said and sent == fault.error_after:
                         exchange.faulted = True
                         pending.append(_error_frame("The mock LLM failed mid-stream (injected)."))
                         await out(b"".join(pending), True)
                         return
+                    if (
+                        chunk.usage is not None
+                        and not call.include_usage
+                        and not said
+                        and chunk.finish_reason is None
+                    ):
+                        continue  # the usage chunk, which OpenAI sends only when asked
+                    assert chunk.raw is not None  # every MockLLM chunk carries its JSON
+                    frame = b"data: " + chunk.raw + b"\n\n"
+                    pending.append(frame)
+                    pending_bytes += len(frame)
+                    if not said:
+                        continue  # the role, finish and usage chunks go out with their neighbours
+                    sent += 1
                     if chunk.delta:
-                        frame = head + orjson.dumps(chunk.delta) + tail
-                        pending.append(frame)
-                        pending_bytes += len(frame)
-                        sent += 1
                         self._tokens += 1
-                        # Coalesce frames that are all due now (itl 0, or a backlog): one write
-                        # instead of one per token. A frame waits only if the next token is
-                        # surely due already, so no frame goes out later than its token.
-                        if (
-                            pending_bytes >= _COALESCE_BYTES
-                            or start + sent * cfg.itl > trio.current_time()
-                        ):
-                            await out(b"".join(pending), False)
-                            pending.clear()
-                            pending_bytes = 0
-                    if chunk.finish_reason is not None:
-                        pending.append(
-                            envelope + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
-                            + orjson.dumps(chunk.finish_reason) + b"}]" + usage_null + b"}\n\n"
-                        )
-                        if call.include_usage and chunk.usage is not None:
-                            pending.append(envelope + b'[],"usage":' + _usage_json(chunk.usage) + b"}\n\n")
-                        pending.append(_DONE)
-                        await out(b"".join(pending), True)
-                        return
+                    # Coalesce frames that are all due now (itl 0, or a backlog): one write
+                    # instead of one per token. A frame waits only if the next unit is
+                    # surely due already, so no frame goes out later than its unit.
+                    if (
+                        pending_bytes >= _COALESCE_BYTES
+                        or start + sent * cfg.itl > trio.current_time()
+                    ):
+                        await out(b"".join(pending), False)
+                        pending.clear()
+                        pending_bytes = 0
             except UpstreamError as exc:  # a fault configured on the MockLLM itself
                 exchange.faulted = True
                 pending.append(_error_frame(f"The mock LLM failed: {exc}"))
                 await out(b"".join(pending), True)
+                return
+        pending.append(_DONE)
+        await out(b"".join(pending), True)
 
     async def _complete(
         self, send: Send, call: _ChatCall, fault: Fault, exchange: _Exchange
     ) -> None:
         parts: list[str] = []
         finish = "stop"
-        prompt_tokens = completion_tokens = 0
+        usage = Usage(prompt_tokens=0, completion_tokens=0)
+        said = 0
         async with self._llm_for(fault).stream_chat(call.request) as chunks:
             try:
                 async for chunk in chunks:
-                    if len(parts) == fault.stall_after:
-                        await trio.sleep_forever()
-                    if len(parts) == fault.drop_after:
-                        # Promise a body, send a piece of it, hang up.
-                        headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
-                        await send({"type": "http.response.start", "status": 200, "headers": headers})
-                        await send({"type": "http.response.body", "body": b'{"id":', "more_body": True})
-                        exchange.done = exchange.faulted = True
-                        return
-                    if len(parts) == fault.error_after:
-                        err = _error_doc(
-                            "The mock LLM failed mid-generation (injected).", "server_error", None
-                        )
-                        exchange.done = exchange.faulted = True
-                        await _send_json(send, 500, err)
-                        return
+                    if chunk.delta or chunk.tool_calls:
+                        if said == fault.stall_after:
+                            await trio.sleep_forever()
+                        if said == fault.drop_after:
+                            # Promise a body, send a piece of it, hang up.
+                            await _send_partial(send, 200, "application/json", b'{"id":')
+                            exchange.done = exchange.faulted = True
+                            return
+                        if said == fault.error_after:
+                            err = _error_doc(
+                                "The mock LLM failed mid-generation (injected).", "server_error", None
+                            )
+                            exchange.done = exchange.faulted = True
+                            await _send_json(send, 500, err)
+                            return
+                        said += 1
                     if chunk.delta:
                         parts.append(chunk.delta)
                         self._tokens += 1
                     if chunk.finish_reason is not None:
                         finish = chunk.finish_reason
                     if chunk.usage is not None:
-                        prompt_tokens = chunk.usage.prompt_tokens
-                        completion_tokens = chunk.usage.completion_tokens
+                        usage = chunk.usage
             except UpstreamError as exc:  # a fault configured on the MockLLM itself
                 exchange.done = exchange.faulted = True
                 status = (
@@ -542,33 +601,94 @@ class MockServerApp:
                 err = _error_doc(f"The mock LLM failed: {exc}", "server_error", None)
                 await _send_json(send, status or 500, err)
                 return
-        doc: dict[str, Any] = {
-            "id": f"chatcmpl-mock{next(self._ids):012x}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": call.model,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(parts), "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-        body = orjson.dumps(doc)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+            # The whole reply's calls and id, as the stream planned them.
+            tool_calls: tuple[ToolCall, ...] = getattr(chunks, "tool_calls", ())
+            cid: str = getattr(chunks, "cid", "chatcmpl-mock")
+        content = "".join(parts)
+        body = chat_completion_json(
+            cid=cid,
+            created=int(time.time()),
+            model=call.model,
+            content=content if content or not tool_calls else None,
+            tool_calls=tool_calls,
+            finish_reason=finish,
+            usage=usage,
+        )
+        await self._send_body(send, 200, "application/json", body, fault, exchange)
+
+    async def _send_body(
+        self, send: Send, status: int, content_type: str, body: bytes, fault: Fault, exchange: _Exchange
+    ) -> None:
+        headers = [
+            (b"content-type", content_type.encode("latin-1")),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         if fault.slow_bytes:
             await _slow_writer(send, exchange, self.config.slow_bytes_delay)(body, True)
         else:
             await _writer(send, exchange)(body, True)
+
+    async def _relay_reply(
+        self, path: str, body: bytes, send: Send, fault: Fault, exchange: _Exchange
+    ) -> None:
+        """Embeddings, completions, responses: the MockLLM's relay, written through.
+
+        Faults count events of a stream (``stall-after``, ``drop-after``,
+        ``error-after``); a whole body counts as one.
+        """
+        llm = self._llm_for(fault)
+        try:
+            async with llm.open_relay(path, body, stream=False) as relay:
+                if not relay.streaming:
+                    if fault.stall_after == 0:
+                        await trio.sleep_forever()
+                    if fault.drop_after == 0:
+                        exchange.done = exchange.faulted = True
+                        await _send_partial(send, relay.status, relay.content_type, relay.body[:8])
+                        return
+                    if fault.error_after == 0:
+                        exchange.done = exchange.faulted = True
+                        err = _error_doc(
+                            "The mock LLM failed mid-generation (injected).", "server_error", None
+                        )
+                        await _send_json(send, 500, err)
+                        return
+                    await self._send_body(send, relay.status, relay.content_type, relay.body, fault, exchange)
+                    return
+                out = (
+                    _slow_writer(send, exchange, self.config.slow_bytes_delay)
+                    if fault.slow_bytes
+                    else _writer(send, exchange)
+                )
+                headers = [(b"content-type", relay.content_type.encode("latin-1")), *_SSE_HEADERS[1:]]
+                await send({"type": "http.response.start", "status": relay.status, "headers": headers})
+                sent = 0
+                async for data in relay:
+                    if sent == fault.stall_after:
+                        await trio.sleep_forever()
+                    if sent == fault.drop_after:
+                        exchange.done = exchange.faulted = True
+                        return  # Hypercorn closes a connection whose response did not end
+                    if sent == fault.error_after:
+                        exchange.faulted = True
+                        await out(_error_frame("The mock LLM failed mid-stream (injected)."), True)
+                        return
+                    await out(data, False)
+                    sent += 1
+                await out(b"", True)
+        except UpstreamError as exc:  # a fault configured on the MockLLM itself
+            exchange.done = exchange.faulted = True
+            status = exc.status_code if isinstance(exc, UpstreamStatusError) else 500
+            err = _error_doc(f"The mock LLM failed: {exc}", "server_error", None)
+            await _send_json(send, status or 500, err)
+
+
+async def _send_partial(send: Send, status: int, content_type: str, piece: bytes) -> None:
+    """Promise a 4096-byte body, send ``piece`` of it and stop (the connection is then cut)."""
+    headers = [(b"content-type", content_type.encode("latin-1")), (b"content-length", b"4096")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": piece, "more_body": True})
 
 
 # A writer's ``write(data, end=True)`` marks the exchange done just before the ASGI send that
