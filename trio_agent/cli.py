@@ -124,7 +124,32 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--mock-tokens", type=int, metavar="COUNT",
         help=f"mock LLM: tokens per reply [default: {mock.tokens}; env TRIO_AGENT_MOCK_TOKENS]",
     )
+    _add_mock_tool_flags(p, "--mock-", "mock LLM: ")
     p.set_defaults(func=_run_serve)
+
+
+def _add_mock_tool_flags(p: argparse.ArgumentParser, prefix: str, what: str) -> None:
+    from .config import MockLLMConfig
+
+    m = MockLLMConfig()
+    p.add_argument(
+        f"{prefix}tool-calls", dest="mock_tool_calls", type=int, metavar="N",
+        help=f"{what}tool calls answering a request that offers tools (0: answer in text) "
+        f"[default: {m.tool_calls}; env TRIO_AGENT_MOCK_TOOL_CALLS]",
+    )
+    p.add_argument(
+        f"{prefix}script", dest="mock_script", metavar="FILE",
+        help=f"{what}replay the turns of this JSON-lines file in order instead "
+        "[env TRIO_AGENT_MOCK_SCRIPT]",
+    )
+
+
+def _check_mock_script(path: str | None) -> None:
+    """Read the script now, so that a bad one stops the command with a message, not a traceback."""
+    if path:
+        from .llm._mock_script import load_script
+
+        load_script(path)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -144,13 +169,15 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.cors_origins is not None:
         server["cors_origins"] = tuple(args.cors_origins)
     upstream = {"base_url": args.upstream_url, "model": args.upstream_model}
-    mock = {"ttft": args.mock_ttft, "itl": args.mock_itl, "tokens": args.mock_tokens}
+    mock = {"ttft": args.mock_ttft, "itl": args.mock_itl, "tokens": args.mock_tokens,
+            "tool_calls": args.mock_tool_calls, "script": args.mock_script}
     try:
         config = server_config_from_env(
             server={k: v for k, v in server.items() if v is not None},
             upstream={k: v for k, v in upstream.items() if v is not None},
             mock={k: v for k, v in mock.items() if v is not None},
         )
+        _check_mock_script(config.mock.script)
     except ConfigError as exc:
         print(f"trio-agent serve: {exc}", file=sys.stderr)
         return 2
@@ -186,9 +213,11 @@ def _add_mock_llm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "mock-llm",
         help="run the OpenAI-compatible mock LLM server",
         description=(
-            "Serve POST /v1/chat/completions (streamed or not) and GET /v1/models like OpenAI, "
+            "Serve POST /v1/chat/completions (streamed or not; offered tools are called), "
+            "/v1/embeddings, /v1/completions, /v1/responses and GET /v1/models like OpenAI, "
             "paced like a real model, with faults on demand (X-Mock-Fault header) or at random. "
-            "GET /mock/stats shows counters, POST /mock/reset zeroes them."
+            "GET /mock/stats shows counters, POST /mock/reset zeroes them, "
+            "GET /mock/last-request shows the last body received."
         ),
     )
     p.add_argument("--host", default=d.host, help=f"address to listen on [default: {d.host}]")
@@ -215,6 +244,7 @@ def _add_mock_llm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    f"{', '.join(MOCK_FAULT_KINDS)}")
     p.add_argument("--fault-after-tokens", type=int, default=d.fault_after_tokens, metavar="N",
                    help=f"where random stall/drop/error faults strike [default: {d.fault_after_tokens}]")
+    _add_mock_tool_flags(p, "--mock-", "")
     p.add_argument("--keep-alive-timeout", type=float, default=d.keep_alive_timeout, metavar="SECONDS",
                    help=f"seconds an idle connection is kept [default: {d.keep_alive_timeout}]")
     p.add_argument("--gc-threshold", type=int, default=d.gc_threshold, metavar="N",
@@ -253,7 +283,10 @@ def _run_mock_llm(args: argparse.Namespace) -> int:
         llm = MockLLMConfig(
             ttft=args.ttft, itl=args.itl, jitter=args.itl_spread, tokens=args.tokens,
             seed=args.seed, content=args.content, model=args.model,
+            **({"tool_calls": args.mock_tool_calls} if args.mock_tool_calls is not None else {}),
+            script=args.mock_script,
         )
+        _check_mock_script(llm.script)
         config = MockServerConfig(
             host=args.host, port=args.port, llm=llm,
             max_concurrency=args.max_concurrency, max_queued=args.max_queued,

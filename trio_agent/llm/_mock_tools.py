@@ -125,12 +125,13 @@ def tool_results_reply(messages: Sequence[ChatMessage]) -> str:
             break
         results.append(m)
     results.reverse()
+    names = {c.id: c.name for m in messages for c in m.tool_calls}
     quoted = []
     for m in results:
         text = " ".join((m.content or "").split())
         if len(text) > _QUOTE_CHARS:
             text = text[: _QUOTE_CHARS - 3] + "..."
-        label = m.name or m.tool_call_id or "tool"
+        label = m.name or names.get(m.tool_call_id or "") or m.tool_call_id or "tool"
         quoted.append(f"{label} returned {text}")
     return "I called the tools: " + "; ".join(quoted) + "."
 
