@@ -46,7 +46,8 @@ _WORDS = (
     "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
 ).split()
 _ID_CHARS = string.ascii_letters + string.digits
-_MAX_DEPTH = 8  # nesting past this (recursive $ref) stops at the smallest valid value
+_MAX_DEPTH = 8  # past this nesting only what is required is generated (recursive $ref)
+_GIVE_UP_DEPTH = 4 * _MAX_DEPTH
 _FRAGMENT = re.compile(r"\w+|[^\w]+", re.ASCII)
 _QUOTE_CHARS = 80  # how much of each tool result the reply quotes
 
@@ -196,6 +197,8 @@ def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str,
 def _value(schema: Any, root: Mapping[str, Any], rng: random.Random, depth: int) -> Any:
     if schema is True or not isinstance(schema, Mapping):
         return "value"
+    if depth > _GIVE_UP_DEPTH:  # only a schema requiring endless nesting gets here: none is valid
+        return {}
     schema = _resolve(schema, root)
     if "const" in schema:
         return schema["const"]
@@ -257,7 +260,7 @@ def _object(schema: Mapping[str, Any], root: Mapping[str, Any], rng: random.Rand
     out: dict[str, Any] = {}
     for name in required:
         sub = props.get(name, {})
-        out[name] = _value(sub, root, rng, depth + 1) if depth < _MAX_DEPTH else _smallest(sub, root)
+        out[name] = _value(sub, root, rng, depth + 1)
     if depth < _MAX_DEPTH:
         for name, sub in props.items():
             if name not in out and rng.random() < 0.5:
@@ -271,11 +274,6 @@ def _object(schema: Mapping[str, Any], root: Mapping[str, Any], rng: random.Rand
         out[name] = _value(sub, root, rng, depth + 1)
         k += 1
     return out
-
-
-def _smallest(schema: Any, root: Mapping[str, Any]) -> Any:
-    """A valid value without going deeper: only required, non-recursive parts."""
-    return _value(schema, root, random.Random(0), _MAX_DEPTH)
 
 
 def _array(schema: Mapping[str, Any], root: Mapping[str, Any], rng: random.Random, depth: int) -> list[Any]:
