@@ -2,6 +2,7 @@
 
 from ._mock import MockLLM, MockLLMStatistics
 from ._openai import OpenAIBackend, OpenAIBackendStatistics, open_openai_backend
+from ._relay import Relay
 from ._retry import RetryBudget, RetryBudgetStatistics
 from ._types import (
     ChatBackend,
@@ -24,6 +25,7 @@ __all__ = [
     "MockLLMStatistics",
     "OpenAIBackend",
     "OpenAIBackendStatistics",
+    "Relay",
     "RetryBudget",
     "RetryBudgetStatistics",
     "ToolCall",
