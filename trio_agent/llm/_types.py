@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ._relay import Relay
 
 __all__ = [
     "ChatBackend",
@@ -148,6 +151,12 @@ class ChatBackend(Protocol):
     next chunk if it is already there (read, or due), else
     :class:`trio.WouldBlock`. The gateway uses it to send the chunks that
     piled up while it was busy as one event (both built-in backends have it).
+
+    ``open_relay(path, body, stream=...)`` relays one OpenAI call the gateway
+    does not model (``/embeddings``, ``/completions``, ``/responses``): the
+    body goes upstream as it is, and the answer comes back as bytes to write
+    through (see :class:`~trio_agent.llm.Relay`), with the same retries before
+    the first byte, deadlines and disconnect-by-closing as ``stream_chat``.
     """
 
     @property
@@ -166,3 +175,7 @@ class ChatBackend(Protocol):
     def statistics(self) -> object:
         """A frozen snapshot of the backend's state, for ``/metrics``."""
         ...
+
+    def open_relay(
+        self, path: str, body: bytes, *, stream: bool
+    ) -> AbstractAsyncContextManager[Relay]: ...
