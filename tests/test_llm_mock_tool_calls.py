@@ -10,7 +10,7 @@ import pydantic
 import pytest
 import trio
 
-from trio_agent import ChatRequest, MockLLM
+from trio_agent.llm import ChatRequest, MockLLM
 from trio_agent.errors import ConfigError
 from trio_agent.llm import ChatChunk, ChatMessage, ToolCall
 from trio_agent.llm._mock_script import parse_script

@@ -2,7 +2,6 @@
 
 from ._mock import MockLLM, MockLLMStatistics
 from ._openai import OpenAIBackend, OpenAIBackendStatistics, open_openai_backend
-from ._relay import Relay
 from ._retry import RetryBudget, RetryBudgetStatistics
 from ._types import (
     ChatBackend,
@@ -10,6 +9,7 @@ from ._types import (
     ChatCompletion,
     ChatMessage,
     ChatRequest,
+    Relay,
     ToolCall,
     ToolCallDelta,
     Usage,

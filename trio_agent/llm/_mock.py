@@ -19,6 +19,7 @@ import trio
 
 from ..config import MockLLMConfig
 from ..errors import UpstreamStatusError, UpstreamStreamError
+from ._mock_relay import open_mock_relay
 from ._mock_script import ScriptTurn, load_script
 from ._mock_tools import (
     argument_fragments,
@@ -28,8 +29,15 @@ from ._mock_tools import (
     tool_results_reply,
 )
 from ._pacer import Pacer
-from ._relay import Relay
-from ._types import ChatChunk, ChatCompletion, ChatRequest, ToolCall, ToolCallDelta, Usage
+from ._types import (
+    ChatChunk,
+    ChatCompletion,
+    ChatRequest,
+    Relay,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from ._wire import chunk_from_object
 
 __all__ = ["MockLLM", "MockLLMStatistics", "chat_completion_json", "usage_json"]
@@ -522,8 +530,6 @@ class MockLLM:
     async def open_relay(self, path: str, body: bytes, *, stream: bool) -> AsyncIterator[Relay]:
         """Answer a non-chat OpenAI call (``/embeddings``, ``/completions``, ``/responses``)
         the way an OpenAI upstream would, paced like chat (see :mod:`._mock_relay`)."""
-        from ._mock_relay import open_mock_relay
-
         async with open_mock_relay(self, path, body, stream=stream) as relay:
             yield relay
 

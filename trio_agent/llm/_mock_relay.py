@@ -31,17 +31,25 @@ import random
 import struct
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
 
 import orjson
 import trio
 
-from ._relay import Relay
-from ._types import ChatMessage, ChatRequest, ToolCall, Usage
+from ..config import MockLLMConfig
+from ._types import ChatChunk, ChatMessage, ChatRequest, Relay, ToolCall, Usage
 
-if TYPE_CHECKING:
-    from ._mock import MockLLM
+
+class _Mock(Protocol):
+    """What the routes need of the :class:`MockLLM` serving them (which imports this module)."""
+
+    config: MockLLMConfig
+
+    @property
+    def model(self) -> str: ...
+
+    def stream_chat(self, request: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]: ...
 
 __all__ = ["embedding_vector", "open_mock_relay"]
 
@@ -94,7 +102,7 @@ def _stream_flag(body: Mapping[str, Any]) -> bool:
 
 
 @asynccontextmanager
-async def open_mock_relay(llm: MockLLM, path: str, body: bytes, *, stream: bool) -> AsyncIterator[Relay]:
+async def open_mock_relay(llm: _Mock, path: str, body: bytes, *, stream: bool) -> AsyncIterator[Relay]:
     """``llm``'s answer to ``POST {path}`` with ``body`` (see the module)."""
     route = "/" + path.strip("/")
     if route.startswith("/v1/"):
@@ -129,7 +137,7 @@ async def open_mock_relay(llm: MockLLM, path: str, body: bytes, *, stream: bool)
 # -- embeddings -------------------------------------------------------------------------
 
 
-async def _embeddings(llm: MockLLM, doc: dict[str, Any], stream: bool) -> tuple[Relay, None]:
+async def _embeddings(llm: _Mock, doc: dict[str, Any], stream: bool) -> tuple[Relay, None]:
     raw = doc.get("input")
     inputs: list[str]
     if isinstance(raw, str):
@@ -149,7 +157,7 @@ async def _embeddings(llm: MockLLM, doc: dict[str, Any], stream: bool) -> tuple[
     if encoding not in ("float", "base64"):
         raise _BadRequest("'encoding_format' must be 'float' or 'base64'", "encoding_format")
     model = doc.get("model") or llm.model
-    await llm._pacer.sleep_until(trio.current_time() + llm.config.ttft)
+    await trio.sleep(llm.config.ttft)  # the time a model takes to read the input
     data = []
     tokens = 0
     for i, text in enumerate(inputs):
@@ -172,7 +180,7 @@ async def _embeddings(llm: MockLLM, doc: dict[str, Any], stream: bool) -> tuple[
 
 
 async def _completions(
-    llm: MockLLM, doc: dict[str, Any], stream: bool
+    llm: _Mock, doc: dict[str, Any], stream: bool
 ) -> tuple[Relay, AsyncIterator[bytes] | None]:
     prompt = doc.get("prompt", "")
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
@@ -448,7 +456,7 @@ class _ResponseBuilder:
 
 
 async def _responses(
-    llm: MockLLM, doc: dict[str, Any], stream: bool
+    llm: _Mock, doc: dict[str, Any], stream: bool
 ) -> tuple[Relay, AsyncIterator[bytes] | None]:
     messages = _responses_messages(doc)
     tool_choice = doc.get("tool_choice")

@@ -45,10 +45,9 @@ from ..errors import (
     UpstreamTotalTimeoutError,
 )
 from ._h11_body import h11_body
-from ._relay import Relay
 from ._retry import RetryBudget, backoff_delay, is_retryable_status, parse_retry_after
 from ._sse_data import SSEDataSplitter
-from ._types import ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Usage
+from ._types import ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Relay, Usage
 from ._wire import chunk_from_object, tool_calls_from_message, usage_from_object
 
 __all__ = ["OpenAIBackend", "OpenAIBackendStatistics", "open_openai_backend"]

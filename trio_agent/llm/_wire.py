@@ -10,26 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._types import ChatChunk, ToolCall, ToolCallDelta, Usage
+from ._types import ChatChunk, ToolCall, ToolCallDelta, usage_from_object
 
-__all__ = ["chunk_from_object", "tool_calls_from_message", "usage_from_object"]
-
-
-def usage_from_object(obj: Any) -> Usage | None:
-    """Usage from a ``usage`` object: chat and completions (``prompt_tokens``,
-    ``completion_tokens``), embeddings (``prompt_tokens`` only) or the
-    Responses API (``input_tokens``, ``output_tokens``); None if it is none of them.
-    """
-    if not isinstance(obj, Mapping):
-        return None
-    prompt = obj.get("prompt_tokens", obj.get("input_tokens"))
-    completion = obj.get("completion_tokens", obj.get("output_tokens"))
-    if prompt is None and completion is None:
-        return None
-    try:
-        return Usage(prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0))
-    except (TypeError, ValueError):
-        return None
+__all__ = ["chunk_from_object", "tool_calls_from_message", "usage_from_object"]  # the last from _types
 
 
 def _tool_call_deltas(raw: Any) -> tuple[ToolCallDelta, ...]:

@@ -679,7 +679,7 @@ class MockServerApp:
                 await out(b"", True)
         except UpstreamError as exc:  # a fault configured on the MockLLM itself
             exchange.done = exchange.faulted = True
-            status = exc.status_code if isinstance(exc, UpstreamStatusError) else 500
+            status = exc.upstream_status if isinstance(exc, UpstreamStatusError) else 500
             err = _error_doc(f"The mock LLM failed: {exc}", "server_error", None)
             await _send_json(send, status or 500, err)
 
