@@ -11,8 +11,7 @@ import orjson
 import pytest
 import trio
 
-from trio_agent.llm import MockLLM
-from trio_agent.llm import Relay
+from trio_agent.llm import MockLLM, Relay
 from trio_agent.sse import SSEDecoder
 
 

@@ -10,9 +10,8 @@ import pydantic
 import pytest
 import trio
 
-from trio_agent.llm import ChatRequest, MockLLM
 from trio_agent.errors import ConfigError
-from trio_agent.llm import ChatChunk, ChatMessage, ToolCall
+from trio_agent.llm import ChatChunk, ChatMessage, ChatRequest, MockLLM, ToolCall
 from trio_agent.llm._mock_script import parse_script
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {

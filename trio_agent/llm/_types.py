@@ -174,11 +174,6 @@ class Relay:
     ``status`` comes with the upstream's own error body, to be written through
     as it is (a 400 from the upstream is the client's mistake, told in the
     upstream's words).
-    """One relayed answer (see the module). Iterating it yields raw SSE bytes when ``streaming``.
-
-    A non-200 ``status`` comes with the upstream's own error body, to be
-    written through as it is (a 400 from the upstream is the client's mistake,
-    told in the upstream's words).
     """
 
     __slots__ = ("_pending", "_scanned", "_source", "_usage", "body", "content_type", "first_byte_at", "status")
