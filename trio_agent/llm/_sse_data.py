@@ -22,28 +22,35 @@ _BOM = b"\xef\xbb\xbf"
 class SSEDataSplitter:
     """Feed it bytes as they arrive; it returns the data of each event completed so far."""
 
-    __slots__ = ("_buf", "_max", "_started")
+    __slots__ = ("_buf", "_max", "_skip_lf", "_started")
 
     def __init__(self, *, max_event_bytes: int = _DEFAULT_MAX_EVENT_BYTES) -> None:
         self._buf = b""
         self._max = max_event_bytes
         self._started = False
+        self._skip_lf = False
 
     def feed(self, data: bytes) -> list[bytes]:
         """The data of every event that ``data`` completes (events without data give none).
 
         Raises :class:`~trio_agent.UpstreamProtocolError` when one event grows past the limit.
         """
-        if not self._started:
+        if not self._started:  # a byte order mark may open the stream, even cut in pieces
+            head = self._buf + data
+            if len(head) < len(_BOM) and _BOM.startswith(head):
+                self._buf = head
+                return []
             self._started = True
-            if data.startswith(_BOM):
-                data = data[len(_BOM) :]
+            self._buf = b""
+            data = head[len(_BOM) :] if head.startswith(_BOM) else head
+        if self._skip_lf:  # the "\n" of a "\r\n" cut between two reads
+            self._skip_lf = False
+            if data.startswith(b"\n"):
+                data = data[1:]
+        if b"\r" in data:
+            self._skip_lf = data.endswith(b"\r")
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = self._buf + data if self._buf else data
-        if b"\r" in buf:
-            # A "\r" at the end may be the first half of "\r\n": keep it for the next read.
-            held = buf.endswith(b"\r")
-            body = buf[:-1] if held else buf
-            buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if held else b"")
         if b"\n\n" not in buf:
             if len(buf) > self._max:
                 raise UpstreamProtocolError(f"upstream sent an event larger than {self._max} bytes")
