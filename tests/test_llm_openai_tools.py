@@ -19,7 +19,7 @@ import trio
 from tests._mock_server import serving_mock_llm
 from trio_agent import UpstreamConfig
 from trio_agent.config import MockLLMConfig, MockServerConfig
-from trio_agent.errors import UpstreamError
+from trio_agent.errors import UpstreamError, UpstreamIdleTimeoutError
 from trio_agent.llm import ChatMessage, ChatRequest, OpenAIBackend, open_openai_backend
 from trio_agent.mock_server import MockServerApp
 from trio_agent.mock_server._app import Message, Receive, Send
@@ -290,3 +290,42 @@ async def test_relay_retries_only_before_the_first_byte() -> None:
                 with pytest.raises(UpstreamError):
                     async with backend.open_relay("/responses", b'{"input": "x"}', stream=False):
                         pass
+
+
+class Faulting(RecordingServer):
+    """Every relayed call gets the ``X-Mock-Fault`` header ``fault``."""
+
+    def __init__(self, config: MockServerConfig, fault: bytes) -> None:
+        super().__init__(config)
+        self.fault = fault
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/responses":
+            scope = {**scope, "headers": [*scope["headers"], (b"x-mock-fault", self.fault)]}
+        await super().__call__(scope, receive, send)
+
+
+async def test_a_stalled_relay_hits_the_idle_deadline_and_leaving_early_cancels_upstream() -> None:
+    slow = MockLLMConfig(ttft=0.0, itl=0.01, tokens=300, seed=1)
+    config = MockServerConfig(port=0, llm=slow, drain_timeout=0.2)
+    app = Faulting(config, b"stall-after=3")
+    body = b'{"input": "x", "stream": true}'
+    with trio.fail_after(10):
+        async with serving_mock_llm(config, app) as url:
+            cfg = UpstreamConfig(base_url=f"{url}/v1", idle_timeout=0.2, first_token_timeout=2.0)
+            async with open_openai_backend(cfg) as backend:
+                got = []
+                with pytest.raises(UpstreamIdleTimeoutError):
+                    async with backend.open_relay("/responses", body, stream=True) as relay:
+                        async for data in relay:
+                            got.append(data)
+                assert len(got) == 3  # what came before the stall, then the deadline
+                await app.wait_until(lambda s: s.active == 0 and s.cancelled == 1)
+                # Leaving a healthy stream early closes the upstream call: the server sees it go.
+                app.fault = b""
+                async with backend.open_relay("/responses", body, stream=True) as relay:
+                    async for _ in relay:
+                        break
+                stats = await app.wait_until(lambda s: s.active == 0 and s.cancelled == 2)
+                assert stats.completed == 0
+                assert backend.statistics().in_flight == 0
