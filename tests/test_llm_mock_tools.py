@@ -167,6 +167,8 @@ def test_tool_choice_none_named_and_count_zero() -> None:
     named = {"type": "function", "function": {"name": "add"}}
     assert [c.name for c in plan_tool_calls(_request(tool_choice=named), 2, rng)] == ["add", "add"]
     assert [c.name for c in plan_tool_calls(_request(tool_choice="required"), 1, rng)] == ["get_weather"]
+    serial = ChatRequest(messages=_request().messages, tools=TOOLS, openai_body={"parallel_tool_calls": False})
+    assert [c.name for c in plan_tool_calls(serial, 3, rng)] == ["get_weather"]
     # Tools read from the client's body when the parsed view has none.
     body_only = ChatRequest(
         messages=(ChatMessage(role="user", content="hi"),),

@@ -85,8 +85,8 @@ def _tool_choice(request: ChatRequest) -> Any:
 def plan_tool_calls(request: ChatRequest, count: int, rng: random.Random) -> list[ToolCall]:
     """The tool calls the mock answers ``request`` with (empty: answer with text).
 
-    ``count`` calls, round-robin over the offered function tools (or only the
-    one ``tool_choice`` names); none when ``count`` is 0, no function tool is
+    ``count`` calls (one if ``parallel_tool_calls`` is false), round-robin over
+    the offered function tools (or only the one ``tool_choice`` names); none when ``count`` is 0, no function tool is
     offered, ``tool_choice`` is ``"none"`` or the last message is a tool
     result. Ids and arguments come from ``rng``.
     """
@@ -96,6 +96,8 @@ def plan_tool_calls(request: ChatRequest, count: int, rng: random.Random) -> lis
     choice = _tool_choice(request)
     if choice == "none" or not tools:
         return []
+    if request.openai_body is not None and request.openai_body.get("parallel_tool_calls") is False:
+        count = 1  # as OpenAI: one call per turn when parallel calls are off
     if isinstance(choice, Mapping):
         fn = choice.get("function")
         # Chat completions: {"type": "function", "function": {"name": ...}}; Responses: {"type": "function", "name": ...}
