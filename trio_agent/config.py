@@ -63,8 +63,12 @@ class MockLLMConfig:
     ``pacing_resolution``: streams due within this many seconds of each other
     are woken together by one shared clock (see ``Pacer``); 0 keeps exact times.
     ``tool_calls``: how many tool calls answer a request that offers tools
-    (0 = answer with text). ``script``: a JSON-lines file of turns replayed in
-    order instead (see ``trio_agent.llm._mock_script``).
+    (0 = answer with text), round-robin over the tools, arguments generated
+    from each tool's JSON schema. ``script``: a JSON-lines file of turns
+    replayed in order instead, one per request: a line is either a list of
+    ``chat.completion.chunk`` objects replayed exactly, or a compact turn
+    ``{"content": ...}`` / ``{"tool_calls": [{"name", "arguments"}], "quirks":
+    ["one-delta", "index-zero"]}``.
     """
 
     ttft: float = 0.2
