@@ -124,23 +124,24 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--mock-tokens", type=int, metavar="COUNT",
         help=f"mock LLM: tokens per reply [default: {mock.tokens}; env TRIO_AGENT_MOCK_TOKENS]",
     )
-    _add_mock_tool_flags(p, "--mock-", "mock LLM: ")
+    _add_mock_tool_flags(p, "mock LLM: ", env=True)
     p.set_defaults(func=_run_serve)
 
 
-def _add_mock_tool_flags(p: argparse.ArgumentParser, prefix: str, what: str) -> None:
+def _add_mock_tool_flags(p: argparse.ArgumentParser, what: str, *, env: bool) -> None:
+    """--mock-tool-calls and --mock-script; ``env``: the command also reads TRIO_AGENT_MOCK_*."""
     from .config import MockLLMConfig
 
     m = MockLLMConfig()
     p.add_argument(
-        f"{prefix}tool-calls", dest="mock_tool_calls", type=int, metavar="N",
+        "--mock-tool-calls", dest="mock_tool_calls", type=int, metavar="N",
         help=f"{what}tool calls answering a request that offers tools (0: answer in text) "
-        f"[default: {m.tool_calls}; env TRIO_AGENT_MOCK_TOOL_CALLS]",
+        f"[default: {m.tool_calls}{'; env TRIO_AGENT_MOCK_TOOL_CALLS' if env else ''}]",
     )
     p.add_argument(
-        f"{prefix}script", dest="mock_script", metavar="FILE",
-        help=f"{what}replay the turns of this JSON-lines file in order instead "
-        "[env TRIO_AGENT_MOCK_SCRIPT]",
+        "--mock-script", dest="mock_script", metavar="FILE",
+        help=f"{what}replay the turns of this JSON-lines file in order instead"
+        + (" [env TRIO_AGENT_MOCK_SCRIPT]" if env else ""),
     )
 
 
@@ -244,7 +245,7 @@ def _add_mock_llm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    f"{', '.join(MOCK_FAULT_KINDS)}")
     p.add_argument("--fault-after-tokens", type=int, default=d.fault_after_tokens, metavar="N",
                    help=f"where random stall/drop/error faults strike [default: {d.fault_after_tokens}]")
-    _add_mock_tool_flags(p, "--mock-", "")
+    _add_mock_tool_flags(p, "", env=False)
     p.add_argument("--keep-alive-timeout", type=float, default=d.keep_alive_timeout, metavar="SECONDS",
                    help=f"seconds an idle connection is kept [default: {d.keep_alive_timeout}]")
     p.add_argument("--gc-threshold", type=int, default=d.gc_threshold, metavar="N",
