@@ -30,7 +30,7 @@ def streams(draw: st.DrawFn) -> bytes:
     return (bom + "".join(events)).encode()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(stream=streams(), cuts=st.lists(st.integers(0, 400), max_size=8))
 def test_any_cut_gives_the_data_sse_decoder_gives(stream: bytes, cuts: list[int]) -> None:
     expected = [e.data.encode() for e in SSEDecoder().feed(stream)]
@@ -42,6 +42,13 @@ def test_any_cut_gives_the_data_sse_decoder_gives(stream: bytes, cuts: list[int]
         at = cut
     got.extend(splitter.feed(stream[at:]))
     assert got == expected
+
+
+def test_a_crlf_cut_by_reads_and_an_empty_read_is_one_line_end() -> None:
+    splitter = SSEDataSplitter()
+    assert splitter.feed(b"data: a\r") == []
+    assert splitter.feed(b"") == []
+    assert splitter.feed(b"\ndata: b\r\n\r\n") == [b"a\nb"]
 
 
 def test_the_usual_event_is_a_slice_of_what_arrived() -> None:

@@ -43,7 +43,7 @@ class SSEDataSplitter:
             self._started = True
             self._buf = b""
             data = head[len(_BOM) :] if head.startswith(_BOM) else head
-        if self._skip_lf:  # the "\n" of a "\r\n" cut between two reads
+        if self._skip_lf and data:  # the "\n" of a "\r\n" cut between two reads
             self._skip_lf = False
             if data.startswith(b"\n"):
                 data = data[1:]
