@@ -4,7 +4,7 @@ Talks to any server with trio_agent's agent route (``POST /agent/stream``, SSE e
 ``step_start``, ``tool_call``, ``tool_started``, ``tool_result``, ``tool_error``,
 ``step_end``, then ``done`` or ``error``), so trio_agent and ``benchmarks/baseline_agents``
 are measured by the same code. Kept apart as in ``trio_agent.bench``: the one-run client
-(:func:`one_run`) records what it saw with its arrival times (a :class:`RunRecord`);
+(:class:`AgentClient`) records what it saw with its arrival times (a :class:`RunRecord`);
 :func:`analyze_run` and :func:`agent_metrics` are pure functions of those records.
 
 Modes (``python -m benchmarks.agent_load MODE --help``):
@@ -46,11 +46,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import trio
 
-from trio_agent.bench import Summary, percentile, process_cpu_self, sample_process_tree
+from trio_agent.bench import (
+    HTTPProtocolError,
+    ResponseParser,
+    Summary,
+    build_request,
+    percentile,
+    process_cpu_self,
+    sample_process_tree,
+)
 from trio_agent.bench._procstat import CPUTimes
 from trio_agent.sse import SSEDecoder
 
@@ -345,66 +354,148 @@ def _event(t: float, name: str, data: str) -> Event:
         payload = json.loads(data)
         duration = payload.get("duration_ms") if name == "tool_result" else None
         return Event(t=t, type=name, call_id=payload.get("call_id"), duration_ms=duration)
-    return Event(t=t, type=name)
+    return Event(t=t, type=name)  # token events are not decoded: their arrival is what counts
 
 
-async def one_run(
-    client: httpx.AsyncClient,
-    url: str,
-    body: dict[str, Any],
-    t0: float,
-    *,
-    stop_when: Callable[[list[Event]], bool] | None = None,
-) -> RunRecord:
-    """Send one run, read its events until the terminal one (or ``stop_when`` says so).
+class _Stale(Exception):
+    """A reused keep-alive connection was closed by the server while idle."""
 
-    Times are ``trio.current_time() - t0``. Leaving early closes the connection: that is
-    the disconnect of the disconnect trial.
+
+class AgentClient:
+    """One connection at a time to ``POST /agent/stream``, kept alive between runs.
+
+    Lean for the same reason as ``trio_agent.bench``'s load client (benchmarks/README.md:
+    httpx costs as much CPU per SSE event as the servers being measured): a trio stream,
+    request bytes built once, :class:`~trio_agent.bench.ResponseParser` and
+    :class:`~trio_agent.sse.SSEDecoder`; only tool events are JSON-decoded.
     """
-    start = trio.current_time() - t0
-    events: list[Event] = []
-    outcome = "incomplete"
-    error = None
-    try:
-        async with client.stream(
-            "POST", url + "/agent/stream", json=body, headers={"accept": "text/event-stream"}
-        ) as resp:
-            if resp.status_code in (404, 405):
-                raise RouteMissingError(f"{url} answered {resp.status_code} to POST /agent/stream")
-            if resp.status_code != 200:
-                text = (await resp.aread())[:300].decode("utf-8", "replace")
-                return RunRecord(
-                    start=start, end=trio.current_time() - t0, outcome="http_status",
-                    error=f"{resp.status_code}: {text}",
-                )  # fmt: skip
-            decoder = SSEDecoder()
-            async for chunk in resp.aiter_bytes():
-                now = trio.current_time() - t0
-                for sse in decoder.feed(chunk):
-                    ev = _event(now, sse.event, sse.data)
-                    events.append(ev)
-                    if ev.type in TERMINAL:
-                        outcome = "ok" if ev.type == "done" else "error"
-                        if ev.type == "error":
-                            error = sse.data[:300]
-                if outcome != "incomplete" or (stop_when is not None and stop_when(events)):
-                    break
-    except httpx.TimeoutException as exc:
-        outcome, error = "timeout", repr(exc)
-    except httpx.HTTPError as exc:
-        outcome, error = "transport", repr(exc)
-    return RunRecord(
-        start=start,
-        end=trio.current_time() - t0,
-        outcome=outcome,
-        events=tuple(events),
-        error=error,
-    )
 
+    def __init__(self, url: str, body: dict[str, Any], timeout: float) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.timeout = timeout
+        self.request = build_request(
+            "POST", f"{self.host}:{self.port}", "/agent/stream", json.dumps(body).encode()
+        )
+        self._idle: trio.abc.Stream | None = None
 
-def _client(concurrency: int, timeout: float) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout, connect=10.0))
+    async def aclose(self) -> None:
+        if self._idle is not None:
+            await self._idle.aclose()
+            self._idle = None
+
+    async def run(
+        self, t0: float, *, stop_when: Callable[[list[Event]], bool] | None = None
+    ) -> RunRecord:
+        """Send one run, read its events until the terminal one (or ``stop_when`` says so).
+
+        Times are ``trio.current_time() - t0``. Stopping early closes the connection: that
+        is the disconnect of the disconnect trial.
+        """
+        start = trio.current_time() - t0
+        if self._idle is not None:
+            stream, self._idle = self._idle, None
+            try:
+                return await self._exchange(stream, start, t0, stop_when, reused=True)
+            except _Stale:
+                pass
+        try:
+            stream = await trio.open_tcp_stream(self.host, self.port)
+        except OSError as exc:
+            return RunRecord(start=start, end=trio.current_time() - t0, outcome="transport",
+                             error=repr(exc))  # fmt: skip
+        return await self._exchange(stream, start, t0, stop_when, reused=False)
+
+    async def _exchange(
+        self,
+        stream: trio.abc.Stream,
+        start: float,
+        t0: float,
+        stop_when: Callable[[list[Event]], bool] | None,
+        *,
+        reused: bool,
+    ) -> RunRecord:
+        events: list[Event] = []
+        state = {"outcome": "incomplete", "error": None, "keep": False}
+        got_bytes = False
+        with trio.move_on_after(self.timeout) as scope:
+            try:
+                got_bytes = await self._read(stream, t0, events, state, stop_when)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                if reused and not got_bytes and not events:
+                    await stream.aclose()
+                    raise _Stale from exc
+                state.update(outcome="transport", error=repr(exc))
+            except HTTPProtocolError as exc:
+                state.update(outcome="transport", error=str(exc))
+        if scope.cancelled_caught:
+            state.update(outcome="timeout", error=f"no terminal event within {self.timeout} s")
+        if state["outcome"] == "stale":
+            await stream.aclose()
+            raise _Stale
+        if state["keep"]:
+            self._idle = stream
+        else:
+            await stream.aclose()
+        return RunRecord(
+            start=start, end=trio.current_time() - t0, outcome=str(state["outcome"]),
+            events=tuple(events), error=state["error"],  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    async def _read(
+        self,
+        stream: trio.abc.Stream,
+        t0: float,
+        events: list[Event],
+        state: dict[str, Any],
+        stop_when: Callable[[list[Event]], bool] | None,
+    ) -> bool:
+        await stream.send_all(self.request)
+        parser = ResponseParser()
+        decoder: SSEDecoder | None = None
+        body: list[bytes] = []
+        got = False
+        while not parser.complete:
+            data = await stream.receive_some(65536)
+            now = trio.current_time() - t0
+            if not data:
+                if not got:
+                    state["outcome"] = "stale"
+                    return got
+                parser.feed_eof()
+                break
+            got = True
+            pieces = parser.feed(data)
+            head = parser.head
+            if head is None:
+                continue
+            if head.status_code in (404, 405):
+                raise RouteMissingError(
+                    f"{self.host}:{self.port} answered {head.status_code} to POST /agent/stream"
+                )
+            if head.status_code != 200:
+                body.extend(pieces)
+                continue
+            if decoder is None:
+                decoder = SSEDecoder()
+            if not pieces:
+                continue
+            for sse in decoder.feed(b"".join(pieces)):
+                ev = _event(now, sse.event, sse.data)
+                events.append(ev)
+                if ev.type in TERMINAL:
+                    state["outcome"] = "ok" if ev.type == "done" else "error"
+                    if ev.type == "error":
+                        state["error"] = sse.data[:300]
+            if state["outcome"] == "incomplete" and stop_when is not None and stop_when(events):
+                return got  # leave now: the caller closes the connection
+        head = parser.head
+        if head is not None and head.status_code != 200:
+            text = b"".join(body)[:300].decode("utf-8", "replace")
+            state.update(outcome="http_status", error=f"{head.status_code}: {text}")
+        state["keep"] = parser.complete and head is not None and head.keep_alive
+        return got
 
 
 # -- closed loop -------------------------------------------------------------------------------
@@ -424,25 +515,30 @@ async def closed_loop(args: argparse.Namespace) -> dict[str, Any]:
             cpu[key] = sample_process_tree(args.server_pid)
         cpu[key + "_self"] = process_cpu_self()
 
-    async with _client(args.concurrency, args.request_timeout) as client:
-        # A probe run first: a server without the route is told apart from a failing one.
-        probe = await one_run(client, args.url, body, trio.current_time())
-        if probe.outcome != "ok":
-            raise SystemExit(f"probe run failed ({probe.outcome}): {probe.error}")
-        t0 = trio.current_time()
+    # A probe run first: a server without the route is told apart from a failing one.
+    probe_client = AgentClient(args.url, body, args.request_timeout)
+    probe = await probe_client.run(trio.current_time())
+    await probe_client.aclose()
+    if probe.outcome != "ok":
+        raise SystemExit(f"probe run failed ({probe.outcome}): {probe.error}")
+    t0 = trio.current_time()
 
-        async def worker() -> None:
-            nonlocal started
+    async def worker() -> None:
+        nonlocal started
+        client = AgentClient(args.url, body, args.request_timeout)
+        try:
             while trio.current_time() - t0 < window_end and started < args.max_runs:
                 started += 1
-                records.append(await one_run(client, args.url, body, t0))
+                records.append(await client.run(t0))
+        finally:
+            await client.aclose()
 
-        with trio.move_on_after(args.max_duration):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(sample, window_start, "begin")
-                nursery.start_soon(sample, window_end, "end")
-                for _ in range(args.concurrency):
-                    nursery.start_soon(worker)
+    with trio.move_on_after(args.max_duration):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample, window_start, "begin")
+            nursery.start_soon(sample, window_end, "end")
+            for _ in range(args.concurrency):
+                nursery.start_soon(worker)
     server_cpu = None
     if "begin" in cpu and "end" in cpu:
         server_cpu = cpu["end"].cpu - cpu["begin"].cpu
@@ -480,14 +576,13 @@ async def _gauge(client: httpx.AsyncClient, url: str, key: str) -> float:
     return read_gauge(resp.content, resp.headers.get("content-type", ""), key)
 
 
-async def disconnect_trials(args: argparse.Namespace) -> dict[str, Any]:
-    body = _body(args)
-    trials: list[DisconnectTrial] = []
-
-    def tools_running(events: list[Event]) -> bool:
-        return sum(1 for e in events if e.type == "tool_started") >= args.after_started
-
-    async with _client(2, args.request_timeout) as client, _client(1, 10.0) as stats:
+async def _trials(
+    args: argparse.Namespace,
+    client: AgentClient,
+    trials: list[DisconnectTrial],
+    tools_running: Callable[[list[Event]], bool],
+) -> None:
+    async with httpx.AsyncClient(timeout=10.0) as stats:
         try:
             await _gauge(stats, args.stats_url, args.running_key)
         except (KeyError, httpx.HTTPStatusError) as exc:
@@ -502,7 +597,7 @@ async def disconnect_trials(args: argparse.Namespace) -> dict[str, Any]:
                 else None
             )
             t0 = trio.current_time()
-            record = await one_run(client, args.url, body, t0, stop_when=tools_running)
+            record = await client.run(t0, stop_when=tools_running)
             if not tools_running(list(record.events)):
                 trials.append(
                     DisconnectTrial(
@@ -529,6 +624,20 @@ async def disconnect_trials(args: argparse.Namespace) -> dict[str, Any]:
                     ok=True, cancel_time=cancel_time, left_running=running, finished=finished
                 )
             )
+
+
+async def disconnect_trials(args: argparse.Namespace) -> dict[str, Any]:
+    body = _body(args)
+    trials: list[DisconnectTrial] = []
+
+    def tools_running(events: list[Event]) -> bool:
+        return sum(1 for e in events if e.type == "tool_started") >= args.after_started
+
+    client = AgentClient(args.url, body, args.request_timeout)
+    try:
+        await _trials(args, client, trials, tools_running)
+    finally:
+        await client.aclose()
     return {
         "mode": "disconnect",
         "label": args.label,

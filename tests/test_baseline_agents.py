@@ -233,3 +233,28 @@ def _namespace(**kw: Any) -> Any:
     import argparse
 
     return argparse.Namespace(**kw)
+
+
+async def test_disconnect_trials_see_every_tool_cancelled() -> None:
+    from benchmarks import agent_load
+
+    with trio.fail_after(60):
+        async with fake_llm(rounds=3) as (upstream, _fake):
+            with baseline("--upstream-url", upstream) as url:
+                ns = _namespace(
+                    url=url, question="q", max_steps=0, request_timeout=20.0, label="d",
+                    trials=5, stats_url=url + "/healthz", running_key="tools_running",
+                    completed_key="tools_completed", after_started=4, poll_interval=0.002,
+                    cancel_timeout=2.0, settle_timeout=5.0,
+                )  # fmt: skip
+                result = await agent_load.disconnect_trials(ns)
+                s = result["summary"]
+                assert (s["trials"], s["disconnected"], s["failed"]) == (5, 5, 0)
+                # Disconnected within the tools' 100 ms, so none ran to its end.
+                assert s["trials_with_tools_left_running"] == 0
+                assert s["trials_with_tools_finished"] == 0
+                assert s["cancel_time"]["n"] == 5 and s["cancel_time"]["max"] < 1.0
+                async with httpx.AsyncClient(timeout=10) as client:
+                    health = (await client.get(url + "/healthz")).json()
+                assert health["tools_cancelled"] == 20 and health["tools_completed"] == 0
+                assert health["runs_abandoned"] == 5

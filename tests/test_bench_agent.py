@@ -1,0 +1,197 @@
+"""The agent benchmark's pure metrics (benchmarks/agent_load.py), on synthetic event records.
+
+Times are binary fractions, so every figure is exact.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.agent_load import (
+    DisconnectTrial,
+    Event,
+    RunRecord,
+    agent_metrics,
+    analyze_run,
+    disconnect_summary,
+    read_gauge,
+)
+from trio_agent.bench import CPUTimes
+
+
+def ev(t: float, type_: str, call_id: str | None = None, ms: float | None = None) -> Event:
+    return Event(t=t, type=type_, call_id=call_id, duration_ms=ms)
+
+
+def two_step_run(start: float = 0.0, *, outcome: str = "ok") -> RunRecord:
+    """Step 1 calls a and b; step 2 answers in text. Latency 2, critical path 1.5."""
+    s = start
+    return RunRecord(
+        start=s,
+        end=s + 2.0,
+        outcome=outcome,
+        events=(
+            ev(s + 0.125, "thinking"),
+            ev(s + 0.25, "step_start"),
+            ev(s + 0.5, "tool_call", "a"),
+            ev(s + 0.5, "tool_started", "a"),
+            ev(s + 0.75, "tool_call", "b"),
+            ev(s + 0.75, "tool_started", "b"),
+            ev(s + 0.875, "step_end"),
+            ev(s + 1.0, "tool_result", "a", 500.0),
+            ev(s + 1.0, "tool_result", "b", 250.0),
+            ev(s + 1.25, "step_start"),
+            ev(s + 1.5, "token"),
+            ev(s + 1.75, "step_end"),
+            ev(s + 2.0, "done" if outcome == "ok" else "error"),
+        ),
+    )
+
+
+def test_a_run_s_steps_critical_path_overhead_and_speedup() -> None:
+    a = analyze_run(two_step_run())
+    assert a.latency == 2.0
+    first, second = a.steps
+    # Model time runs to the last tool_call; the longest tool is the server's duration_ms.
+    assert (first.model_time, first.longest_tool, first.tool_count) == (0.5, 0.5, 2)
+    assert (first.tool_sum, first.tool_wall, first.speedup) == (0.75, 0.5, 1.5)
+    # Without calls, model time runs to step_end, and there is no tool phase.
+    assert (second.model_time, second.longest_tool, second.tool_count) == (0.5, 0.0, 0)
+    assert second.tool_wall is None and second.speedup is None
+    assert a.critical_path == 1.5
+    assert a.overhead_per_step == 0.25
+
+
+def test_durations_fall_back_to_arrival_times_and_errors_end_a_tool() -> None:
+    record = RunRecord(
+        start=0.0,
+        end=1.0,
+        outcome="ok",
+        events=(
+            ev(0.0, "step_start"),
+            ev(0.25, "tool_call", "x"),
+            ev(0.25, "tool_call", "y"),
+            ev(0.25, "tool_started", "x"),
+            ev(0.375, "tool_started", "y"),
+            ev(0.5, "tool_result", "x"),  # no duration_ms: 0.5 - 0.25
+            ev(0.875, "tool_error", "y"),  # an error ends its tool too: 0.875 - 0.375
+            ev(1.0, "done"),
+        ),
+    )
+    (step,) = analyze_run(record).steps
+    # No step_end: the model time still ends at the last call.
+    assert (step.model_time, step.longest_tool, step.tool_sum) == (0.25, 0.5, 0.75)
+    assert step.tool_wall == 0.625 and step.speedup == 0.75 / 0.625
+    assert analyze_run(record).overhead_per_step == 1.0 - 0.75
+
+
+def test_tool_events_belong_to_the_step_of_their_call() -> None:
+    # A slow tool's result arrives after the next step started (a server that streams the
+    # next step before every result is in); it still counts for the step that called it.
+    record = RunRecord(
+        start=0.0,
+        end=2.0,
+        outcome="ok",
+        events=(
+            ev(0.0, "step_start"),
+            ev(0.25, "tool_call", "a"),
+            ev(0.25, "tool_started", "a"),
+            ev(0.5, "step_start"),
+            ev(0.75, "tool_result", "a", 500.0),
+            ev(1.0, "step_end"),
+            ev(2.0, "done"),
+        ),
+    )
+    first, second = analyze_run(record).steps
+    assert (first.tool_count, first.longest_tool, first.tool_wall) == (1, 0.5, 0.5)
+    assert (second.tool_count, second.model_time) == (0, 0.5)
+
+
+def test_a_run_without_steps_has_no_overhead() -> None:
+    a = analyze_run(RunRecord(start=0.0, end=0.5, outcome="error", events=(ev(0.5, "error"),)))
+    assert a.steps == () and a.critical_path == 0.0 and a.overhead_per_step is None
+
+
+def test_closed_loop_metrics_over_the_window() -> None:
+    records = [
+        two_step_run(0.0),  # sent in the warm-up, ends at 2.0 in the window: counted, not measured
+        two_step_run(1.0),  # measured, ends at 3.0
+        two_step_run(2.0),  # measured, ends at 4.0
+        two_step_run(3.0),  # measured, ends at 5.0 after the window: latency only
+        two_step_run(1.5, outcome="error"),
+    ]
+    m = agent_metrics(
+        records, window_start=1.0, window_end=4.0, server_cpu=CPUTimes(user=0.018, system=0.006)
+    )
+    assert m.window == 3.0
+    assert m.outcomes == {"ok": 4, "error": 1}
+    assert (m.runs_started, m.runs_measured) == (5, 3)
+    assert m.runs_per_second == 1.0  # three ok runs ended in [1, 4]
+    assert m.steps_per_second == 2.0
+    assert m.steps_per_run == 2.0 and m.tool_calls_per_run == 2.0
+    assert (m.latency.n, m.latency.p50, m.latency.max) == (3, 2.0, 2.0)
+    assert m.critical_path.p50 == 1.5
+    assert (m.overhead_per_step.n, m.overhead_per_step.p99) == (3, 0.25)
+    assert (m.parallel_speedup.n, m.parallel_speedup.mean) == (3, 1.5)
+    # 24 ms of CPU over the 6 steps of the runs that ended in the window.
+    assert m.server_cpu_ms_per_step_user == pytest.approx(3.0)
+    assert m.server_cpu_ms_per_step_total == pytest.approx(4.0)
+
+
+def test_metrics_of_nothing() -> None:
+    m = agent_metrics([], window_start=0.0, window_end=1.0, server_cpu=CPUTimes(user=1, system=0))
+    assert m.runs_per_second == 0.0 and m.steps_per_run is None and m.tool_calls_per_run is None
+    assert m.latency.n == 0 and m.server_cpu_ms_per_step_total is None
+
+
+def test_parallel_speedup_counts_only_steps_with_two_or_more_tools() -> None:
+    one_tool = RunRecord(
+        start=0.0,
+        end=1.0,
+        outcome="ok",
+        events=(
+            ev(0.0, "step_start"),
+            ev(0.25, "tool_call", "a"),
+            ev(0.25, "tool_started", "a"),
+            ev(0.5, "tool_result", "a", 250.0),
+            ev(1.0, "done"),
+        ),
+    )
+    m = agent_metrics([one_tool], window_start=0.0, window_end=1.0)
+    assert m.parallel_speedup.n == 0 and m.server_cpu_ms_per_step_user is None
+
+
+def test_disconnect_summary() -> None:
+    trials = [DisconnectTrial(ok=True, cancel_time=t / 1000, finished=0.0) for t in range(1, 100)]
+    trials.append(DisconnectTrial(ok=True, cancel_time=None, left_running=2.0, finished=1.0))
+    trials.append(DisconnectTrial(ok=False, error="incomplete before 4 tools started"))
+    s = disconnect_summary(trials)
+    assert (s["trials"], s["disconnected"], s["failed"]) == (101, 100, 1)
+    assert s["trials_with_tools_left_running"] == 1
+    assert s["trials_with_tools_finished"] == 1
+    assert s["cancel_time"]["n"] == 99 and s["cancel_time"]["max"] == 0.099
+    assert s["cancel_time_p99"] == pytest.approx(0.09802)
+
+
+def test_read_gauge_from_json_by_dotted_path() -> None:
+    body = b'{"tools_running": 3, "agent": {"tools": {"running": 0, "ok": true}}}'
+    assert read_gauge(body, "application/json", "tools_running") == 3.0
+    assert read_gauge(body, "application/json; charset=utf-8", "agent.tools.running") == 0.0
+    for missing in ("nope", "agent.tools.nope", "tools_running.x", "agent.tools.ok"):
+        with pytest.raises(KeyError):
+            read_gauge(body, "application/json", missing)
+
+
+def test_read_gauge_sums_a_prometheus_metric_over_its_labels() -> None:
+    body = (
+        b"# HELP trio_agent_tools_running Tool calls running now.\n"
+        b"# TYPE trio_agent_tools_running gauge\n"
+        b'trio_agent_tools_running{tool="search_web"} 2\n'
+        b'trio_agent_tools_running{tool="get_weather"} 1\n'
+        b"trio_agent_tools_running_total 40\n"
+        b"trio_agent_tools 7\n"
+    )
+    assert read_gauge(body, "text/plain; version=0.0.4", "trio_agent_tools_running") == 3.0
+    assert read_gauge(body, "text/plain", "trio_agent_tools") == 7.0
+    with pytest.raises(KeyError):
+        read_gauge(body, "text/plain", "trio_agent_tools_cancelled")
