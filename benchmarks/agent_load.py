@@ -218,6 +218,7 @@ class AgentMetrics:
     critical_path: Summary
     overhead_per_step: Summary
     parallel_speedup: Summary  # over the steps with two or more tools
+    parallel_speedup_min: float | None
     server_cpu_ms_per_step_user: float | None
     server_cpu_ms_per_step_total: float | None
 
@@ -269,6 +270,7 @@ def agent_metrics(
         critical_path=Summary.of(a.critical_path for a in measured),
         overhead_per_step=Summary.of(overheads),
         parallel_speedup=Summary.of(speedups),
+        parallel_speedup_min=min(speedups, default=None),
         server_cpu_ms_per_step_user=per_step(server_cpu.user) if server_cpu else None,
         server_cpu_ms_per_step_total=per_step(server_cpu.total) if server_cpu else None,
     )

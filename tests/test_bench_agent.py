@@ -132,7 +132,7 @@ def test_closed_loop_metrics_over_the_window() -> None:
     assert (m.latency.n, m.latency.p50, m.latency.max) == (3, 2.0, 2.0)
     assert m.critical_path.p50 == 1.5
     assert (m.overhead_per_step.n, m.overhead_per_step.p99) == (3, 0.25)
-    assert (m.parallel_speedup.n, m.parallel_speedup.mean) == (3, 1.5)
+    assert (m.parallel_speedup.n, m.parallel_speedup.mean, m.parallel_speedup_min) == (3, 1.5, 1.5)
     # 24 ms of CPU over the 6 steps of the runs that ended in the window.
     assert m.server_cpu_ms_per_step_user == pytest.approx(3.0)
     assert m.server_cpu_ms_per_step_total == pytest.approx(4.0)
@@ -158,7 +158,8 @@ def test_parallel_speedup_counts_only_steps_with_two_or_more_tools() -> None:
         ),
     )
     m = agent_metrics([one_tool], window_start=0.0, window_end=1.0)
-    assert m.parallel_speedup.n == 0 and m.server_cpu_ms_per_step_user is None
+    assert m.parallel_speedup.n == 0 and m.parallel_speedup_min is None
+    assert m.server_cpu_ms_per_step_user is None
 
 
 def test_disconnect_summary() -> None:
