@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -132,8 +133,11 @@ async def fake_llm(rounds: int) -> AsyncIterator[tuple[str, FakeToolLLM]]:
 
 
 @contextmanager
-def baseline(*args: str) -> Iterator[str]:
-    """Run the agents baseline on port 0; yield its URL; always stop it."""
+def baseline(*args: str, on_exit: list[int] | None = None) -> Iterator[str]:
+    """Run the agents baseline on port 0; yield its URL; always stop it.
+
+    With ``on_exit``, it is stopped with SIGTERM and its exit code appended there.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.baseline_agents", "--port", "0", *args],
         cwd=ROOT,
@@ -147,6 +151,9 @@ def baseline(*args: str) -> Iterator[str]:
         m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
         assert m, f"baseline did not start: {line!r}"
         yield m.group(1)
+        if on_exit is not None:
+            proc.send_signal(signal.SIGTERM)
+            on_exit.append(proc.wait(timeout=20))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -195,7 +202,8 @@ async def test_serves_an_agent_run_with_tool_events(mcp: bool) -> None:
     with trio.fail_after(60):
         async with fake_llm(rounds=2) as (upstream, fake):
             flags = ["--upstream-url", upstream, *(["--mcp"] if mcp else [])]
-            with baseline(*flags) as url:
+            exit_codes: list[int] = []
+            with baseline(*flags, on_exit=exit_codes) as url:
                 async with httpx.AsyncClient(timeout=30) as client:
                     events = await _events(client, url)
                     _check_run(events, rounds=2)
@@ -204,6 +212,7 @@ async def test_serves_an_agent_run_with_tool_events(mcp: bool) -> None:
                     if not mcp:
                         assert health["tools_started"] == health["tools_completed"] == 8
                         assert health["tools_running"] == 0
+            assert exit_codes == [0]  # SIGTERM: a clean exit (the MCP server closed too)
             # The model saw every tool result: the last request holds 8 tool messages.
             assert len(fake.requests) == 3
             assert sum(m["role"] == "tool" for m in fake.requests[-1]["messages"]) == 8
