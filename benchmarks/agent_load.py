@@ -32,8 +32,9 @@ Definitions (per run; times are the driver's arrival times of the events):
   tool itself took), else its ``tool_started`` to ``tool_result`` arrival times;
 * critical path: the sum over steps of model time plus the step's longest tool; the loop
   overhead per step is (latency - critical path) / steps;
-* parallel speedup of a step with tools: the sum of its tool durations over the wall time
-  of its tool phase (first ``tool_started`` to last ``tool_result``/``tool_error``).
+* parallel speedup of a step with tools: the sum of its tools' spans (each one's
+  ``tool_started`` to its ``tool_result``/``tool_error``) over the wall time of its tool
+  phase (first ``tool_started`` to last end), all arrival times: at most the number of tools.
 """
 
 from __future__ import annotations
@@ -114,14 +115,21 @@ class StepAnalysis:
     model_time: float
     longest_tool: float
     tool_count: int
-    tool_sum: float
-    tool_wall: float | None  # None without tools
+    tool_sum: float  # the tools' durations (duration_ms where given)
+    tool_wall: float | None  # first tool_started to last tool end (arrivals); None without tools
+    tool_spans: float = 0.0  # the sum of each tool's tool_started-to-end arrival span
 
     @property
     def speedup(self) -> float | None:
+        """Each tool's started-to-end span, summed, over the tool phase's wall time.
+
+        Both from arrival times, so the figure is at most the number of tools: a server's
+        own durations next to the client's clock would mix two clocks (a server whose
+        events queue behind each other would look faster than parallel).
+        """
         if self.tool_wall is None or self.tool_wall <= 0:
             return None
-        return self.tool_sum / self.tool_wall
+        return self.tool_spans / self.tool_wall
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -187,6 +195,9 @@ def analyze_run(record: RunRecord) -> RunAnalysis:
         wall = None
         if s.started and s.ended:
             wall = max(s.ended.values()) - min(s.started.values())
+        spans = math.fsum(
+            ended - s.started[call_id] for call_id, ended in s.ended.items() if call_id in s.started
+        )
         out.append(
             StepAnalysis(
                 model_time=model_end - s.start,
@@ -194,6 +205,7 @@ def analyze_run(record: RunRecord) -> RunAnalysis:
                 tool_count=len(durations),
                 tool_sum=math.fsum(durations),
                 tool_wall=wall,
+                tool_spans=spans,
             )
         )
     return RunAnalysis(latency=record.end - record.start, steps=tuple(out))
@@ -211,7 +223,7 @@ class AgentMetrics:
     runs_measured: int  # runs started after the warm-up that ended: latencies are over these
     outcomes: dict[str, int]
     runs_per_second: float  # ok runs that ended within the window, per second
-    steps_per_second: float
+    steps_per_second: float  # step_start events within the window, per second
     steps_per_run: float | None
     tool_calls_per_run: float | None
     latency: Summary
@@ -232,8 +244,9 @@ def agent_metrics(
 ) -> AgentMetrics:
     """Figures of a closed loop whose measured window is ``[window_start, window_end]``.
 
-    Throughput counts the ``ok`` runs that ended within the window and the steps of those
-    runs; ``server_cpu`` is the server's CPU over the same window, divided by those steps.
+    Runs per second counts the ``ok`` runs that ended within the window; steps per second
+    the ``step_start`` events within it (of any run); ``server_cpu`` is the server's CPU over
+    the same window, divided by those steps.
     Latencies, critical paths, overheads and speedups are over the ``ok`` runs sent at or
     after ``window_start``.
     """
@@ -243,7 +256,15 @@ def agent_metrics(
         outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
     ok = [r for r in records if r.outcome == "ok"]
     in_window = [r for r in ok if window_start <= r.end <= window_end]
-    window_steps = sum(len(analyze_run(r).steps) for r in in_window)
+    # Steps are counted where they start, over every run: they are short next to the window,
+    # so the count follows the server's work closely where whole runs (seconds long, started
+    # together by a closed loop) would count it in lumps.
+    window_steps = sum(
+        1
+        for r in records
+        for e in r.events
+        if e.type == "step_start" and window_start <= e.t < window_end
+    )
     measured = [analyze_run(r) for r in ok if r.start >= window_start]
     speedups = [
         s.speedup for a in measured for s in a.steps if s.tool_count >= 2 and s.speedup is not None
@@ -525,8 +546,11 @@ async def closed_loop(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"probe run failed ({probe.outcome}): {probe.error}")
     t0 = trio.current_time()
 
-    async def worker() -> None:
+    async def worker(delay: float) -> None:
         nonlocal started
+        # Workers start spread over the ramp, so a closed loop's runs do not move in lockstep
+        # batches (all starting and ending together) that the window would count in lumps.
+        await trio.sleep_until(t0 + delay)
         client = AgentClient(args.url, body, args.request_timeout)
         try:
             while trio.current_time() - t0 < window_end and started < args.max_runs:
@@ -539,8 +563,9 @@ async def closed_loop(args: argparse.Namespace) -> dict[str, Any]:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sample, window_start, "begin")
             nursery.start_soon(sample, window_end, "end")
-            for _ in range(args.concurrency):
-                nursery.start_soon(worker)
+            ramp = args.warmup if args.ramp is None else args.ramp
+            for i in range(args.concurrency):
+                nursery.start_soon(worker, ramp * i / args.concurrency)
     server_cpu = None
     if "begin" in cpu and "end" in cpu:
         server_cpu = cpu["end"].cpu - cpu["begin"].cpu
@@ -559,6 +584,7 @@ async def closed_loop(args: argparse.Namespace) -> dict[str, Any]:
             "concurrency": args.concurrency,
             "warmup": args.warmup,
             "duration": args.duration,
+            "ramp": args.ramp,
             "max_runs": args.max_runs,
             "body": body,
         },
@@ -715,6 +741,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     closed.add_argument("--warmup", type=float, default=3.0)
     closed.add_argument("--duration", type=float, default=12.0)
     closed.add_argument("--max-runs", type=int, default=100_000)
+    closed.add_argument(
+        "--ramp", type=float, help="spread the workers' first runs over this (default: --warmup)"
+    )
     closed.add_argument("--max-duration", type=float, default=90.0)
     closed.add_argument("--server-pid", type=int, default=0)
     disc = sub.choices["disconnect"]

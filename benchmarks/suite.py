@@ -131,7 +131,9 @@ def mock_llm_command() -> list[str]:
 
 AGENT_TOOL_CALLS = 4  # tools called in parallel per step
 AGENT_TOOL_ROUNDS = 3  # steps with tool calls before the text answer
-AGENT_MOCK_TOKENS = 32  # the final answer's length (tool-call arguments stream at the mock's pace)
+# Text replies not following a tool result; the final answer (after tool results) is the
+# mock's reply quoting them, whatever this says. Tool-call arguments stream at the mock's pace.
+AGENT_MOCK_TOKENS = 32
 AGENT_DISCONNECT_TRIALS = 200
 AGENT_OPEN = 4096  # trio_agent's tool limits, wide open as admission is: nothing waits on them
 MCP_SCRIPT = ROOT / "benchmarks" / "agent_tools_mcp.py"
@@ -525,8 +527,8 @@ def agent_markdown(results: list[dict[str, Any]]) -> list[str]:
         "## Agent runs",
         "",
         f"Each run: {AGENT_TOOL_ROUNDS} steps of {AGENT_TOOL_CALLS} parallel tools (100 ms sleeps), then a "
-        f"text answer of {AGENT_MOCK_TOKENS} tokens, from the mock LLM server (ttft {MOCK_TTFT} s, itl "
-        f"{MOCK_ITL} s) in its own process. Measured by `benchmarks/agent_load.py`.",
+        f"text answer (the mock's reply quoting the tool results), from the mock LLM server (ttft "
+        f"{MOCK_TTFT} s, itl {MOCK_ITL} s) in its own process. Measured by `benchmarks/agent_load.py`.",
         "",
         "| scenario | server | load | runs/s | steps/run | latency p50 ms | latency p99 ms | critical path p50 ms "
         "| overhead/step p50 ms | overhead/step p99 ms | srv CPU ms/step user | srv CPU ms/step total "

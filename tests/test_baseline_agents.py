@@ -225,7 +225,7 @@ async def test_the_load_driver_measures_it() -> None:
         async with fake_llm(rounds=3) as (upstream, _fake):
             with baseline("--upstream-url", upstream) as url:
                 ns = _namespace(
-                    url=url, concurrency=3, warmup=0.0, duration=1.5, max_runs=6, max_duration=30.0,
+                    url=url, concurrency=3, warmup=0.0, ramp=None, duration=1.5, max_runs=6, max_duration=30.0,
                     server_pid=0, question="q", max_steps=0, request_timeout=20.0, label="t",
                 )  # fmt: skip
                 result = await agent_load.closed_loop(ns)

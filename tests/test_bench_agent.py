@@ -54,7 +54,9 @@ def test_a_run_s_steps_critical_path_overhead_and_speedup() -> None:
     first, second = a.steps
     # Model time runs to the last tool_call; the longest tool is the server's duration_ms.
     assert (first.model_time, first.longest_tool, first.tool_count) == (0.5, 0.5, 2)
-    assert (first.tool_sum, first.tool_wall, first.speedup) == (0.75, 0.5, 1.5)
+    # Speedup from arrival times: a's span 0.5 and b's 0.25 over the phase's 0.5.
+    assert (first.tool_sum, first.tool_wall, first.tool_spans) == (0.75, 0.5, 0.75)
+    assert first.speedup == 1.5
     # Without calls, model time runs to step_end, and there is no tool phase.
     assert (second.model_time, second.longest_tool, second.tool_count) == (0.5, 0.0, 0)
     assert second.tool_wall is None and second.speedup is None
@@ -83,6 +85,30 @@ def test_durations_fall_back_to_arrival_times_and_errors_end_a_tool() -> None:
     assert (step.model_time, step.longest_tool, step.tool_sum) == (0.25, 0.5, 0.75)
     assert step.tool_wall == 0.625 and step.speedup == 0.75 / 0.625
     assert analyze_run(record).overhead_per_step == 1.0 - 0.75
+
+
+def test_speedup_uses_arrival_times_only() -> None:
+    # The server says each tool took 0.5 s, but their events arrived 0.25 s apart, in a
+    # 0.375 s phase: the client's clock alone gives the speedup, never above the tool count.
+    record = RunRecord(
+        start=0.0,
+        end=1.0,
+        outcome="ok",
+        events=(
+            ev(0.0, "step_start"),
+            ev(0.125, "tool_call", "x"),
+            ev(0.125, "tool_call", "y"),
+            ev(0.125, "tool_started", "x"),
+            ev(0.25, "tool_started", "y"),
+            ev(0.375, "tool_result", "x", 500.0),
+            ev(0.5, "tool_result", "y", 500.0),
+            ev(1.0, "done"),
+        ),
+    )
+    (step,) = analyze_run(record).steps
+    assert (step.tool_sum, step.longest_tool) == (1.0, 0.5)
+    assert (step.tool_spans, step.tool_wall) == (0.5, 0.375)
+    assert step.speedup == 0.5 / 0.375
 
 
 def test_tool_events_belong_to_the_step_of_their_call() -> None:
@@ -127,15 +153,16 @@ def test_closed_loop_metrics_over_the_window() -> None:
     assert m.outcomes == {"ok": 4, "error": 1}
     assert (m.runs_started, m.runs_measured) == (5, 3)
     assert m.runs_per_second == 1.0  # three ok runs ended in [1, 4]
-    assert m.steps_per_second == 2.0
+    # step_start events in [1, 4) of every run: 1 + 2 + 2 + 1 + 2 (the failed run's too).
+    assert m.steps_per_second == 8 / 3
     assert m.steps_per_run == 2.0 and m.tool_calls_per_run == 2.0
     assert (m.latency.n, m.latency.p50, m.latency.max) == (3, 2.0, 2.0)
     assert m.critical_path.p50 == 1.5
     assert (m.overhead_per_step.n, m.overhead_per_step.p99) == (3, 0.25)
     assert (m.parallel_speedup.n, m.parallel_speedup.mean, m.parallel_speedup_min) == (3, 1.5, 1.5)
-    # 24 ms of CPU over the 6 steps of the runs that ended in the window.
-    assert m.server_cpu_ms_per_step_user == pytest.approx(3.0)
-    assert m.server_cpu_ms_per_step_total == pytest.approx(4.0)
+    # 24 ms of CPU over the 8 steps started in the window.
+    assert m.server_cpu_ms_per_step_user == pytest.approx(2.25)
+    assert m.server_cpu_ms_per_step_total == pytest.approx(3.0)
 
 
 def test_metrics_of_nothing() -> None:
