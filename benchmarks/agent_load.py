@@ -17,7 +17,8 @@ Modes (``python -m benchmarks.agent_load MODE --help``):
   ``--stats-url`` is polled until the server reports no tool running. What the stats URL
   must answer: JSON, where ``--running-key`` is a dotted path to the number of tool bodies
   running now (e.g. ``tools_running``, or ``agent.tools.running``); or Prometheus text,
-  where ``--running-key`` is a metric name whose samples (all label sets) are summed. An
+  where ``--running-key`` is a metric name whose samples (all label sets) are summed;
+  several keys, comma-separated, are summed (say running and queued tools). An
   optional ``--completed-key`` (same rules) counts tools that ran to their end: if it grows
   between the disconnect and the zero, a tool finished instead of being cancelled, and the
   trial says so.
@@ -75,6 +76,7 @@ __all__ = [
     "analyze_run",
     "disconnect_summary",
     "read_gauge",
+    "read_gauges",
 ]
 
 TERMINAL = ("done", "error")
@@ -361,6 +363,11 @@ def read_gauge(body: bytes, content_type: str, key: str) -> float:
     return total
 
 
+def read_gauges(body: bytes, content_type: str, keys: str) -> float:
+    """The sum of :func:`read_gauge` over the comma-separated ``keys``."""
+    return math.fsum(read_gauge(body, content_type, key.strip()) for key in keys.split(","))
+
+
 # -- the one-run client -------------------------------------------------------------------
 
 
@@ -375,7 +382,7 @@ class RouteMissingError(SkipError):
 def _event(t: float, name: str, data: str) -> Event:
     if name in ("tool_call", "tool_started", "tool_result", "tool_error"):
         payload = json.loads(data)
-        duration = payload.get("duration_ms") if name == "tool_result" else None
+        duration = payload.get("duration_ms") if name != "tool_started" else None
         return Event(t=t, type=name, call_id=payload.get("call_id"), duration_ms=duration)
     return Event(t=t, type=name)  # token events are not decoded: their arrival is what counts
 
@@ -598,10 +605,11 @@ async def closed_loop(args: argparse.Namespace) -> dict[str, Any]:
 # -- disconnect trials ---------------------------------------------------------------------------
 
 
-async def _gauge(client: httpx.AsyncClient, url: str, key: str) -> float:
+async def _gauge(client: httpx.AsyncClient, url: str, keys: str) -> float:
+    """The sum of the comma-separated ``keys`` in one answer of ``url``."""
     resp = await client.get(url)
     resp.raise_for_status()
-    return read_gauge(resp.content, resp.headers.get("content-type", ""), key)
+    return read_gauges(resp.content, resp.headers.get("content-type", ""), keys)
 
 
 async def _trials(
@@ -749,7 +757,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     disc = sub.choices["disconnect"]
     disc.add_argument("--trials", type=int, default=200)
     disc.add_argument("--stats-url", required=True, help="GET: JSON or Prometheus text")
-    disc.add_argument("--running-key", required=True, help="tools running now: JSON path or metric")
+    disc.add_argument(
+        "--running-key", required=True, help="tools running now: JSON path or metric (a,b: summed)"
+    )
     disc.add_argument("--completed-key", help="tools that ran to their end: JSON path or metric")
     disc.add_argument(
         "--after-started", type=int, default=4, help="disconnect after this many tool_started"

@@ -139,9 +139,12 @@ AGENT_OPEN = 4096  # trio_agent's tool limits, wide open as admission is: nothin
 MCP_SCRIPT = ROOT / "benchmarks" / "agent_tools_mcp.py"
 # Where each server reports its running tools for the disconnect trial: (stats path, gauge
 # key, completed-tools key or None); benchmarks/agent_load.py says what the keys mean.
-# trio_agent's names are those of its /metrics agent gauges.
+# trio_agent's: its agent statistics' running and queued tools (AgentStatistics) as /metrics
+# gauges; the names must match the server's /metrics (the trial is skipped when they do not).
 AGENT_STATS: dict[str, tuple[str, str, str | None]] = {
-    "trio_agent": ("/metrics", "trio_agent_agent_tools_running", None),
+    "trio_agent": (
+        "/metrics", "trio_agent_agent_running_tools,trio_agent_agent_queued_tools", None
+    ),
     "agents_baseline": ("/healthz", "tools_running", "tools_completed"),
 }
 

@@ -15,6 +15,7 @@ from benchmarks.agent_load import (
     analyze_run,
     disconnect_summary,
     read_gauge,
+    read_gauges,
 )
 from trio_agent.bench import CPUTimes
 
@@ -223,3 +224,12 @@ def test_read_gauge_sums_a_prometheus_metric_over_its_labels() -> None:
     assert read_gauge(body, "text/plain", "trio_agent_tools") == 7.0
     with pytest.raises(KeyError):
         read_gauge(body, "text/plain", "trio_agent_tools_cancelled")
+
+
+def test_read_gauges_sums_comma_separated_keys() -> None:
+    body = b"trio_agent_agent_running_tools 3\ntrio_agent_agent_queued_tools 2\n"
+    keys = "trio_agent_agent_running_tools, trio_agent_agent_queued_tools"
+    assert read_gauges(body, "text/plain", keys) == 5.0
+    assert read_gauges(b'{"a": 1, "b": {"c": 2}}', "application/json", "a,b.c") == 3.0
+    with pytest.raises(KeyError):
+        read_gauges(body, "text/plain", "trio_agent_agent_running_tools,nope")
