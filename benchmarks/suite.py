@@ -162,6 +162,11 @@ def _help(command: list[str]) -> str:
     return done.stdout
 
 
+def _has_flag(help_text: str, flag: str) -> bool:
+    """Whether ``flag`` itself is in a --help text (``--mcp`` is not ``--mcp-max-concurrency``)."""
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text) is not None
+
+
 def agent_mock_llm_command() -> list[str] | str:
     """The mock LLM server answering with tool calls, or why it cannot (the reason)."""
     base = [
@@ -173,7 +178,7 @@ def agent_mock_llm_command() -> list[str] | str:
     # The mock's flags: call N of the offered tools per answer, for R assistant turns, then
     # answer in text.
     for calls, rounds in (("--tool-calls", "--tool-rounds"), ("--mock-tool-calls", "--mock-tool-rounds")):
-        if calls in text and rounds in text:
+        if _has_flag(text, calls) and _has_flag(text, rounds):
             return [*base, calls, str(AGENT_TOOL_CALLS), rounds, str(AGENT_TOOL_ROUNDS)]
     return "trio-agent mock-llm has no --tool-calls/--tool-rounds (tool-call answers for 3 rounds)"
 
@@ -185,10 +190,10 @@ def _mcp_command() -> str:
 def trio_agent_agent_command(a: AgentArgs) -> list[str] | str:
     text = _help([PY, "-m", "trio_agent", "serve"])
     tools = ["--mcp", f"tools={_mcp_command()}"] if a.mcp else ["--tools", "benchmarks.agent_tools"]
-    if tools[0] not in text:
+    if not _has_flag(text, tools[0]):
         return f"trio-agent serve has no {tools[0]} yet"
     limits = [
-        f for flag in ("--max-tool-concurrency", "--mcp-max-concurrency") if flag in text
+        f for flag in ("--max-tool-concurrency", "--mcp-max-concurrency") if _has_flag(text, flag)
         for f in (flag, str(AGENT_OPEN))
     ]  # fmt: skip
     return [
