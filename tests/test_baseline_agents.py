@@ -267,3 +267,51 @@ async def test_disconnect_trials_see_every_tool_cancelled() -> None:
                     health = (await client.get(url + "/healthz")).json()
                 assert health["tools_cancelled"] == 20 and health["tools_completed"] == 0
                 assert health["runs_abandoned"] == 5
+
+
+async def test_the_suite_measures_the_baseline_and_skips_a_server_without_the_route(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import suite
+
+    with trio.fail_after(120):
+        async with fake_llm(rounds=3) as (upstream, _fake):
+            # The suite's "mock LLM server" is the fake above, announced by a stand-in process.
+            announce = f"print('fake LLM on {upstream.removesuffix('/v1')}', flush=True)"
+            monkeypatch.setattr(
+                suite, "agent_mock_llm_command",
+                lambda: [sys.executable, "-c", f"{announce}; import time; time.sleep(300)"],
+            )  # fmt: skip
+            # A server without /agent/stream: the chat baseline.
+            monkeypatch.setitem(
+                suite.AGENT_SERVERS, "chat_only",
+                lambda a: [sys.executable, "-m", "benchmarks.baseline_asyncio", "--port", "0"],
+            )  # fmt: skip
+            timing = suite.Timing(warmup=0.5, duration=2.0, sweep=())
+            s = suite.Suite(["agents_baseline", "chat_only"], timing, tmp_path, None)
+            await trio.to_thread.run_sync(s.run_agent, 3)
+    by = {r["server_name"]: r for r in s.agent_results}
+    assert "POST /agent/stream" in by["chat_only"]["skipped"]
+    m = by["agents_baseline"]["metrics"]
+    assert set(m["outcomes"]) == {"ok"} and m["steps_per_run"] == 4
+    assert m["server_cpu_ms_per_step_total"] > 0
+    text = "\n".join(suite.agent_markdown(s.agent_results))
+    assert "| agent3 | agents_baseline | c=3 |" in text
+    assert "| agent3 | chat_only | skipped:" in text
+
+
+def test_the_suite_skips_every_agent_scenario_without_a_tool_calling_mock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import suite
+
+    monkeypatch.setattr(suite, "agent_mock_llm_command", lambda: "no tool calls")
+    s = suite.Suite(["trio_agent", "agents_baseline"], suite.QUICK, tmp_path, None)
+    s.run_agent(10)
+    s.run_agent(None)
+    assert [(r["scenario"], r["server_name"], r["skipped"]) for r in s.agent_results] == [
+        ("agent10", "trio_agent", "no tool calls"),
+        ("agent10", "agents_baseline", "no tool calls"),
+        ("agent-disconnect", "trio_agent", "no tool calls"),
+        ("agent-disconnect", "agents_baseline", "no tool calls"),
+    ]
