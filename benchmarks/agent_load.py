@@ -387,8 +387,15 @@ def _event(t: float, name: str, data: str) -> Event:
     return Event(t=t, type=name)  # token events are not decoded: their arrival is what counts
 
 
-class _Stale(Exception):
-    """A reused keep-alive connection was closed by the server while idle."""
+@dataclass
+class _Reading:
+    """What one exchange has read so far."""
+
+    events: list[Event] = field(default_factory=list)
+    outcome: str = "incomplete"
+    error: str | None = None
+    got_bytes: bool = False
+    reusable: bool = False
 
 
 class AgentClient:
@@ -426,76 +433,80 @@ class AgentClient:
         start = trio.current_time() - t0
         if self._idle is not None:
             stream, self._idle = self._idle, None
-            try:
-                return await self._exchange(stream, start, t0, stop_when, reused=True)
-            except _Stale:
-                pass
+            reading = await self._exchange(stream, t0, stop_when)
+            if not (reading.outcome == "transport" and not reading.got_bytes):
+                return self._record(start, t0, reading)
+            # The server closed the idle connection before reading this request: retry once
+            # on a fresh one, as every HTTP client does.
         try:
             stream = await trio.open_tcp_stream(self.host, self.port)
         except OSError as exc:
-            return RunRecord(start=start, end=trio.current_time() - t0, outcome="transport",
-                             error=repr(exc))  # fmt: skip
-        return await self._exchange(stream, start, t0, stop_when, reused=False)
+            return self._record(start, t0, _Reading(outcome="transport", error=repr(exc)))
+        return self._record(start, t0, await self._exchange(stream, t0, stop_when))
+
+    @staticmethod
+    def _record(start: float, t0: float, reading: _Reading) -> RunRecord:
+        return RunRecord(
+            start=start,
+            end=trio.current_time() - t0,
+            outcome=reading.outcome,
+            events=tuple(reading.events),
+            error=reading.error,
+        )
 
     async def _exchange(
         self,
         stream: trio.abc.Stream,
-        start: float,
         t0: float,
         stop_when: Callable[[list[Event]], bool] | None,
-        *,
-        reused: bool,
-    ) -> RunRecord:
-        events: list[Event] = []
-        state = {"outcome": "incomplete", "error": None, "keep": False}
-        got_bytes = False
-        with trio.move_on_after(self.timeout) as scope:
-            try:
-                got_bytes = await self._read(stream, t0, events, state, stop_when)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                if reused and not got_bytes and not events:
-                    await stream.aclose()
-                    raise _Stale from exc
-                state.update(outcome="transport", error=repr(exc))
-            except HTTPProtocolError as exc:
-                state.update(outcome="transport", error=str(exc))
-        if scope.cancelled_caught:
-            state.update(outcome="timeout", error=f"no terminal event within {self.timeout} s")
-        if state["outcome"] == "stale":
-            await stream.aclose()
-            raise _Stale
-        if state["keep"]:
-            self._idle = stream
-        else:
-            await stream.aclose()
-        return RunRecord(
-            start=start, end=trio.current_time() - t0, outcome=str(state["outcome"]),
-            events=tuple(events), error=state["error"],  # type: ignore[arg-type]
-        )  # fmt: skip
+    ) -> _Reading:
+        """One request and response on ``stream``; keeps the stream idle if it is reusable."""
+        reading = _Reading()
+        try:
+            with trio.move_on_after(self.timeout) as scope:
+                try:
+                    await self._read(stream, t0, reading, stop_when)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    reading.reusable = False
+                    if reading.outcome == "incomplete":
+                        reading.outcome, reading.error = "transport", repr(exc)
+                except HTTPProtocolError as exc:
+                    reading.reusable = False
+                    if reading.outcome == "incomplete":
+                        reading.outcome, reading.error = "transport", str(exc)
+            # A run whose terminal event came in keeps its outcome, whatever the framing after.
+            if scope.cancelled_caught and reading.outcome == "incomplete":
+                reading.outcome = "timeout"
+                reading.error = f"no terminal event within {self.timeout} s"
+        finally:
+            if reading.reusable:
+                self._idle = stream
+            else:
+                await stream.aclose()
+        return reading
 
     async def _read(
         self,
         stream: trio.abc.Stream,
         t0: float,
-        events: list[Event],
-        state: dict[str, Any],
+        reading: _Reading,
         stop_when: Callable[[list[Event]], bool] | None,
-    ) -> bool:
+    ) -> None:
         await stream.send_all(self.request)
         parser = ResponseParser()
         decoder: SSEDecoder | None = None
         body: list[bytes] = []
-        got = False
         while not parser.complete:
             data = await stream.receive_some(65536)
             now = trio.current_time() - t0
             if not data:
-                if not got:
-                    state["outcome"] = "stale"
-                    return got
+                if not reading.got_bytes:
+                    reading.outcome = "transport"
+                    reading.error = "connection closed before the response"
+                    return
                 parser.feed_eof()
                 break
-            got = True
+            reading.got_bytes = True
             pieces = parser.feed(data)
             head = parser.head
             if head is None:
@@ -513,19 +524,22 @@ class AgentClient:
                 continue
             for sse in decoder.feed(b"".join(pieces)):
                 ev = _event(now, sse.event, sse.data)
-                events.append(ev)
+                reading.events.append(ev)
                 if ev.type in TERMINAL:
-                    state["outcome"] = "ok" if ev.type == "done" else "error"
+                    reading.outcome = "ok" if ev.type == "done" else "error"
                     if ev.type == "error":
-                        state["error"] = sse.data[:300]
-            if state["outcome"] == "incomplete" and stop_when is not None and stop_when(events):
-                return got  # leave now: the caller closes the connection
+                        reading.error = sse.data[:300]
+            if (
+                reading.outcome == "incomplete"
+                and stop_when is not None
+                and stop_when(reading.events)
+            ):
+                return  # leave now: the exchange closes the connection
         head = parser.head
         if head is not None and head.status_code != 200:
             text = b"".join(body)[:300].decode("utf-8", "replace")
-            state.update(outcome="http_status", error=f"{head.status_code}: {text}")
-        state["keep"] = parser.complete and head is not None and head.keep_alive
-        return got
+            reading.outcome, reading.error = "http_status", f"{head.status_code}: {text}"
+        reading.reusable = parser.complete and head is not None and head.keep_alive
 
 
 # -- closed loop -------------------------------------------------------------------------------
