@@ -33,9 +33,16 @@ Definitions (per run; times are the driver's arrival times of the events):
   tool itself took), else its ``tool_started`` to ``tool_result`` arrival times;
 * critical path: the sum over steps of model time plus the step's longest tool; the loop
   overhead per step is (latency - critical path) / steps;
-* parallel speedup of a step with tools: the sum of its tools' spans (each one's
-  ``tool_started`` to its ``tool_result``/``tool_error``) over the wall time of its tool
-  phase (first ``tool_started`` to last end), all arrival times: at most the number of tools.
+* parallel speedup of a step with two or more tools: the sum of its tools' spans (each
+  one's ``tool_started`` to its ``tool_result``/``tool_error``) over its tool phase, from its
+  last ``tool_call`` (the model has handed over every call; the step now waits on tools only)
+  to the last tool's end: what running the tools one after another once the model is done
+  would take, over what the step waited. For equal tools started after the model (as the
+  Agents SDK does) it is at most their number; a server that starts each tool as soon as its
+  call is complete has run part of them before the phase (the figure can then pass the
+  number of tools). Also reported: the tool overlap, the same sum over first start to last
+  end (how many ran at once while any ran; with calls streamed one after another, tools
+  started early overlap less and still finish sooner). All arrival times, one clock.
 """
 
 from __future__ import annotations
@@ -118,17 +125,27 @@ class StepAnalysis:
     longest_tool: float
     tool_count: int
     tool_sum: float  # the tools' durations (duration_ms where given)
-    tool_wall: float | None  # first tool_started to last tool end (arrivals); None without tools
     tool_spans: float = 0.0  # the sum of each tool's tool_started-to-end arrival span
+    tool_wall: float | None = None  # first tool_started to last tool end; None without tools
+    tool_phase: float | None = None  # last tool_call to last tool end; None without tools
 
     @property
     def speedup(self) -> float | None:
-        """Each tool's started-to-end span, summed, over the tool phase's wall time.
+        """The tools' spans, summed, over the tool phase: what running them one after another
+        once the model is done would take, over what the step waited on them after it.
 
-        Both from arrival times, so the figure is at most the number of tools: a server's
-        own durations next to the client's clock would mix two clocks (a server whose
-        events queue behind each other would look faster than parallel).
+        The tool phase starts at the step's last ``tool_call`` (from then on the step waits on
+        tools only; a server that starts each tool as soon as its call is complete has run
+        part of them already) and ends at the last tool's end. All arrival times on the
+        driver's clock. Equal tools started after the model: at most their number.
         """
+        if self.tool_phase is None or self.tool_phase <= 0:
+            return None
+        return self.tool_spans / self.tool_phase
+
+    @property
+    def overlap(self) -> float | None:
+        """The tools' spans, summed, over first start to last end: how many ran at once."""
         if self.tool_wall is None or self.tool_wall <= 0:
             return None
         return self.tool_spans / self.tool_wall
@@ -194,9 +211,11 @@ def analyze_run(record: RunRecord) -> RunAnalysis:
         model_end = (
             s.last_call if s.last_call is not None else (s.end if s.end is not None else record.end)
         )
-        wall = None
+        wall = phase = None
         if s.started and s.ended:
-            wall = max(s.ended.values()) - min(s.started.values())
+            last_end = max(s.ended.values())
+            wall = last_end - min(s.started.values())
+            phase = last_end - (s.last_call if s.last_call is not None else min(s.started.values()))
         spans = math.fsum(
             ended - s.started[call_id] for call_id, ended in s.ended.items() if call_id in s.started
         )
@@ -206,8 +225,9 @@ def analyze_run(record: RunRecord) -> RunAnalysis:
                 longest_tool=max(durations, default=0.0),
                 tool_count=len(durations),
                 tool_sum=math.fsum(durations),
-                tool_wall=wall,
                 tool_spans=spans,
+                tool_wall=wall,
+                tool_phase=phase,
             )
         )
     return RunAnalysis(latency=record.end - record.start, steps=tuple(out))
@@ -233,6 +253,7 @@ class AgentMetrics:
     overhead_per_step: Summary
     parallel_speedup: Summary  # over the steps with two or more tools
     parallel_speedup_min: float | None
+    tool_overlap: Summary  # over the same steps: tools running at once while any ran
     server_cpu_ms_per_step_user: float | None
     server_cpu_ms_per_step_total: float | None
 
@@ -294,6 +315,12 @@ def agent_metrics(
         overhead_per_step=Summary.of(overheads),
         parallel_speedup=Summary.of(speedups),
         parallel_speedup_min=min(speedups, default=None),
+        tool_overlap=Summary.of(
+            s.overlap
+            for a in measured
+            for s in a.steps
+            if s.tool_count >= 2 and s.overlap is not None
+        ),
         server_cpu_ms_per_step_user=per_step(server_cpu.user) if server_cpu else None,
         server_cpu_ms_per_step_total=per_step(server_cpu.total) if server_cpu else None,
     )

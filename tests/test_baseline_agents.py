@@ -232,8 +232,10 @@ async def test_the_load_driver_measures_it() -> None:
                 m = result["metrics"]
                 assert m["outcomes"] == {"ok": 6}
                 assert m["steps_per_run"] == 4 and m["tool_calls_per_run"] == 12
-                # Four 100 ms tools in parallel: close to 4, never above it.
-                assert 3.0 < m["parallel_speedup"]["mean"] <= 4.0
+                # Four 100 ms tools, started together after the model: close to 4 (the
+                # spans jitter by a millisecond or two on a busy machine), all at once.
+                assert 3.0 < m["parallel_speedup"]["mean"] < 4.4
+                assert 3.0 < m["tool_overlap"]["mean"] <= 4.0
                 assert m["critical_path"]["p50"] > 0.3  # three steps of one 100 ms tool each
                 assert m["latency"]["p50"] >= m["critical_path"]["p50"]
 

@@ -55,12 +55,15 @@ def test_a_run_s_steps_critical_path_overhead_and_speedup() -> None:
     first, second = a.steps
     # Model time runs to the last tool_call; the longest tool is the server's duration_ms.
     assert (first.model_time, first.longest_tool, first.tool_count) == (0.5, 0.5, 2)
-    # Speedup from arrival times: a's span 0.5 and b's 0.25 over the phase's 0.5.
-    assert (first.tool_sum, first.tool_wall, first.tool_spans) == (0.75, 0.5, 0.75)
-    assert first.speedup == 1.5
+    # From arrival times: spans a 0.5 + b 0.25; the tool phase runs from the last call (0.75)
+    # to the last end (1.0); a started with its call, before the phase, so the speedup passes
+    # the tool count; the overlap is over first start to last end.
+    assert (first.tool_sum, first.tool_spans) == (0.75, 0.75)
+    assert (first.tool_phase, first.speedup) == (0.25, 3.0)
+    assert (first.tool_wall, first.overlap) == (0.5, 1.5)
     # Without calls, model time runs to step_end, and there is no tool phase.
     assert (second.model_time, second.longest_tool, second.tool_count) == (0.5, 0.0, 0)
-    assert second.tool_wall is None and second.speedup is None
+    assert second.tool_phase is None and second.speedup is None and second.overlap is None
     assert a.critical_path == 1.5
     assert a.overhead_per_step == 0.25
 
@@ -84,7 +87,8 @@ def test_durations_fall_back_to_arrival_times_and_errors_end_a_tool() -> None:
     (step,) = analyze_run(record).steps
     # No step_end: the model time still ends at the last call.
     assert (step.model_time, step.longest_tool, step.tool_sum) == (0.25, 0.5, 0.75)
-    assert step.tool_wall == 0.625 and step.speedup == 0.75 / 0.625
+    assert step.tool_phase == step.tool_wall == 0.625
+    assert step.speedup == step.overlap == 0.75 / 0.625
     assert analyze_run(record).overhead_per_step == 1.0 - 0.75
 
 
@@ -108,8 +112,36 @@ def test_speedup_uses_arrival_times_only() -> None:
     )
     (step,) = analyze_run(record).steps
     assert (step.tool_sum, step.longest_tool) == (1.0, 0.5)
-    assert (step.tool_spans, step.tool_wall) == (0.5, 0.375)
+    assert (step.tool_spans, step.tool_phase) == (0.5, 0.375)
     assert step.speedup == 0.5 / 0.375
+
+
+def test_tools_started_with_their_calls_against_tools_started_after_the_model() -> None:
+    # Two tools of 0.25 s; calls complete at 0.25 and 0.5. Early start: each starts with its
+    # call. After the model: both start at the last call. Each server waits 0.25 s on tools
+    # after the model; the early one's tools overlap less, as they were handed over apart.
+    def run(starts: tuple[float, float]) -> RunRecord:
+        return RunRecord(
+            start=0.0,
+            end=1.0,
+            outcome="ok",
+            events=(
+                ev(0.0, "step_start"),
+                ev(0.25, "tool_call", "a"),
+                ev(starts[0], "tool_started", "a"),
+                ev(0.5, "tool_call", "b"),
+                ev(starts[1], "tool_started", "b"),
+                ev(starts[0] + 0.25, "tool_result", "a"),
+                ev(starts[1] + 0.25, "tool_result", "b"),
+                ev(1.0, "done"),
+            ),
+        )
+
+    (early,) = analyze_run(run((0.25, 0.5))).steps
+    (late,) = analyze_run(run((0.5, 0.5))).steps
+    assert early.tool_phase == late.tool_phase == 0.25
+    assert early.speedup == late.speedup == 2.0
+    assert (early.overlap, late.overlap) == (1.0, 2.0)
 
 
 def test_tool_events_belong_to_the_step_of_their_call() -> None:
@@ -130,7 +162,7 @@ def test_tool_events_belong_to_the_step_of_their_call() -> None:
         ),
     )
     first, second = analyze_run(record).steps
-    assert (first.tool_count, first.longest_tool, first.tool_wall) == (1, 0.5, 0.5)
+    assert (first.tool_count, first.longest_tool, first.tool_phase) == (1, 0.5, 0.5)
     assert (second.tool_count, second.model_time) == (0, 0.5)
 
 
@@ -160,7 +192,8 @@ def test_closed_loop_metrics_over_the_window() -> None:
     assert (m.latency.n, m.latency.p50, m.latency.max) == (3, 2.0, 2.0)
     assert m.critical_path.p50 == 1.5
     assert (m.overhead_per_step.n, m.overhead_per_step.p99) == (3, 0.25)
-    assert (m.parallel_speedup.n, m.parallel_speedup.mean, m.parallel_speedup_min) == (3, 1.5, 1.5)
+    assert (m.parallel_speedup.n, m.parallel_speedup.mean, m.parallel_speedup_min) == (3, 3.0, 3.0)
+    assert (m.tool_overlap.n, m.tool_overlap.mean) == (3, 1.5)
     # 24 ms of CPU over the 8 steps started in the window.
     assert m.server_cpu_ms_per_step_user == pytest.approx(2.25)
     assert m.server_cpu_ms_per_step_total == pytest.approx(3.0)
@@ -187,6 +220,7 @@ def test_parallel_speedup_counts_only_steps_with_two_or_more_tools() -> None:
     )
     m = agent_metrics([one_tool], window_start=0.0, window_end=1.0)
     assert m.parallel_speedup.n == 0 and m.parallel_speedup_min is None
+    assert m.tool_overlap.n == 0
     assert m.server_cpu_ms_per_step_user is None
 
 
