@@ -603,7 +603,8 @@ def agent_goals(results: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"* {scenario}: overhead per step p50 {over}x the baseline's (goal <= 0.5), CPU per step "
             f"{cpu}x (goal <= 0.5), parallel speedup {_num(om['parallel_speedup']['mean'], '.2f')} "
-            "(goal >= 3.5; tools' spans over the tool phase after the last call)"
+            "(goal >= 3.5; the tools' spans over the tool phase after the last call; the tool "
+            f"overlap, over first start to last end, is {_num(om['tool_overlap']['mean'], '.2f')})"
         )
     ours = by.get(("agent-disconnect", "trio_agent"))
     if ours is None:
