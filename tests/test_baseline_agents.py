@@ -301,19 +301,3 @@ async def test_the_suite_measures_the_baseline_and_skips_a_server_without_the_ro
     assert "| agent3 | agents_baseline | c=3 |" in text
     assert "| agent3 | chat_only | skipped:" in text
 
-
-def test_the_suite_skips_every_agent_scenario_without_a_tool_calling_mock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from benchmarks import suite
-
-    monkeypatch.setattr(suite, "agent_mock_llm_command", lambda: "no tool calls")
-    s = suite.Suite(["trio_agent", "agents_baseline"], suite.QUICK, tmp_path, None)
-    s.run_agent(10)
-    s.run_agent(None)
-    assert [(r["scenario"], r["server_name"], r["skipped"]) for r in s.agent_results] == [
-        ("agent10", "trio_agent", "no tool calls"),
-        ("agent10", "agents_baseline", "no tool calls"),
-        ("agent-disconnect", "trio_agent", "no tool calls"),
-        ("agent-disconnect", "agents_baseline", "no tool calls"),
-    ]

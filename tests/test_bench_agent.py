@@ -5,6 +5,8 @@ Times are binary fractions, so every figure is exact.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.agent_load import (
@@ -267,3 +269,52 @@ def test_read_gauges_sums_comma_separated_keys() -> None:
     assert read_gauges(b'{"a": 1, "b": {"c": 2}}', "application/json", "a,b.c") == 3.0
     with pytest.raises(KeyError):
         read_gauges(body, "text/plain", "trio_agent_agent_running_tools,nope")
+
+
+def test_the_suite_skips_every_agent_scenario_without_a_tool_calling_mock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import suite
+
+    monkeypatch.setattr(suite, "agent_mock_llm_command", lambda: "no tool calls")
+    s = suite.Suite(["trio_agent", "agents_baseline"], suite.QUICK, tmp_path, None)
+    s.run_agent(10)
+    s.run_agent(None)
+    assert [(r["scenario"], r["server_name"], r["skipped"]) for r in s.agent_results] == [
+        ("agent10", "trio_agent", "no tool calls"),
+        ("agent10", "agents_baseline", "no tool calls"),
+        ("agent-disconnect", "trio_agent", "no tool calls"),
+        ("agent-disconnect", "agents_baseline", "no tool calls"),
+    ]
+
+
+def test_the_suite_checks_the_goals_against_the_baseline() -> None:
+    from dataclasses import asdict
+
+    from benchmarks import suite
+
+    def closed(server: str, cpu_ms: float, overhead: float) -> dict[str, object]:
+        # One run's latency sets the overhead: critical path 1.5 over 2 steps.
+        run = two_step_run()
+        run = RunRecord(start=0.0, end=1.5 + 2 * overhead, outcome="ok", events=run.events)
+        m = agent_metrics(
+            [run], window_start=0.0, window_end=4.0, server_cpu=CPUTimes(user=0, system=cpu_ms / 500)
+        )
+        return {"scenario": "agent100", "server_name": server, "mode": "closed",
+                "config": {"concurrency": 100}, "metrics": asdict(m)}  # fmt: skip
+
+    disconnect = {
+        "scenario": "agent-disconnect", "server_name": "trio_agent", "mode": "disconnect",
+        "summary": disconnect_summary([DisconnectTrial(ok=True, cancel_time=0.004)] * 200),
+    }  # fmt: skip
+    results = [closed("trio_agent", 1.0, 0.25), closed("agents_baseline", 4.0, 1.0), disconnect]
+    goals = suite.agent_goals(results)
+    # Overhead 0.25 s against 1.0 s per step; CPU 1 ms against 4 ms per step (2 steps each).
+    assert "overhead per step p50 0.25x the baseline's" in goals[2]
+    assert "CPU per step 0.25x" in goals[2]
+    assert goals[3] == "* agent-mcp100: not measured for both servers"
+    assert "tools left running in 0 of 200 trials" in goals[4]
+    assert "p99 to every tool cancelled 4.0 ms" in goals[4]
+    table = "\n".join(suite.agent_markdown(results))
+    assert "| agent100 | trio_agent | c=100 | 0.25 | 2.0 |" in table
+    assert "| agent-disconnect | trio_agent | 200 | 200 | 0 | 0 | 4.0 | 4.0 | 4.0 |" in table
