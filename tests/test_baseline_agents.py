@@ -258,6 +258,10 @@ async def test_disconnect_trials_see_every_tool_cancelled() -> None:
                     completed_key="tools_completed", after_started=4, poll_interval=0.002,
                     cancel_timeout=2.0, settle_timeout=5.0,
                 )  # fmt: skip
+                # A stats URL without the key: the trial cannot be judged, so it is skipped.
+                wrong = _namespace(**{**vars(ns), "running_key": "agent.tools.running"})
+                with pytest.raises(agent_load.SkipError, match=re.escape("agent.tools.running")):
+                    await agent_load.disconnect_trials(wrong)
                 result = await agent_load.disconnect_trials(ns)
                 s = result["summary"]
                 assert (s["trials"], s["disconnected"], s["failed"]) == (5, 5, 0)
