@@ -18,7 +18,19 @@ so the server's CPU and memory are measured. Scenarios, in order:
 * ``proxy100``, ``proxy400``, ``proxy1000``, ``proxy-overload``: goals 1 to 3
   again in proxy mode (the mock LLM server in its own process, shared by
   nothing else): closed loops at 100, 400 and 1000 streams, then 5x the proxy
-  capacity (the best goodput of the proxy closed loops) open loop.
+  capacity (the best goodput of the proxy closed loops) open loop;
+* ``agent10``, ``agent100``, ``agent-mcp10``, ``agent-mcp100``: agent runs
+  (``POST /agent/stream``) of three steps of four parallel 100 ms tools, then
+  a text answer, in a closed loop of 10 and 100 runs, against trio_agent and
+  the OpenAI Agents SDK baseline (``benchmarks/baseline_agents``), both calling
+  the mock LLM server in its own process; the ``-mcp`` variants take the tools
+  from the MCP stdio server ``benchmarks/agent_tools_mcp.py``. Measured by
+  ``benchmarks/agent_load.py`` (runs/s, latency against the critical path,
+  loop overhead and server CPU per step, parallel speedup);
+* ``agent-disconnect``: 200 runs each disconnected while its tools run; the
+  server's tool gauge must come back to zero (time to it, tools left running).
+  A server without the agent route, or a mock LLM without tool calls, is
+  reported as skipped.
 
 Writes ``benchmarks/results/<YYYY-MM-DD>.json`` (every run's full JSON) and
 ``.md`` (one table), and the servers' and generator's output to a log
@@ -32,6 +44,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -114,6 +127,98 @@ def mock_llm_command() -> list[str]:
     ]  # fmt: skip
 
 
+# -- the agent scenarios ---------------------------------------------------------------------
+
+AGENT_TOOL_CALLS = 4  # tools called in parallel per step
+AGENT_TOOL_ROUNDS = 3  # steps with tool calls before the text answer
+# Text replies not following a tool result; the final answer (after tool results) is the
+# mock's reply quoting them, whatever this says. Tool-call arguments stream at the mock's pace.
+AGENT_MOCK_TOKENS = 32
+AGENT_DISCONNECT_TRIALS = 200
+AGENT_OPEN = 4096  # trio_agent's tool limits, wide open as admission is: nothing waits on them
+MCP_SCRIPT = ROOT / "benchmarks" / "agent_tools_mcp.py"
+# Where each server reports its running tools for the disconnect trial: (stats path, gauge
+# key, completed-tools key or None); benchmarks/agent_load.py says what the keys mean.
+# trio_agent's: its agent statistics' running and queued tools (AgentStatistics) as /metrics
+# gauges; the names must match the server's /metrics (the trial is skipped when they do not).
+AGENT_STATS: dict[str, tuple[str, str, str | None]] = {
+    "trio_agent": (
+        "/metrics", "trio_agent_agent_running_tools,trio_agent_agent_queued_tools", None
+    ),
+    "agents_baseline": ("/healthz", "tools_running", "tools_completed"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentArgs:
+    upstream_url: str
+    mcp: bool = False
+
+
+def _help(command: list[str]) -> str:
+    done = subprocess.run(
+        [*command, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    return done.stdout
+
+
+def _has_flag(help_text: str, flag: str) -> bool:
+    """Whether ``flag`` itself is in a --help text (``--mcp`` is not ``--mcp-max-concurrency``)."""
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text) is not None
+
+
+def agent_mock_llm_command() -> list[str] | str:
+    """The mock LLM server answering with tool calls, or why it cannot (the reason)."""
+    base = [
+        PY, "-m", "trio_agent", "mock-llm", "--host", "127.0.0.1", "--port", "0",
+        "--ttft", str(MOCK_TTFT), "--itl", str(MOCK_ITL), "--tokens", str(AGENT_MOCK_TOKENS),
+        "--seed", "0", "--max-concurrency", str(OPEN_ADMISSION),
+    ]  # fmt: skip
+    text = _help(base[:4])
+    # The mock's flags: call N of the offered tools per answer, for R assistant turns, then
+    # answer in text.
+    for calls, rounds in (("--tool-calls", "--tool-rounds"), ("--mock-tool-calls", "--mock-tool-rounds")):
+        if _has_flag(text, calls) and _has_flag(text, rounds):
+            return [*base, calls, str(AGENT_TOOL_CALLS), rounds, str(AGENT_TOOL_ROUNDS)]
+    return "trio-agent mock-llm has no --tool-calls/--tool-rounds (tool-call answers for 3 rounds)"
+
+
+def _mcp_command() -> str:
+    return f"{shlex.quote(PY)} {shlex.quote(str(MCP_SCRIPT))}"
+
+
+def trio_agent_agent_command(a: AgentArgs) -> list[str] | str:
+    text = _help([PY, "-m", "trio_agent", "serve"])
+    tools = ["--mcp", f"tools={_mcp_command()}"] if a.mcp else ["--tools", "benchmarks.agent_tools"]
+    if not _has_flag(text, tools[0]):
+        return f"trio-agent serve has no {tools[0]} yet"
+    limits = [
+        f for flag in ("--max-tool-concurrency", "--mcp-max-concurrency") if _has_flag(text, flag)
+        for f in (flag, str(AGENT_OPEN))
+    ]  # fmt: skip
+    return [
+        PY, "-m", "trio_agent", "serve", "--host", "127.0.0.1", "--port", "0",
+        "--max-concurrency", str(OPEN_ADMISSION), "--max-queued", str(OPEN_ADMISSION),
+        "--request-timeout", "120", "--max-loop-lag", "0", "--gc-threshold", str(GC_THRESHOLD),
+        "--no-access-log", "--upstream-url", a.upstream_url, *limits, *tools,
+    ]  # fmt: skip
+
+
+def agents_baseline_command(a: AgentArgs) -> list[str] | str:
+    return [
+        PY, "-m", "benchmarks.baseline_agents", "--host", "127.0.0.1", "--port", "0",
+        "--upstream-url", a.upstream_url, "--gc-threshold", str(GC_THRESHOLD),
+        *(["--mcp"] if a.mcp else []),
+    ]  # fmt: skip
+
+
+# The agent servers: name -> command builder (a command, or why the server cannot run it).
+AGENT_SERVERS: dict[str, Callable[[AgentArgs], list[str] | str]] = {
+    "trio_agent": trio_agent_agent_command,
+    "agents_baseline": agents_baseline_command,
+}
+
+
 # The servers under test: name -> (command builder, --api of the bench). Adding one is a line.
 SERVERS: dict[str, tuple[Callable[[ServerArgs], list[str]], str]] = {
     "trio_agent": (trio_agent_command, "trio-agent"),
@@ -147,6 +252,7 @@ class Suite:
         self.results: list[dict[str, Any]] = []
         self.capacity: dict[str, tuple[float, int]] = {}  # server -> (req/s, at concurrency)
         self.proxy_capacity: dict[str, tuple[float, int]] = {}  # the same, proxying
+        self.agent_results: list[dict[str, Any]] = []
 
     # -- processes ---------------------------------------------------------------
 
@@ -234,7 +340,7 @@ class Suite:
         scenario = f"c{concurrency}"
         if not self.wanted(scenario):
             return
-        for server in self.servers:
+        for server in self.chat_servers():
             build, api = SERVERS[server]
             with self.process(f"{scenario}-{server}", build(ServerArgs())) as (url, pid):
                 runs = self.bench(
@@ -246,7 +352,7 @@ class Suite:
         if not self.wanted("saturation"):
             return
         sweep = ",".join(str(c) for c in self.timing.sweep)
-        for server in self.servers:
+        for server in self.chat_servers():
             build, api = SERVERS[server]
             name = f"saturation-{server}"
             with self.process(name, build(ServerArgs())) as (url, pid):
@@ -269,7 +375,7 @@ class Suite:
         if not self.wanted(scenario):
             return
         measured = self.proxy_capacity if proxied else self.capacity
-        for server in self.servers:
+        for server in self.chat_servers():
             if server not in measured:
                 print(f"  {scenario:<12} {server:<18} skipped: no capacity measured (run the closed loops)")
                 continue
@@ -299,7 +405,7 @@ class Suite:
         scenario = f"proxy{streams}"
         if not self.wanted(scenario):
             return
-        for server in self.servers:
+        for server in self.chat_servers():
             build, api = SERVERS[server]
             name = f"{scenario}-{server}"
             with self.upstream(name, True) as upstream_url:
@@ -307,6 +413,77 @@ class Suite:
                 with self.process(name, build(args)) as (url, pid):
                     runs = self.bench(name, url, api, pid, ["--concurrency", str(streams)])
             self.record(scenario, server, runs)
+
+    # -- agent scenarios -------------------------------------------------------------------
+
+    def chat_servers(self) -> list[str]:
+        return [s for s in self.servers if s in SERVERS]
+
+    def agent_servers(self) -> list[str]:
+        return [s for s in self.servers if s in AGENT_SERVERS]
+
+    def agent_skip(self, scenario: str, server: str, reason: str) -> None:
+        print(f"  {scenario:<12} {server:<18} skipped: {reason}", flush=True)
+        self.agent_results.append({"scenario": scenario, "server_name": server, "skipped": reason})
+
+    def agent_load(self, name: str, args: list[str]) -> dict[str, Any]:
+        """Run ``benchmarks/agent_load.py`` in its own process; return its result."""
+        out = self.log_dir / f"{name}.json"
+        command = [PY, "-m", "benchmarks.agent_load", *args, "--label", name, "--json", str(out)]
+        log_path = self.log_dir / f"{name}.load.txt"
+        with open(log_path, "w") as log:
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, check=True,
+                           timeout=self.timing.max_duration + 600)  # fmt: skip
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+
+    def run_agent(self, concurrency: int | None, *, mcp: bool = False) -> None:
+        """One agent scenario: a closed loop at ``concurrency``, or the disconnect trials."""
+        if concurrency is None:
+            scenario = "agent-disconnect"
+        else:
+            scenario = f"agent{'-mcp' if mcp else ''}{concurrency}"
+        if not self.wanted(scenario):
+            return
+        mock = agent_mock_llm_command()
+        for server in self.agent_servers():
+            if isinstance(mock, str):
+                self.agent_skip(scenario, server, mock)
+                continue
+            build = AGENT_SERVERS[server]
+            unable = build(AgentArgs(upstream_url="", mcp=mcp))
+            if isinstance(unable, str):
+                self.agent_skip(scenario, server, unable)
+                continue
+            name = f"{scenario}-{server}"
+            with self.process(f"{name}-mock-llm", mock) as (mock_url, _pid):
+                command = build(AgentArgs(upstream_url=f"{mock_url}/v1", mcp=mcp))
+                assert not isinstance(command, str)
+                with self.process(name, command) as (url, pid):
+                    if concurrency is None:
+                        path, running, completed = AGENT_STATS[server]
+                        args = [
+                            "disconnect", "--url", url, "--trials", str(self.agent_trials),
+                            "--stats-url", url + path, "--running-key", running,
+                            *(["--completed-key", completed] if completed else []),
+                        ]  # fmt: skip
+                    else:
+                        t = self.timing
+                        args = [
+                            "closed", "--url", url, "--server-pid", str(pid),
+                            "--concurrency", str(concurrency), "--warmup", str(t.warmup),
+                            "--duration", str(t.duration), "--max-duration", str(t.max_duration),
+                        ]  # fmt: skip
+                    result = self.agent_load(name, args)
+            if "skipped" in result:
+                self.agent_skip(scenario, server, result["skipped"])
+                continue
+            print(f"  {scenario:<12} {server:<18} {_agent_line(result)}", flush=True)
+            self.agent_results.append({"scenario": scenario, "server_name": server, **result})
+
+    @property
+    def agent_trials(self) -> int:
+        return AGENT_DISCONNECT_TRIALS if self.timing is FULL else 20
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -326,6 +503,120 @@ def _ms(seconds: float | None) -> str:
 
 def _num(value: float | None, fmt: str = ".1f") -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _agent_line(result: dict[str, Any]) -> str:
+    if result["mode"] == "disconnect":
+        d = result["summary"]
+        return (
+            f"{d['disconnected']}/{d['trials']} disconnected, tools left running in "
+            f"{d['trials_with_tools_left_running']}, cancel p50 {_ms(d['cancel_time']['p50'])} ms "
+            f"p99 {_ms(d['cancel_time_p99'])} ms"
+        )
+    m = result["metrics"]
+    return (
+        f"c={result['config']['concurrency']:<5} {m['runs_per_second']:6.2f} runs/s  latency p50 "
+        f"{_ms(m['latency']['p50'])} ms (critical path {_ms(m['critical_path']['p50'])})  "
+        f"overhead/step p50 {_ms(m['overhead_per_step']['p50'])} ms  CPU/step "
+        f"{_num(m['server_cpu_ms_per_step_total'])} ms  speedup {_num(m['parallel_speedup']['mean'], '.2f')}"
+    )
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+
+def agent_markdown(results: list[dict[str, Any]]) -> list[str]:
+    """The agent scenarios' tables and the goals of issue 19 checked against them."""
+    if not results:
+        return []
+    lines = [
+        "",
+        "## Agent runs",
+        "",
+        f"Each run: {AGENT_TOOL_ROUNDS} steps of {AGENT_TOOL_CALLS} parallel tools (100 ms sleeps), then a "
+        f"text answer (the mock's reply quoting the tool results), from the mock LLM server (ttft "
+        f"{MOCK_TTFT} s, itl {MOCK_ITL} s) in its own process. Measured by `benchmarks/agent_load.py`.",
+        "",
+        "| scenario | server | load | runs/s | steps/run | latency p50 ms | latency p99 ms | critical path p50 ms "
+        "| overhead/step p50 ms | overhead/step p99 ms | srv CPU ms/step user | srv CPU ms/step total "
+        "| speedup mean | speedup min | tool overlap mean | outcomes |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    disconnects = []
+    for r in results:
+        if "skipped" in r:
+            lines.append(f"| {r['scenario']} | {r['server_name']} | skipped: {r['skipped']} |"
+                         + " |" * 13)  # fmt: skip
+            continue
+        if r["mode"] == "disconnect":
+            disconnects.append(r)
+            continue
+        m = r["metrics"]
+        sp = m["parallel_speedup"]
+        lines.append(
+            f"| {r['scenario']} | {r['server_name']} | c={r['config']['concurrency']} "
+            f"| {m['runs_per_second']:.2f} | {_num(m['steps_per_run'], '.1f')} "
+            f"| {_ms(m['latency']['p50'])} | {_ms(m['latency']['p99'])} | {_ms(m['critical_path']['p50'])} "
+            f"| {_num(_scaled(m['overhead_per_step']['p50']))} | {_num(_scaled(m['overhead_per_step']['p99']))} "
+            f"| {_num(m['server_cpu_ms_per_step_user'], '.2f')} | {_num(m['server_cpu_ms_per_step_total'], '.2f')} "
+            f"| {_num(sp['mean'], '.2f')} | {_num(m['parallel_speedup_min'], '.2f')} "
+            f"| {_num(m['tool_overlap']['mean'], '.2f')} | {m['outcomes']} |"
+        )
+    if disconnects:
+        lines += [
+            "",
+            "| scenario | server | trials | disconnected | tools left running | tools finished instead "
+            "of cancelled | cancel p50 ms | cancel p99 ms | cancel max ms |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in disconnects:
+            d = r["summary"]
+            lines.append(
+                f"| {r['scenario']} | {r['server_name']} | {d['trials']} | {d['disconnected']} "
+                f"| {d['trials_with_tools_left_running']} | {d['trials_with_tools_finished']} "
+                f"| {_num(_scaled(d['cancel_time']['p50']))} | {_num(_scaled(d['cancel_time_p99']))} "
+                f"| {_num(_scaled(d['cancel_time']['max']))} |"
+            )
+    lines += ["", *agent_goals(results), ""]
+    return lines
+
+
+def _scaled(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def agent_goals(results: list[dict[str, Any]]) -> list[str]:
+    """Issue 19's goals: at 100 concurrent runs, trio_agent's overhead and CPU per step at
+    most half the baseline's, parallel speedup at least 3.5; after disconnects, no tool left
+    running in 200 trials and p99 from disconnect to every tool cancelled under 50 ms."""
+    by = {(r["scenario"], r["server_name"]): r for r in results if "skipped" not in r}
+    lines = ["Goals (issue 19):", ""]
+    for scenario in ("agent100", "agent-mcp100"):
+        ours, base = by.get((scenario, "trio_agent")), by.get((scenario, "agents_baseline"))
+        if ours is None or base is None:
+            lines.append(f"* {scenario}: not measured for both servers")
+            continue
+        om, bm = ours["metrics"], base["metrics"]
+        over = _ratio(om["overhead_per_step"]["p50"], bm["overhead_per_step"]["p50"])
+        cpu = _ratio(om["server_cpu_ms_per_step_total"], bm["server_cpu_ms_per_step_total"])
+        lines.append(
+            f"* {scenario}: overhead per step p50 {over}x the baseline's (goal <= 0.5), CPU per step "
+            f"{cpu}x (goal <= 0.5), parallel speedup {_num(om['parallel_speedup']['mean'], '.2f')} "
+            "(goal >= 3.5; the tools' spans over the tool phase after the last call; the tool "
+            f"overlap, over first start to last end, is {_num(om['tool_overlap']['mean'], '.2f')})"
+        )
+    ours = by.get(("agent-disconnect", "trio_agent"))
+    if ours is None:
+        lines.append("* agent-disconnect: not measured for trio_agent")
+    else:
+        d = ours["summary"]
+        lines.append(
+            f"* agent-disconnect: tools left running in {d['trials_with_tools_left_running']} of "
+            f"{d['trials']} trials (goal 0 of 200), p99 to every tool cancelled "
+            f"{_num(_scaled(d['cancel_time_p99']))} ms (goal < 50)"
+        )
+    return lines
 
 
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -371,12 +662,15 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    known = list(dict.fromkeys([*SERVERS, *AGENT_SERVERS]))
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help=f"comma-separated, from {', '.join(SERVERS)}"
+        "--servers", default=",".join(known), help=f"comma-separated, from {', '.join(known)} "
+        f"(chat scenarios: {', '.join(SERVERS)}; agent scenarios: {', '.join(AGENT_SERVERS)})",
     )
     parser.add_argument(
         "--only", help="comma-separated scenarios: c10,c100,c1000,saturation,overload,"
-        "proxy64,proxy100,proxy400,proxy1000,proxy-overload"
+        "proxy64,proxy100,proxy400,proxy1000,proxy-overload,agent10,agent100,agent-mcp10,"
+        "agent-mcp100,agent-disconnect"
     )
     parser.add_argument(
         "--quick", action="store_true", help="short runs, for a smoke test of the suite"
@@ -384,9 +678,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    unknown = [s for s in servers if s not in SERVERS]
+    unknown = [s for s in servers if s not in known]
     if unknown:
-        parser.error(f"unknown servers {unknown}; known: {list(SERVERS)}")
+        parser.error(f"unknown servers {unknown}; known: {known}")
     timing = QUICK if args.quick else FULL
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     log_dir = Path(tempfile.mkdtemp(prefix=f"trio-agent-bench-{date}-"))
@@ -402,6 +696,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for streams in (64, 100, 400, 1000):
             suite.run_proxy(streams)
         suite.run_overload(proxied=True)
+        for mcp in (False, True):
+            for c in (10, 100):
+                suite.run_agent(c, mcp=mcp)
+        suite.run_agent(None)
     finally:
         sys.path.insert(0, str(ROOT))
         from trio_agent.bench import environment
@@ -420,8 +718,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         json_path = args.out / f"{date}.json"
         md_path = args.out / f"{date}.md"
-        json_path.write_text(json.dumps({**meta, "results": suite.results}, indent=2) + "\n")
-        md_path.write_text(markdown(suite.results, meta))
+        json_path.write_text(
+            json.dumps(
+                {**meta, "results": suite.results, "agent_results": suite.agent_results}, indent=2
+            )
+            + "\n"
+        )
+        md_path.write_text(
+            markdown(suite.results, meta) + "\n".join(agent_markdown(suite.agent_results))
+        )
         print(
             f"\nsuite took {meta['elapsed']:.0f} s\nresults: {json_path}\n         {md_path}\nlogs:    {log_dir}"
         )
