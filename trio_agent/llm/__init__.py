@@ -3,6 +3,7 @@
 from ._mock import MockLLM, MockLLMStatistics
 from ._openai import OpenAIBackend, OpenAIBackendStatistics, open_openai_backend
 from ._retry import RetryBudget, RetryBudgetStatistics
+from ._tool_calls import ToolCallAssembler
 from ._types import (
     ChatBackend,
     ChatChunk,
@@ -27,6 +28,7 @@ __all__ = [
     "RetryBudget",
     "RetryBudgetStatistics",
     "ToolCall",
+    "ToolCallAssembler",
     "ToolCallDelta",
     "Usage",
     "open_openai_backend",
