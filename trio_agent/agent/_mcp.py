@@ -37,7 +37,7 @@ from mcp.shared.exceptions import MCPError
 
 from ..errors import ConfigError
 from ._config import AgentConfig
-from ._tools import TOOL_NAME_RE, Tool, ToolRegistry, get_progress_callback
+from ._tools import TOOL_NAME_RE, Tool, ToolRegistry, get_progress_sink
 
 __all__ = ["MCPServerSpec", "MCPServerStatus", "MCPServers", "MCPTool", "MCPToolError"]
 
@@ -46,6 +46,9 @@ _SERVER_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,32}$")
 
 class MCPToolError(Exception):
     """An MCP call that gave no result: the server is down, the connection closed, or the tool said is_error."""
+
+    #: The message is shown to the model as it is, without the class name.
+    bare_message = True
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -148,11 +151,12 @@ class _Connection:
         client = self.client
         if client is None:
             raise MCPToolError(f"MCP server {self.name!r} is down" + (f": {self.error}" if self.error else ""))
-        callback = get_progress_callback()
+        sink = get_progress_sink()
 
         async def progress(progress: float, total: float | None, message: str | None) -> None:
-            if callback is not None:
-                await callback(progress, total, message)
+            # Called in a task the SDK spawns per notification: never wait there.
+            if sink is not None:
+                sink.send_nowait(progress, total, message)
 
         try:
             result = await client.call_tool(remote_name, arguments, progress_callback=progress)

@@ -42,7 +42,7 @@ from ._events import (
     ToolStarted,
     UsageTotals,
 )
-from ._tools import Tool, set_progress_callback, tool_output_text
+from ._tools import Tool, set_progress_sink, tool_output_text
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -90,6 +90,12 @@ def _error_content(message: str) -> str:
     return orjson.dumps({"error": message}).decode()
 
 
+def _describe(exc: Exception) -> str:
+    if getattr(exc, "bare_message", False) and str(exc):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def _bounded(text: str, limit: int) -> tuple[str, bool]:
     """``text`` cut to ``limit`` UTF-8 bytes (on a character boundary) plus a marker, and whether it was cut."""
     data = text.encode("utf-8", errors="replace")
@@ -97,6 +103,27 @@ def _bounded(text: str, limit: int) -> tuple[str, bool]:
         return text, False
     kept = data[:limit].decode("utf-8", errors="ignore")
     return f"{kept}\n[output truncated: {limit} of {len(data)} bytes]", True
+
+
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    """One call's progress sink (see :class:`~trio_agent.agent._tools.ProgressSink`)."""
+
+    channel: trio.MemorySendChannel[AgentEvent]
+    call_id: str
+
+    async def send(self, progress: float, total: float | None, message: str | None) -> None:
+        await self.channel.send(ToolProgress(call_id=self.call_id, progress=progress, total=total, message=message))
+
+    def send_nowait(self, progress: float, total: float | None, message: str | None) -> None:
+        # Lossy by design: it never blocks the sender on a slow consumer, and a report that
+        # arrives after the run ended is dropped.
+        try:
+            self.channel.send_nowait(
+                ToolProgress(call_id=self.call_id, progress=progress, total=total, message=message)
+            )
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
 
 
 class AgentRun:
@@ -271,14 +298,6 @@ class AgentRun:
         c.content = _error_content(message)
         await self._send.send(ToolError(call_id=call.id, name=call.name, kind=kind, message=message))
 
-    async def _progress(self, call_id: str, progress: float, total: float | None, message: str | None) -> None:
-        # Lossy by design: a progress report never blocks the tool (or an MCP session's reader)
-        # on a slow consumer, and one that arrives after the run ended is dropped.
-        try:
-            self._send.send_nowait(ToolProgress(call_id=call_id, progress=progress, total=total, message=message))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-
     async def _run_call(self, c: _Call, t: Tool, arguments: Any) -> None:
         """One tool call: wait for its limiters, run within its deadline, then report it."""
         agent = self._agent
@@ -306,15 +325,13 @@ class AgentRun:
                 await self._send.send(
                     ToolStarted(call_id=call.id, name=call.name, queued_ms=_ms(started_at - queued_at))
                 )
-                set_progress_callback(
-                    lambda progress, total, message: self._progress(call.id, progress, total, message)
-                )
+                set_progress_sink(_Progress(self._send, call.id))
                 with trio.move_on_after(timeout) as deadline:
                     value = await t.call(arguments, thread_limiter=thread_limiter)
                 if deadline.cancelled_caught:
                     error = ("timeout", f"tool {call.name!r} timed out after {timeout:g} s")
             except Exception as exc:
-                error = ("error", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                error = ("error", _describe(exc))
             finally:
                 agent._running_tools -= 1
         finally:

@@ -21,9 +21,9 @@ import inspect
 import re
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 import pydantic
 import pydantic_core
@@ -46,8 +46,17 @@ R = TypeVar("R")
 #: OpenAI's rule for function names; MCP tools that clash are renamed ``SERVER__tool`` to stay in it.
 TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
-ProgressCallback = Callable[[float, "float | None", "str | None"], Awaitable[None]]
-_progress: ContextVar[ProgressCallback | None] = ContextVar("trio_agent_tool_progress", default=None)
+class ProgressSink(Protocol):
+    """Where a running call's progress goes: the run's event channel."""
+
+    async def send(self, progress: float, total: float | None, message: str | None) -> None:
+        """From the call's own task: waits for the consumer, like every other event."""
+
+    def send_nowait(self, progress: float, total: float | None, message: str | None) -> None:
+        """From any other task (an MCP session's): dropped when the consumer is not ready or gone."""
+
+
+_progress: ContextVar[ProgressSink | None] = ContextVar("trio_agent_tool_progress", default=None)
 
 
 async def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
@@ -55,9 +64,9 @@ async def report_progress(progress: float, total: float | None = None, message: 
 
     Outside a tool call it does nothing, so a tool stays callable as a plain function.
     """
-    callback = _progress.get()
-    if callback is not None:
-        await callback(progress, total, message)
+    sink = _progress.get()
+    if sink is not None:
+        await sink.send(progress, total, message)
 
 
 class Tool(ABC):
@@ -322,10 +331,10 @@ def tool_output_text(value: Any) -> str:
     return pydantic_core.to_json(value, fallback=str).decode()
 
 
-def set_progress_callback(callback: ProgressCallback | None) -> None:
-    """Used by the run: the progress sink of the call running in this task (and its threads)."""
-    _progress.set(callback)
+def set_progress_sink(sink: ProgressSink | None) -> None:
+    """Used by the run: the progress sink of the call running in this task."""
+    _progress.set(sink)
 
 
-def get_progress_callback() -> ProgressCallback | None:
+def get_progress_sink() -> ProgressSink | None:
     return _progress.get()
