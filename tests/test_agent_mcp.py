@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from trio_agent.agent import (
     open_agent,
     tool,
 )
-from trio_agent.agent._mcp import MCPServerSpec
+from trio_agent.agent import MCPServerSpec
 from trio_agent.errors import ConfigError
 
 pytestmark = pytest.mark.e2e
@@ -169,3 +170,64 @@ def test_bad_server_names_and_commands_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="empty"):
         MCPServers({"x": "   "}, registry=ToolRegistry(), config=AgentConfig())
     assert MCPServerSpec(target="http://127.0.0.1:1/mcp").client_target() == "http://127.0.0.1:1/mcp"
+
+
+async def test_a_deadline_cancels_the_mcp_call_on_the_server_and_limits_hold(tmp_path: Path) -> None:
+    record = tmp_path / "record.txt"
+    backend = answer_after(
+        one_call(0, "t", "slow", {"seconds": 60, "tag": "deadline"}),
+        one_call(1, "q", "slow", {"seconds": 0.1, "tag": "queued"}),
+        one_call(2, "bad", "slow", {"seconds": "soon"}),
+    )
+    config = AgentConfig(tool_timeout=1.0, mcp_max_concurrency=1, mcp_connect_timeout=20)
+    with trio.fail_after(30):
+        async with open_agent(backend, mcp={"rec": spec(record)}, config=config) as agent:
+            result = await agent.complete("go")
+            assert agent.statistics().per_mcp_server["rec"].borrowed_tokens == 0
+            lines = await wait_for_line(record, "cancelled slow deadline")
+    errors = {e.call_id: e for e in result.events if isinstance(e, ToolError)}
+    assert errors["t"].kind == "timeout"
+    # Checked against the listed schema before any round trip: "tag" missing, "seconds" not a number.
+    assert errors["bad"].kind == "invalid_arguments" and "tag" in errors["bad"].message
+    # One slot on this server: the second call waited for the first one's deadline.
+    queued = {e.call_id: e.queued_ms for e in result.events if isinstance(e, ToolStarted)}
+    assert queued["t"] < 500 and queued["q"] >= 900
+    assert [e.content for e in result.events if isinstance(e, ToolResult)] == ["slept 0.1"]
+    assert lines[:2] == ["started slow deadline", "cancelled slow deadline"]
+
+
+# The SDK's own HTTP stack (httpx2, httpcore2) leaves a response's byte stream to the garbage collector
+# when a session closes; trio reports the unfinished async generator. Not ours to close.
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <async_generator object (\\w+ByteStream\\.__aiter__|Response\\.aiter_\\w+):pytest.PytestUnraisableExceptionWarning",
+    "ignore:Async generator '(httpx2|httpcore2)\\..*' was garbage collected:ResourceWarning",
+)
+async def test_an_mcp_server_over_streamable_http(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, str(SERVER), "http"],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "RECORD_FILE": str(tmp_path / "record.txt")},
+        )
+        try:
+            assert process.stdout is not None
+            first = b""
+            while not first.endswith(b"\n"):  # bounded by fail_after; the port is one short line
+                data = await process.stdout.receive_some(64)
+                assert data, "the HTTP MCP server exited before saying its port"
+                first += data
+            url = f"http://127.0.0.1:{int(first)}/mcp"
+            backend = answer_after(
+                one_call(0, "e", "echo", {"text": "over http"}),
+                one_call(1, "s", "slow", {"seconds": 0.1, "tag": "h"}),
+            )
+            async with open_agent(backend, mcp={"web": url}, config=FAST) as agent:
+                assert agent.mcp_status()["web"].up
+                result = await agent.complete("go")
+        finally:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+    assert [e for e in result.events if isinstance(e, ToolError)] == []
+    assert sorted(e.content for e in result.events if isinstance(e, ToolResult)) == ["over http", "slept 0.1"]
+    assert [e.call_id for e in result.events if isinstance(e, ToolProgress)] == ["s"]

@@ -3,11 +3,13 @@
 Every cancellation it receives (``notifications/cancelled`` interrupts the
 tool's handler) is appended as one line, ``cancelled <tool> <tag>``, to the file
 named by ``RECORD_FILE``; each call's start is recorded as ``started <tool> <tag>``.
+Run with the argument ``http`` it serves streamable HTTP instead of stdio.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -54,5 +56,22 @@ async def slow(seconds: float, tag: str, ctx: Context) -> str:
     return f"slept {seconds}"
 
 
+def serve_http() -> None:
+    """Streamable HTTP on 127.0.0.1, a port the OS picks; the port is the first line of stdout."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    print(sock.getsockname()[1], flush=True)
+    http = uvicorn.Server(uvicorn.Config(server.streamable_http_app(), log_level="critical"))
+    anyio.run(lambda: http.serve(sockets=[sock]))
+
+
 if __name__ == "__main__":
-    server.run("stdio")
+    if sys.argv[1:] == ["http"]:
+        serve_http()
+    else:
+        server.run("stdio")

@@ -27,6 +27,8 @@ nothing of HTTP; the server's ``/agent`` routes are a thin layer over it. The
 MCP support needs the ``mcp`` extra (``pip install trio_agent[mcp]``).
 """
 
+from typing import TYPE_CHECKING
+
 from ._agent import Agent, AgentResult, AgentStatistics, LimiterStatistics, open_agent
 from ._config import AgentConfig
 from ._errors import AgentError, ToolDefinitionError, UnknownToolError
@@ -45,6 +47,10 @@ from ._events import (
     UsageTotals,
 )
 from ._tools import FunctionTool, Tool, ToolRegistry, load_tools, report_progress, tool
+
+if TYPE_CHECKING:
+    from ._mcp import MCPServerSpec as MCPServerSpec
+    from ._mcp import MCPServerStatus as MCPServerStatus
 
 __all__ = [
     "Agent",

@@ -128,6 +128,8 @@ class Agent:
         self._tool_limiters: dict[str, trio.CapacityLimiter] = {}
         self._thread_limiters: dict[str, trio.CapacityLimiter] = {}
         self._server_limiters: dict[str, trio.CapacityLimiter] = {}
+        for t in registry:
+            self._limiters_for(t)  # per-tool limiters exist from the start, for statistics()
         self._running_runs = 0
         self._queued_tools = 0
         self._running_tools = 0
@@ -321,6 +323,8 @@ async def open_agent(
         async with trio.open_nursery() as lifespan:
             servers = MCPServers(mcp, registry=registry, config=agent.config)
             agent._mcp = servers
+            for name in mcp:
+                agent._server_limiters[name] = trio.CapacityLimiter(agent.config.mcp_max_concurrency)
             await servers.start(lifespan)
             yield agent
             lifespan.cancel_scope.cancel()

@@ -103,8 +103,21 @@ class MCPTool(Tool):
         self.max_concurrency = None
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
-        # The MCP server validates against the schema it listed; its refusal comes back
-        # as the call's error, which the model sees like any other.
+        # Checked here against the listed schema (jsonschema comes with the mcp SDK), so the
+        # model gets an invalid_arguments error at once rather than a server round trip.
+        # A schema that is itself invalid is left to the server to enforce.
+        from jsonschema import exceptions, validators  # type: ignore[import-untyped]
+
+        try:
+            cls = validators.validator_for(self.parameters)
+            cls.check_schema(self.parameters)
+        except exceptions.SchemaError:
+            return dict(arguments)
+        errors = sorted(cls(self.parameters).iter_errors(dict(arguments)), key=lambda e: list(e.path))
+        if errors:
+            raise ValueError(
+                "; ".join(f"{'.'.join(map(str, e.path)) or 'arguments'}: {e.message}" for e in errors[:5])
+            )
         return dict(arguments)
 
     async def call(self, arguments: Any, *, thread_limiter: trio.CapacityLimiter) -> Any:

@@ -175,7 +175,8 @@ class AgentRun:
                 )
             )
             if final or not calls:
-                done_reason = "max_steps" if final else finish_reason
+                # A model that says "tool_calls" but sent none has nothing more to do: it stopped.
+                done_reason = "max_steps" if final else ("stop" if finish_reason == "tool_calls" else finish_reason)
                 await self._send.send(
                     Done(
                         finish_reason=done_reason,
