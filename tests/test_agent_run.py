@@ -436,6 +436,11 @@ async def test_the_model_slot_is_held_only_while_the_model_streams(autojump_cloc
         events = await collect(agent)
     assert held_during_tool == [0] and entered == 2 and held == 0
     assert isinstance(events[-1][1], Done) and events[-1][1].model_ms == 500.0
+    # A run may bring its own slot instead of the agent's.
+    backend = ScriptedLLM([[*one_call(0, "c", "check", {}), finish("tool_calls")], [text("k"), finish()]])
+    async with open_agent(backend, tools=[check]) as agent:
+        await collect(agent, model_slot=slot)
+    assert held_during_tool == [0, 0] and entered == 4 and held == 0
 
 
 async def test_complete_returns_the_answer_and_the_trace(autojump_clock: trio.testing.MockClock) -> None:
@@ -457,3 +462,36 @@ async def test_a_plain_answer_is_one_step(autojump_clock: trio.testing.MockClock
     assert isinstance(events[-1][1], Done) and events[-1][1].finish_reason == "length"
     assert backend.requests[0].tools == () and backend.requests[0].tool_choice is None
     assert of_type(events, Token)[0].to_json() == {"type": "token", "step": 1, "text": "hi"}
+
+
+async def test_cancelled_at_any_moment_nothing_is_left_running(autojump_clock: trio.testing.MockClock) -> None:
+    # Every quarter second of a three-step run with parallel, queued, failing and timed-out
+    # calls: wherever the cancellation lands, the agent and the backend end idle.
+    def turns() -> list[list[Any]]:
+        return [
+            [
+                0.25,
+                text("a"),
+                *one_call(0, "a", "wait", {"seconds": 1}, gap=0.25),
+                *one_call(1, "b", "one_at_a_time", {"seconds": 1}, gap=0.25),
+                *one_call(2, "c", "one_at_a_time", {"seconds": 1}),
+                *one_call(3, "d", "boom", {"message": "x"}),
+                finish("tool_calls"),
+            ],
+            [*one_call(0, "e", "slow", {"seconds": 9}), 0.5, finish("tool_calls")],
+            [0.25, text("end"), finish()],
+        ]
+
+    full = ScriptedLLM(turns())
+    async with open_agent(full, tools=TOOLS, config=AgentConfig(max_tool_concurrency=2)) as agent:
+        t0 = trio.current_time()
+        await collect(agent)
+        total = trio.current_time() - t0
+        assert total == 8.5
+        for quarter in range(int(total * 4)):
+            backend = ScriptedLLM(turns())
+            agent.backend = backend
+            with trio.move_on_after(quarter / 4) as scope:
+                await collect(agent)
+            assert scope.cancelled_caught
+            assert_idle(agent, backend)

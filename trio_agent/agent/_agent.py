@@ -27,16 +27,13 @@ from ..llm import ChatBackend, ChatMessage
 from ._config import AgentConfig
 from ._errors import UnknownToolError
 from ._events import AgentEvent, Done, UsageTotals
-from ._run import AgentRun, RunOptions
+from ._run import AgentRun, ModelSlot, RunOptions
 from ._tools import FunctionTool, Tool, ToolRegistry
 
 if TYPE_CHECKING:
     from ._mcp import MCPServers, MCPServerSpec, MCPServerStatus
 
 __all__ = ["Agent", "AgentResult", "AgentStatistics", "LimiterStatistics", "open_agent"]
-
-ModelSlot = Callable[[], AbstractAsyncContextManager[object]]
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LimiterStatistics:
@@ -201,6 +198,7 @@ class Agent:
         model: str | None,
         max_tokens: int | None,
         temperature: float | None,
+        model_slot: ModelSlot | None = None,
     ) -> RunOptions:
         if tools is None:
             offered = tuple(self._registry)
@@ -221,6 +219,7 @@ class Agent:
             model=model,
             max_tokens=max_tokens,
             temperature=temperature,
+            model_slot=model_slot,
         )
 
     @asynccontextmanager
@@ -234,6 +233,7 @@ class Agent:
         model: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        model_slot: ModelSlot | None = None,
     ) -> AsyncIterator[trio.MemoryReceiveChannel[AgentEvent]]:
         """One run of the tool loop; iterate the events inside the block.
 
@@ -243,7 +243,8 @@ class Agent:
         with exactly one :class:`Done`; an error of the model call (an
         :class:`~trio_agent.errors.UpstreamError`) is raised out of the block
         after the run's tools were cancelled. Leaving the block early cancels the
-        model call and every running tool.
+        model call and every running tool. ``model_slot`` overrides the agent's
+        for this run (e.g. a per-key upstream slot).
         """
         options = self._options(
             tools=tools,
@@ -252,6 +253,7 @@ class Agent:
             model=model,
             max_tokens=max_tokens,
             temperature=temperature,
+            model_slot=model_slot,
         )
         if isinstance(messages, str):
             messages = (ChatMessage(role="user", content=messages),)

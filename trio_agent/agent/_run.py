@@ -62,6 +62,8 @@ class RunOptions:
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    #: This run's upstream slot around each model call; ``None`` = the agent's.
+    model_slot: ModelSlot | None = None
 
 
 @dataclass(slots=True)
@@ -222,7 +224,8 @@ class AgentRun:
             async with trio.open_nursery() as tools_nursery:
                 # The upstream slot is held only while the model streams: the tools of this step
                 # run on in tools_nursery after it is released.
-                async with agent.model_slot(), agent.backend.stream_chat(request) as chunks:
+                slot = options.model_slot() if options.model_slot is not None else agent.model_slot()
+                async with slot, agent.backend.stream_chat(request) as chunks:
                     async for chunk in chunks:
                         if chunk.delta:
                             text.append(chunk.delta)
