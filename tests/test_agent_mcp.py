@@ -16,6 +16,7 @@ import trio
 from tests._agent_fakes import ScriptedLLM, finish, one_call, text
 from trio_agent.agent import (
     AgentConfig,
+    MCPServerSpec,
     ToolError,
     ToolProgress,
     ToolResult,
@@ -23,7 +24,6 @@ from trio_agent.agent import (
     open_agent,
     tool,
 )
-from trio_agent.agent import MCPServerSpec
 from trio_agent.errors import ConfigError
 
 pytestmark = pytest.mark.e2e
