@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -27,6 +27,7 @@ from ..llm import ChatBackend, ChatMessage
 from ._config import AgentConfig
 from ._errors import UnknownToolError
 from ._events import AgentEvent, Done, UsageTotals
+from ._limits import AgentStatistics, LimiterStatistics, ToolLimits
 from ._run import AgentRun, ModelSlot, RunOptions
 from ._tools import FunctionTool, Tool, ToolRegistry
 
@@ -34,41 +35,6 @@ if TYPE_CHECKING:
     from ._mcp import MCPServers, MCPServerSpec, MCPServerStatus
 
 __all__ = ["Agent", "AgentResult", "AgentStatistics", "LimiterStatistics", "open_agent"]
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class LimiterStatistics:
-    """One ``trio.CapacityLimiter``: slots in use, its size, and tasks waiting for a slot."""
-
-    borrowed_tokens: int
-    total_tokens: float
-    tasks_waiting: int
-
-    @classmethod
-    def of(cls, limiter: trio.CapacityLimiter) -> LimiterStatistics:
-        s = limiter.statistics()
-        return cls(borrowed_tokens=s.borrowed_tokens, total_tokens=s.total_tokens, tasks_waiting=s.tasks_waiting)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class AgentStatistics:
-    """What an agent holds right now; every count returns to zero when no run is left.
-
-    ``queued_tools`` wait for a limiter, ``running_tools`` hold theirs;
-    ``tools`` is the agent-wide limiter, ``per_tool`` the limiters of tools that
-    declare ``max_concurrency``, ``per_mcp_server`` one per MCP server.
-    ``worker_threads`` counts sync tools' threads still running, including ones
-    abandoned by a cancelled call (a thread cannot be killed; it keeps its
-    tool's thread slot until it returns).
-    """
-
-    running_runs: int
-    queued_tools: int
-    running_tools: int
-    tools: LimiterStatistics
-    per_tool: Mapping[str, LimiterStatistics] = field(default_factory=dict)
-    per_mcp_server: Mapping[str, LimiterStatistics] = field(default_factory=dict)
-    worker_threads: int = 0
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AgentResult:
@@ -115,21 +81,14 @@ class Agent:
         registry: ToolRegistry,
         config: AgentConfig,
         model_slot: ModelSlot | None,
+        servers: Iterable[str] = (),
     ) -> None:
         self.backend = backend
         self.config = config
         self._registry = registry
         self._model_slot = model_slot
         self._mcp: MCPServers | None = None
-        self._limiter = trio.CapacityLimiter(config.max_tool_concurrency)
-        self._tool_limiters: dict[str, trio.CapacityLimiter] = {}
-        self._thread_limiters: dict[str, trio.CapacityLimiter] = {}
-        self._server_limiters: dict[str, trio.CapacityLimiter] = {}
-        for t in registry:
-            self._limiters_for(t)  # per-tool limiters exist from the start, for statistics()
-        self._running_runs = 0
-        self._queued_tools = 0
-        self._running_tools = 0
+        self._limits = ToolLimits(config, registry, servers)
 
     # ----------------------------------------------------------------- tools and limits
 
@@ -142,39 +101,9 @@ class Agent:
         """Held around each model call of a run (the server's upstream slot); a no-op by default."""
         return self._model_slot() if self._model_slot is not None else nullcontext()
 
-    def _limiters_for(self, t: Tool) -> list[trio.CapacityLimiter]:
-        limiters: list[trio.CapacityLimiter] = []
-        server = getattr(t, "server", None)
-        if isinstance(server, str):
-            limiter = self._server_limiters.get(server)
-            if limiter is None:
-                limiter = self._server_limiters[server] = trio.CapacityLimiter(self.config.mcp_max_concurrency)
-            limiters.append(limiter)
-        if t.max_concurrency is not None:
-            limiter = self._tool_limiters.get(t.name)
-            if limiter is None:
-                limiter = self._tool_limiters[t.name] = trio.CapacityLimiter(t.max_concurrency)
-            limiters.append(limiter)
-        limiters.append(self._limiter)
-        return limiters
-
-    def _thread_limiter_for(self, t: Tool) -> trio.CapacityLimiter:
-        limiter = self._thread_limiters.get(t.name)
-        if limiter is None:
-            size = t.max_concurrency if t.max_concurrency is not None else self.config.max_tool_concurrency
-            limiter = self._thread_limiters[t.name] = trio.CapacityLimiter(size)
-        return limiter
-
     def statistics(self) -> AgentStatistics:
-        return AgentStatistics(
-            running_runs=self._running_runs,
-            queued_tools=self._queued_tools,
-            running_tools=self._running_tools,
-            tools=LimiterStatistics.of(self._limiter),
-            per_tool={name: LimiterStatistics.of(lim) for name, lim in self._tool_limiters.items()},
-            per_mcp_server={name: LimiterStatistics.of(lim) for name, lim in self._server_limiters.items()},
-            worker_threads=sum(lim.borrowed_tokens for lim in self._thread_limiters.values()),
-        )
+        """Runs and tool calls in flight and every limiter's state; all zero when idle."""
+        return self._limits.statistics()
 
     def mcp_status(self) -> dict[str, MCPServerStatus]:
         """Each MCP server's state (up or down, its tools, its last error), for readiness checks."""
@@ -258,8 +187,16 @@ class Agent:
         if isinstance(messages, str):
             messages = (ChatMessage(role="user", content=messages),)
         send, receive = trio.open_memory_channel[AgentEvent](0)
-        producer = AgentRun(self, messages, options, send)
-        self._running_runs += 1
+        producer = AgentRun(
+            backend=self.backend,
+            config=self.config,
+            limits=self._limits,
+            model_slot=self.model_slot,
+            messages=messages,
+            options=options,
+            send=send,
+        )
+        self._limits.running_runs += 1
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(producer.produce, name="agent run")
@@ -270,7 +207,7 @@ class Agent:
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
         finally:
-            self._running_runs -= 1
+            self._limits.running_runs -= 1
 
     async def complete(
         self,
@@ -315,7 +252,13 @@ async def open_agent(
     upstream slot: the wait for it is not an error, and tools never hold it).
     """
     registry = ToolRegistry(t if isinstance(t, Tool) else FunctionTool(t) for t in tools)
-    agent = Agent(backend, registry=registry, config=config or AgentConfig(), model_slot=model_slot)
+    agent = Agent(
+        backend,
+        registry=registry,
+        config=config or AgentConfig(),
+        model_slot=model_slot,
+        servers=mcp or (),
+    )
     if not mcp:
         yield agent
         return
@@ -325,8 +268,6 @@ async def open_agent(
         async with trio.open_nursery() as lifespan:
             servers = MCPServers(mcp, registry=registry, config=agent.config)
             agent._mcp = servers
-            for name in mcp:
-                agent._server_limiters[name] = trio.CapacityLimiter(agent.config.mcp_max_concurrency)
             await servers.start(lifespan)
             yield agent
             lifespan.cancel_scope.cancel()

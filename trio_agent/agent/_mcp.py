@@ -42,6 +42,8 @@ from ._tools import TOOL_NAME_RE, Tool, ToolRegistry, get_progress_sink
 __all__ = ["MCPServerSpec", "MCPServerStatus", "MCPServers", "MCPTool", "MCPToolError"]
 
 _SERVER_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,32}$")
+#: Progress reports of one call that may wait for the consumer; more are dropped.
+_PROGRESS_BUFFER = 16
 
 
 class MCPToolError(Exception):
@@ -165,19 +167,44 @@ class _Connection:
         if client is None:
             raise MCPToolError(f"MCP server {self.name!r} is down" + (f": {self.error}" if self.error else ""))
         sink = get_progress_sink()
+        # The SDK calls the progress callback in a task it spawns per notification, which must
+        # never wait on our consumer; a small buffer takes the reports there and this call's
+        # own relay task forwards them as events, in order, with the run's backpressure.
+        send, receive = trio.open_memory_channel[tuple[float, float | None, str | None]](_PROGRESS_BUFFER)
 
         async def progress(progress: float, total: float | None, message: str | None) -> None:
-            # Called in a task the SDK spawns per notification: never wait there.
-            if sink is not None:
-                sink.send_nowait(progress, total, message)
+            try:
+                send.send_nowait((progress, total, message))
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                pass  # more than the buffer behind, or the call is over: this report is dropped
 
-        try:
-            result = await client.call_tool(remote_name, arguments, progress_callback=progress)
-        except MCPError as exc:
-            if exc.code == mcp_types.CONNECTION_CLOSED:
-                self.broken()
-                raise MCPToolError(f"MCP server {self.name!r} closed the connection") from exc
-            raise MCPToolError(f"MCP server {self.name!r}: {exc}") from exc
+        async def relay() -> None:
+            async with receive:
+                async for report in receive:
+                    if sink is not None:
+                        await sink.send(*report)
+
+        result: mcp_types.CallToolResult | None = None
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay)
+            with send:
+                # Kept and raised after the nursery, so the caller sees the error itself rather
+                # than an exception group around it.
+                try:
+                    result = await client.call_tool(remote_name, arguments, progress_callback=progress)
+                except MCPError as exc:
+                    if exc.code == mcp_types.CONNECTION_CLOSED:
+                        self.broken()
+                        failure = MCPToolError(f"MCP server {self.name!r} closed the connection")
+                    else:
+                        failure = MCPToolError(f"MCP server {self.name!r}: {exc}")
+                    failure.__cause__ = exc
+                except Exception as exc:
+                    failure = exc
+        if failure is not None:
+            raise failure
+        assert result is not None
         text = _content_text(result)
         if result.is_error:
             raise MCPToolError(text or f"MCP tool {remote_name!r} failed")

@@ -22,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import trio
 
-from ..llm import ChatMessage, ChatRequest, ToolCall, ToolCallAssembler, Usage
+from ..llm import ChatBackend, ChatMessage, ChatRequest, ToolCall, ToolCallAssembler, Usage
+from ._config import AgentConfig
 from ._events import (
     AgentEvent,
     Done,
@@ -42,10 +43,8 @@ from ._events import (
     ToolStarted,
     UsageTotals,
 )
+from ._limits import ToolLimits
 from ._tools import Tool, set_progress_sink, tool_output_text
-
-if TYPE_CHECKING:
-    from ._agent import Agent
 
 __all__ = ["RunOptions"]
 
@@ -133,12 +132,19 @@ class AgentRun:
 
     def __init__(
         self,
-        agent: Agent,
+        *,
+        backend: ChatBackend,
+        config: AgentConfig,
+        limits: ToolLimits,
+        model_slot: ModelSlot,
         messages: Sequence[ChatMessage],
         options: RunOptions,
         send: trio.MemorySendChannel[AgentEvent],
     ) -> None:
-        self._agent = agent
+        self._backend = backend
+        self._config = config
+        self._limits = limits
+        self._model_slot = options.model_slot or model_slot
         self._messages = list(messages)
         self._options = options
         self._send = send
@@ -204,7 +210,6 @@ class AgentRun:
 
     async def _step(self, step: int, final: bool) -> tuple[str, str, UsageTotals, list[_Call], float]:
         """One model call and the tools it called; returns when every call has its tool message."""
-        agent = self._agent
         options = self._options
         request = ChatRequest(
             messages=tuple(self._messages),
@@ -224,8 +229,7 @@ class AgentRun:
             async with trio.open_nursery() as tools_nursery:
                 # The upstream slot is held only while the model streams: the tools of this step
                 # run on in tools_nursery after it is released.
-                slot = options.model_slot() if options.model_slot is not None else agent.model_slot()
-                async with slot, agent.backend.stream_chat(request) as chunks:
+                async with self._model_slot(), self._backend.stream_chat(request) as chunks:
                     async for chunk in chunks:
                         if chunk.delta:
                             text.append(chunk.delta)
@@ -304,16 +308,16 @@ class AgentRun:
 
     async def _run_call(self, c: _Call, t: Tool, arguments: Any) -> None:
         """One tool call: wait for its limiters, run within its deadline, then report it."""
-        agent = self._agent
+        limits = self._limits
         call = c.call
-        limiters = agent._limiters_for(t)
-        thread_limiter = agent._thread_limiter_for(t)
-        timeout = t.timeout if t.timeout is not None else agent.config.tool_timeout
+        limiters = limits.limiters_for(t)
+        thread_limiter = limits.thread_limiter_for(t)
+        timeout = t.timeout if t.timeout is not None else self._config.tool_timeout
         queued_at = trio.current_time()
         acquired: list[trio.CapacityLimiter] = []
         value: Any = None
         error: tuple[ToolErrorKind, str] | None = None
-        agent._queued_tools += 1
+        limits.queued_tools += 1
         queued = True
         try:
             # Narrowest limiter first: a call waiting for its tool's (or server's) slot holds
@@ -321,10 +325,10 @@ class AgentRun:
             for limiter in limiters:
                 await limiter.acquire()
                 acquired.append(limiter)
-            agent._queued_tools -= 1
+            limits.queued_tools -= 1
             queued = False
             started_at = trio.current_time()
-            agent._running_tools += 1
+            limits.running_tools += 1
             try:
                 await self._send.send(
                     ToolStarted(call_id=call.id, name=call.name, queued_ms=_ms(started_at - queued_at))
@@ -337,10 +341,10 @@ class AgentRun:
             except Exception as exc:
                 error = ("error", _describe(exc))
             finally:
-                agent._running_tools -= 1
+                limits.running_tools -= 1
         finally:
             if queued:
-                agent._queued_tools -= 1
+                limits.queued_tools -= 1
             for limiter in reversed(acquired):
                 limiter.release()
         # Reported after the limiters are released, so a slow consumer never holds a slot.
@@ -352,7 +356,7 @@ class AgentRun:
                 ToolError(call_id=call.id, name=call.name, kind=kind, message=message, duration_ms=duration_ms)
             )
             return
-        content, truncated = _bounded(tool_output_text(value), agent.config.max_tool_output_bytes)
+        content, truncated = _bounded(tool_output_text(value), self._config.max_tool_output_bytes)
         c.content = content
         await self._send.send(
             ToolResult(
