@@ -27,7 +27,7 @@ nothing of HTTP; the server's ``/agent`` routes are a thin layer over it. The
 MCP support needs the ``mcp`` extra (``pip install trio_agent[mcp]``).
 """
 
-from typing import TYPE_CHECKING
+import typing
 
 from ._agent import Agent, AgentResult, AgentStatistics, LimiterStatistics, open_agent
 from ._config import AgentConfig
@@ -48,7 +48,7 @@ from ._events import (
 )
 from ._tools import FunctionTool, Tool, ToolRegistry, load_tools, report_progress, tool
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from ._mcp import MCPServerSpec as MCPServerSpec
     from ._mcp import MCPServerStatus as MCPServerStatus
 

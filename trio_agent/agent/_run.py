@@ -116,16 +116,6 @@ class _Progress:
     async def send(self, progress: float, total: float | None, message: str | None) -> None:
         await self.channel.send(ToolProgress(call_id=self.call_id, progress=progress, total=total, message=message))
 
-    def send_nowait(self, progress: float, total: float | None, message: str | None) -> None:
-        # Lossy by design: it never blocks the sender on a slow consumer, and a report that
-        # arrives after the run ended is dropped.
-        try:
-            self.channel.send_nowait(
-                ToolProgress(call_id=self.call_id, progress=progress, total=total, message=message)
-            )
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-
 
 class AgentRun:
     """The producer of one run's events; :meth:`Agent.run` owns its task."""
@@ -347,8 +337,14 @@ class AgentRun:
                 limits.queued_tools -= 1
             for limiter in reversed(acquired):
                 limiter.release()
-        # Reported after the limiters are released, so a slow consumer never holds a slot.
+        # The result is reported after the limiters are released, so a slow consumer holds no
+        # slot while it reads it (the start is reported before the tool runs, with its slots).
         duration_ms = _ms(trio.current_time() - started_at)
+        if error is None:
+            try:
+                content, truncated = _bounded(tool_output_text(value), self._config.max_tool_output_bytes)
+            except Exception as exc:
+                error = ("error", f"the tool's result cannot be sent to the model: {_describe(exc)}")
         if error is not None:
             kind, message = error
             c.content = _error_content(message)
@@ -356,7 +352,6 @@ class AgentRun:
                 ToolError(call_id=call.id, name=call.name, kind=kind, message=message, duration_ms=duration_ms)
             )
             return
-        content, truncated = _bounded(tool_output_text(value), self._config.max_tool_output_bytes)
         c.content = content
         await self._send.send(
             ToolResult(

@@ -50,10 +50,7 @@ class ProgressSink(Protocol):
     """Where a running call's progress goes: the run's event channel."""
 
     async def send(self, progress: float, total: float | None, message: str | None) -> None:
-        """From the call's own task: waits for the consumer, like every other event."""
-
-    def send_nowait(self, progress: float, total: float | None, message: str | None) -> None:
-        """From any other task (an MCP session's): dropped when the consumer is not ready or gone."""
+        """From a task of the call: waits for the consumer, like every other event."""
 
 
 _progress: ContextVar[ProgressSink | None] = ContextVar("trio_agent_tool_progress", default=None)
