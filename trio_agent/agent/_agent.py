@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ..errors import ConfigError
 from ..llm import ChatBackend, ChatMessage
 from ._config import AgentConfig
 from ._errors import UnknownToolError
@@ -140,7 +141,7 @@ class Agent:
         steps = self.config.max_agent_steps if max_steps is None else max_steps
         cap = self.config.max_tool_calls if max_tool_calls is None else max_tool_calls
         if steps < 1 or cap < 1:
-            raise ValueError("max_steps and max_tool_calls must be >= 1")
+            raise ConfigError(f"max_steps and max_tool_calls must be >= 1, got {steps} and {cap}")
         return RunOptions(
             tools=offered,
             max_steps=steps,
@@ -262,7 +263,10 @@ async def open_agent(
     if not mcp:
         yield agent
         return
-    from ._mcp import MCPServers  # the mcp SDK is an optional extra: imported only when used
+    try:
+        from ._mcp import MCPServers  # the mcp SDK is an optional extra: imported only when used
+    except ImportError as exc:
+        raise ConfigError(f"MCP servers need the mcp extra (pip install 'trio_agent[mcp]'): {exc}") from exc
 
     try:
         async with trio.open_nursery() as lifespan:
