@@ -231,3 +231,15 @@ async def test_an_mcp_server_over_streamable_http(tmp_path: Path) -> None:
     assert [e for e in result.events if isinstance(e, ToolError)] == []
     assert sorted(e.content for e in result.events if isinstance(e, ToolResult)) == ["over http", "slept 0.1"]
     assert [e.call_id for e in result.events if isinstance(e, ToolProgress)] == ["s"]
+
+
+async def test_a_server_that_never_answers_is_down_after_the_connect_deadline() -> None:
+    mute = MCPServerSpec(target=f"{sys.executable} -c 'import time; time.sleep(60)'")
+    config = AgentConfig(mcp_connect_timeout=1.0, mcp_reconnect_delay=5)
+    with trio.fail_after(30):
+        t0 = trio.current_time()
+        async with open_agent(ScriptedLLM([]), mcp={"mute": mute}, config=config) as agent:
+            waited = trio.current_time() - t0
+            status = agent.mcp_status()["mute"]
+    assert 1.0 <= waited < 10
+    assert not status.up and status.error == "no answer within 1 s"

@@ -22,6 +22,7 @@ Tool names: a server's tool keeps its name unless it clashes with another tool
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Mapping
@@ -217,29 +218,38 @@ class _Connection:
         """Connect, list, watch; on any failure close and reconnect after a doubling delay. Runs until cancelled."""
         delay = self.config.mcp_reconnect_delay
         reported = False
+        # Bounded per attempt by the connect deadline and the session's life; between attempts
+        # by the delay.
         while True:
+            # The connect deadline covers the spawn, the handshake and the listing. It is one
+            # scope around the whole session (the SDK's task groups open inside it, so they must
+            # close inside it too), lifted once the server is up.
+            attempt = trio.CancelScope(deadline=trio.current_time() + self.config.mcp_connect_timeout)
             try:
-                async with Client(self.spec.client_target()) as client:
-                    with trio.fail_after(self.config.mcp_connect_timeout):
+                with attempt:
+                    async with Client(self.spec.client_target()) as client:
                         self.listed = await _list_all(client)
-                    self._broken = trio.Event()
-                    self.client = client
-                    self.connects += 1
-                    self.error = None
-                    delay = self.config.mcp_reconnect_delay
-                    if self.listing_changed is not None:
-                        self.listing_changed(self)
-                    if not reported:
-                        reported = True
-                        task_status.started()
-                    try:
-                        await self._watch(client)
-                    finally:
-                        self.client = None
-                    self.error = "connection lost"
+                        attempt.deadline = math.inf
+                        self._broken = trio.Event()
+                        self.client = client
+                        self.connects += 1
+                        self.error = None
+                        delay = self.config.mcp_reconnect_delay
+                        if self.listing_changed is not None:
+                            self.listing_changed(self)
+                        if not reported:
+                            reported = True
+                            task_status.started()
+                        try:
+                            await self._watch(client)
+                        finally:
+                            self.client = None
+                        self.error = "connection lost"
+                if attempt.cancelled_caught:
+                    self.error = f"no answer within {self.config.mcp_connect_timeout:g} s"
             except Exception as exc:
-                self.client = None
                 self.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.client = None
             if not reported:
                 reported = True
                 task_status.started()
