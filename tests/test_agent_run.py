@@ -173,6 +173,8 @@ async def test_tools_start_while_the_model_still_streams_and_run_in_parallel(aut
     assert ended == {"a": 3.0, "b": 5.0}  # a ran while b's arguments still streamed
     steps = [t - t0 for t, e in events if isinstance(e, StepStart)]
     assert steps == [0.0, 5.0]
+    done = events[-1][1]
+    assert isinstance(done, Done) and done.tool_ms == 4000.0 and done.duration_ms == 5000.0
 
 
 async def test_limits_queue_calls_and_report_queued_ms(autojump_clock: trio.testing.MockClock) -> None:

@@ -160,7 +160,9 @@ class Done(_Event):
     ``max_steps`` (a step or tool-call limit was reached and the model was asked
     once more without tools). ``answer`` is the final answer's text; ``usage``
     is summed over steps; times are in milliseconds (``model_ms`` summed over
-    model calls, including the wait for an upstream slot).
+    model calls, including the wait for an upstream slot; ``tool_ms`` summed
+    over the calls that ran, so ``tool_ms`` above the wall time of the tool
+    phases is the parallelism).
     """
 
     type: ClassVar[str] = "done"
@@ -171,6 +173,7 @@ class Done(_Event):
     usage: UsageTotals
     duration_ms: float
     model_ms: float
+    tool_ms: float = 0.0
 
 
 AgentEvent = StepStart | Token | ToolCallEvent | ToolStarted | ToolProgress | ToolResult | ToolError | StepEnd | Done

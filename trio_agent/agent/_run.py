@@ -141,6 +141,7 @@ class AgentRun:
         self._offered = {t.name: t for t in options.tools}
         self._schemas = tuple(t.openai_schema() for t in options.tools)
         self._calls_made = 0
+        self._tool_s = 0.0
 
     async def produce(self) -> None:
         # Closed without a checkpoint: the caller, seeing the channel end, cancels the run's
@@ -184,6 +185,7 @@ class AgentRun:
                         usage=usage,
                         duration_ms=_ms(trio.current_time() - started_at),
                         model_ms=_ms(model_s),
+                        tool_ms=_ms(self._tool_s),
                     )
                 )
                 return
@@ -339,6 +341,7 @@ class AgentRun:
                 limiter.release()
         # The result is reported after the limiters are released, so a slow consumer holds no
         # slot while it reads it (the start is reported before the tool runs, with its slots).
+        self._tool_s += trio.current_time() - started_at
         duration_ms = _ms(trio.current_time() - started_at)
         if error is None:
             try:
