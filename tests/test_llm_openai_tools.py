@@ -319,7 +319,12 @@ async def test_a_stalled_relay_hits_the_idle_deadline_and_leaving_early_cancels_
                     async with backend.open_relay("/responses", body, stream=True) as relay:
                         async for data in relay:
                             got.append(data)
-                assert len(got) == 3  # what came before the stall, then the deadline
+                # What came before the stall, whole events only, then the deadline. The mock
+                # stalls after 3 writes, and a write holds every event that was due by then
+                # (more than one on a busy machine), so at least 3 events arrived.
+                events = b"".join(got).split(b"\n\n")
+                assert events[-1] == b""
+                assert len(events) - 1 >= 3
                 await app.wait_until(lambda s: s.active == 0 and s.cancelled == 1)
                 # Leaving a healthy stream early closes the upstream call: the server sees it go.
                 app.fault = b""
