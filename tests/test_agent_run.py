@@ -202,6 +202,20 @@ async def test_limits_queue_calls_and_report_queued_ms(autojump_clock: trio.test
         assert_idle(agent, backend)
 
 
+async def test_a_backlog_on_one_tool_holds_no_process_wide_slot(autojump_clock: trio.testing.MockClock) -> None:
+    # docs/decisions/009: three calls queue for one_at_a_time (one slot); with the process-wide
+    # limit at 2, a call of another tool must still start at once, because a waiting call holds
+    # only the slot of what it waits for.
+    single = [c for i in range(3) for c in one_call(i, f"s{i}", "one_at_a_time", {"seconds": 1})]
+    other = one_call(3, "w", "wait", {"seconds": 1})
+    backend = ScriptedLLM([[*single, *other, finish("tool_calls")], [text("ok"), finish()]])
+    async with open_agent(backend, tools=TOOLS, config=AgentConfig(max_tool_concurrency=2)) as agent:
+        events = await collect(agent)
+        assert_idle(agent, backend)
+    queued = {e.call_id: e.queued_ms for e in of_type(events, ToolStarted)}
+    assert queued == {"s0": 0.0, "s1": 1000.0, "s2": 2000.0, "w": 0.0}
+
+
 async def test_a_timeout_is_a_tool_error_the_model_sees_and_the_run_goes_on(autojump_clock: trio.testing.MockClock) -> None:
     backend = ScriptedLLM(
         [
