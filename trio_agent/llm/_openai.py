@@ -24,6 +24,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -351,15 +352,7 @@ class OpenAIBackend:
             "Accept": "text/event-stream",
         }
 
-        def first_timeout() -> UpstreamTimeoutError:
-            if first_deadline >= total_deadline:
-                return UpstreamTotalTimeoutError(
-                    f"upstream call exceeded {cfg.total_timeout} s", timeout=cfg.total_timeout
-                )
-            return UpstreamFirstTokenTimeoutError(
-                f"no first token from the upstream within {cfg.first_token_timeout} s",
-                timeout=cfg.first_token_timeout,
-            )
+        first_timeout = partial(_first_timeout, cfg, first_deadline, total_deadline, "token")
 
         async def attempt() -> _UpstreamStream:
             req = client.build_request(
@@ -476,15 +469,7 @@ class OpenAIBackend:
             "Accept": "text/event-stream" if stream else "application/json",
         }
 
-        def first_timeout() -> UpstreamTimeoutError:
-            if first_deadline >= total_deadline:
-                return UpstreamTotalTimeoutError(
-                    f"upstream call exceeded {cfg.total_timeout} s", timeout=cfg.total_timeout
-                )
-            return UpstreamFirstTokenTimeoutError(
-                f"no first byte from the upstream within {cfg.first_token_timeout} s",
-                timeout=cfg.first_token_timeout,
-            )
+        first_timeout = partial(_first_timeout, cfg, first_deadline, total_deadline, "byte")
 
         async def attempt() -> tuple[Relay, _RelaySource | None]:
             req = client.build_request("POST", url, content=body, headers=headers)
@@ -812,3 +797,17 @@ def _last_event_end(buf: bytes) -> int:
     lf = buf.rfind(b"\n\n")
     crlf = buf.rfind(b"\r\n\r\n")
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _first_timeout(
+    cfg: UpstreamConfig, first_deadline: float, total_deadline: float, what: str
+) -> UpstreamTimeoutError:
+    """The error for a call that got nothing by ``first_deadline``: the tighter deadline names it."""
+    if first_deadline >= total_deadline:
+        return UpstreamTotalTimeoutError(
+            f"upstream call exceeded {cfg.total_timeout} s", timeout=cfg.total_timeout
+        )
+    return UpstreamFirstTokenTimeoutError(
+        f"no first {what} from the upstream within {cfg.first_token_timeout} s",
+        timeout=cfg.first_token_timeout,
+    )
