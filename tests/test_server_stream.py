@@ -353,7 +353,7 @@ def openai_frames(body: bytes) -> list[str]:
     return [line[len("data: ") :] for line in body.decode().split("\n") if line.startswith("data: ")]
 
 
-async def test_openai_stream_chunks_usage_and_done(autojump_clock: trio.testing.MockClock) -> None:
+async def test_openai_stream_relays_each_chunk_then_done(autojump_clock: trio.testing.MockClock) -> None:
     gw, llm = make_gateway(MockLLMConfig(ttft=0.1, itl=0.01, tokens=2))
     r = await request(
         gw,
@@ -373,24 +373,38 @@ async def test_openai_stream_chunks_usage_and_done(autojump_clock: trio.testing.
     chunks = [orjson.loads(f) for f in frames[:-1]]
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
     assert {c["model"] for c in chunks} == {"m1"}
-    assert len({c["id"] for c in chunks}) == 1
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert content == "t0 t1 "
-    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
-    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert_released(gw, llm)
 
 
-async def test_openai_stream_error_frame(autojump_clock: trio.testing.MockClock) -> None:
+async def test_openai_stream_failure_before_the_first_chunk_is_a_json_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     gw, llm = make_gateway(MockLLMConfig(ttft=0.1, tokens=3, fail_before_first=True))
     r = await request(
         gw, "POST", "/v1/chat/completions",
         json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
     )
+    assert r.status == 502 and r.headers["content-type"] == "application/json"
+    err = r.json()["error"]
+    assert err["code"] == "upstream_status" and err["type"] == "server_error"
+    assert_released(gw, llm)
+
+
+async def test_openai_stream_failure_mid_stream_is_one_error_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gw, llm = make_gateway(MockLLMConfig(ttft=0.1, tokens=3, fail_after_tokens=1))
+    r = await request(
+        gw, "POST", "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
+    )
     frames = openai_frames(r.body)
-    assert "[DONE]" not in frames
+    assert r.status == 200 and "[DONE]" not in frames
+    assert orjson.loads(frames[0])["choices"][0]["delta"] == {"content": "t0 "}
     err = orjson.loads(frames[-1])["error"]
     assert err["code"] == "upstream_status" and err["type"] == "server_error"
     assert_released(gw, llm)

@@ -340,8 +340,10 @@ class RequestValidationError(RequestError):
 
     code = "invalid_request"
 
-    def __init__(self, message: str, *, field: str | None = None, status_code: int = 422) -> None:
-        super().__init__(message, status_code=status_code)
+    def __init__(
+        self, message: str, *, field: str | None = None, status_code: int = 422, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code, status_code=status_code)
         self.field = field
 
 

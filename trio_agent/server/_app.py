@@ -34,6 +34,7 @@ from ..http import ConnectionCounter, DrainingListener
 from ..llm import ChatBackend
 from . import _routes_chat as chat_routes
 from . import _routes_info as info_routes
+from . import _routes_openai as openai_routes
 from ._access import AccessLog
 from ._admission import Admission, Limits
 from ._auth import ApiKeys, Cors
@@ -44,6 +45,7 @@ from ._drain import Drain
 from ._errors import error_response, internal_error, send_error
 from ._metrics import GatewayMetrics
 from ._quart import build_quart
+from ._relay import RelayService
 from ._router import Call, Route, Router, asgi_route, view_route
 from ._stream import StreamService
 
@@ -57,6 +59,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _SSE = b"text/event-stream"
+#: The OpenAI routes relayed as bytes (``backend.open_relay``), below ``/v1``.
+RELAYED_PATHS = ("/embeddings", "/completions", "/responses")
+# The routes whose refusal the server may answer from the request head (see early_refusal).
+_EARLY_REFUSAL_PATHS = frozenset(
+    {b"/chat/stream", b"/v1/chat/completions", *(b"/v1" + p.encode() for p in RELAYED_PATHS)}
+)
 
 
 def routes(gw: Gateway) -> list[Route]:
@@ -70,7 +78,11 @@ def routes(gw: Gateway) -> list[Route]:
         asgi_route(
             "POST",
             "/v1/chat/completions",
-            chat_routes.openai_chat(body, gw.streams, gw.chat, gw.backend, cfg),
+            openai_routes.openai_chat(body, gw.streams, gw.chat, gw.backend, cfg),
+        ),
+        *(
+            asgi_route("POST", f"/v1{path}", openai_routes.relay(path, body, gw.relays, gw.backend, cfg))
+            for path in RELAYED_PATHS
         ),
         asgi_route(
             "POST",
@@ -142,6 +154,7 @@ class Gateway:
             drain=self.drain,
             chat=self.chat,
         )
+        self.relays = RelayService(self.streams, backend)
         self.router = Router(routes(self))
         self._keys = ApiKeys(config.api_keys)
         self._cors = Cors(config.cors_origins)
@@ -244,7 +257,7 @@ class Gateway:
         app task, the ASGI messages and the body's parsing a refusal costs a
         fraction. ``None`` (the usual case) means: run the app. Only what the app
         would also answer with this refusal is answered here: a POST to
-        ``/chat/stream`` or ``/v1/chat/completions`` with a ``Content-Length``
+        ``/chat/stream``, ``/v1/chat/completions`` or a relayed ``/v1`` route with a ``Content-Length``
         body within ``max_body_bytes``, a head within ``max_header_bytes``, the
         right API key (auth on), the gateway not draining. The body is not read
         for it (the server drops it). Counted and logged as the app would.
@@ -252,7 +265,7 @@ class Gateway:
         if method != b"POST" or self.drain.draining:
             return None
         path = target.partition(b"?")[0]
-        if path not in (b"/chat/stream", b"/v1/chat/completions"):
+        if path not in _EARLY_REFUSAL_PATHS:
             return None
         headers, header_bytes = read_head(raw_headers)
         length = headers.get(b"content-length")

@@ -26,6 +26,11 @@ class BodyReader:
 
     async def read_json(self, call: Call) -> tuple[bool, Any]:
         """(client still there, parsed body)."""
+        present, raw = await self.read_bytes(call)
+        return (True, decode_json(raw)) if present else (False, None)
+
+    async def read_bytes(self, call: Call) -> tuple[bool, bytes]:
+        """(client still there, the body's bytes), after the same checks (type, size, time)."""
         headers = call.headers
         check_content_type(headers.get(b"content-type", b"").decode("latin-1"))
         limit = self._limit
@@ -41,7 +46,7 @@ class BodyReader:
             while True:
                 message = await take()
                 if message["type"] == "http.disconnect":
-                    return False, None
+                    return False, b""
                 if message["type"] != "http.request":
                     continue
                 body += message.get("body", b"")
@@ -55,7 +60,7 @@ class BodyReader:
                 code="body_timeout",
                 status_code=408,
             )
-        return True, decode_json(bytes(body))
+        return True, bytes(body)
 
 
 async def view_json_body() -> Any:

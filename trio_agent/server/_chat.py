@@ -17,7 +17,7 @@ import trio
 
 from ..concurrency import Outcome, map_concurrently
 from ..errors import DeadlineError, TrioAgentError, UpstreamError
-from ..llm import ChatBackend, ChatRequest, Usage
+from ..llm import ChatBackend, ChatCompletion, ChatRequest, ToolCall, ToolCallAssembler, Usage
 from ._admission import Limits
 from ._context import RequestContext
 from ._drain import SHUTTING_DOWN, Drain, RequestControl, shutting_down_error
@@ -45,6 +45,8 @@ class ChatResult:
     queued_ms: float
     ttft_ms: float | None
     total_ms: float
+    #: The tool calls the model asked for (``finish_reason`` then says ``"tool_calls"``).
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def timings(self) -> dict[str, float | None]:
         return {
@@ -54,14 +56,19 @@ class ChatResult:
         }
 
     def payload(self) -> dict[str, Any]:
-        """The ``POST /chat`` answer."""
-        return {
+        """The ``POST /chat`` answer (``tool_calls`` only when the model called tools)."""
+        out: dict[str, Any] = {
             "content": self.content,
             "finish_reason": self.finish_reason,
             "model": self.model,
             "usage": usage_payload(self.usage),
             "timings": self.timings(),
         }
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.tool_calls
+            ]
+        return out
 
 
 def usage_payload(usage: Usage) -> dict[str, int]:
@@ -115,6 +122,7 @@ class ChatService:
             first_at: float | None = None
             usage: Usage | None = None
             finish: str | None = None
+            calls: ToolCallAssembler | None = None
             try:
                 async with self._backend.stream_chat(request) as chunks:
                     async for chunk in chunks:
@@ -122,10 +130,18 @@ class ChatService:
                             if first_at is None:
                                 first_at = trio.current_time()
                             parts.append(chunk.delta)
+                        if chunk.tool_calls:
+                            if first_at is None:
+                                first_at = trio.current_time()
+                            if calls is None:
+                                calls = ToolCallAssembler()
+                            calls.feed(chunk)
                         if chunk.finish_reason is not None:
                             finish = chunk.finish_reason
                         if chunk.usage is not None:
                             usage = chunk.usage
+                if calls is not None:
+                    calls.finish()
             except UpstreamError as exc:
                 metrics.count_upstream_error(exc.code)
                 raise
@@ -142,6 +158,7 @@ class ChatService:
             queued_ms=lease.queued * 1000.0,
             ttft_ms=None if first_at is None else (first_at - start) * 1000.0,
             total_ms=(end - start) * 1000.0,
+            tool_calls=() if calls is None else calls.calls,
         )
 
     async def complete(self, request: ChatRequest, ctx: RequestContext) -> ChatResult:
@@ -151,6 +168,29 @@ class ChatService:
             result = await self.collect(request, ctx, ctrl)
         if result is not None:
             return result
+        if ctrl.reason == SHUTTING_DOWN:
+            raise shutting_down_error()
+        self._metrics.timeouts += 1
+        raise request_timeout_error(self._timeout)
+
+    async def complete_whole(self, request: ChatRequest, ctx: RequestContext) -> ChatCompletion:
+        """One non-streamed upstream call (``complete_chat``), admitted, under the request
+        deadline and the drain: the upstream's own answer, for a relay."""
+        completion: ChatCompletion | None = None
+        metrics = self._metrics
+        with self._drain.track(self._timeout) as ctrl:
+            async with self._limits.lease(ctx.key_id) as lease:
+                ctrl.admitted = True
+                metrics.queue_wait.observe(lease.queued)
+                try:
+                    completion = await self._backend.complete_chat(request)
+                except UpstreamError as exc:
+                    metrics.count_upstream_error(exc.code)
+                    raise
+        if completion is not None:
+            metrics.total.observe(trio.current_time() - ctx.started_at)
+            metrics.count_usage(ctx.path, completion.usage)
+            return completion
         if ctrl.reason == SHUTTING_DOWN:
             raise shutting_down_error()
         self._metrics.timeouts += 1

@@ -223,11 +223,12 @@ def render_error(exc: TrioAgentError, ctx: RequestContext) -> Rendered:
     """The answer for ``exc`` on this request (our shape or OpenAI's); notes the outcome."""
     ctx.outcome = exc.code
     status = status_for(exc)
-    body = (
-        openai_error_payload(exc, ctx.request_id)
-        if ctx.openai
-        else error_payload(exc, ctx.request_id)
-    )
+    if ctx.openai:
+        body = openai_error_payload(exc, ctx.request_id)
+        if isinstance(exc, NotFoundError):  # OpenAI's words for a path it does not serve
+            body["error"]["message"] = f"Invalid URL ({ctx.method} {ctx.path})"
+    else:
+        body = error_payload(exc, ctx.request_id)
     return Rendered(status, _error_headers(exc, status), body)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..concurrency import LoopLagStatistics
 from ..http import ConnectionCounter
+from ..llm import Usage
 from ._admission import AdmissionStatistics
 
 __all__ = ["GatewayMetrics", "Histogram"]
@@ -67,6 +68,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.responses: dict[tuple[str, int], int] = {}
+        self.usage_tokens: dict[tuple[str, str], int] = {}
         self.timeouts = 0
         self.upstream_errors: dict[str, int] = {}
         self.disconnects = 0
@@ -86,6 +88,14 @@ class GatewayMetrics:
     def count_response(self, route: str, status: int) -> None:
         key = (route, status)
         self.responses[key] = self.responses.get(key, 0) + 1
+
+    def count_usage(self, route: str, usage: Usage | None) -> None:
+        """Tokens a finished request used, by route (once per request)."""
+        if usage is None:
+            return
+        for kind, n in (("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)):
+            key = (route, kind)
+            self.usage_tokens[key] = self.usage_tokens.get(key, 0) + n
 
     def count_upstream_error(self, code: str) -> None:
         self.upstream_errors[code] = self.upstream_errors.get(code, 0) + 1
@@ -145,6 +155,11 @@ class GatewayMetrics:
         metric("trio_agent_responses_total", "counter", "Responses by route and status.", [
             (f'{{route="{_escape(route)}",status="{status}"}}', n)
             for (route, status), n in sorted(self.responses.items())
+        ])
+        metric("trio_agent_usage_tokens_total", "counter",
+               "Tokens of finished requests as the upstream counted them, by route and kind.", [
+            (f'{{route="{_escape(route)}",kind="{kind}"}}', n)
+            for (route, kind), n in sorted(self.usage_tokens.items())
         ])
         metric("trio_agent_timeouts_total", "counter", "Requests that ran past request_timeout.",
                [("", self.timeouts)])

@@ -1,4 +1,4 @@
-"""The chat routes: ``POST /chat``, ``/chat/stream``, ``/chat/batch`` and ``/v1/chat/completions``.
+"""The native chat routes: ``POST /chat``, ``/chat/stream`` and ``/chat/batch``.
 
 Each function builds one handler from the collaborators it needs. Errors
 before the response head are raised; the front (or Quart's error handler)
@@ -7,24 +7,20 @@ renders them through the one error renderer.
 
 from __future__ import annotations
 
-import time
-
 import orjson
 import trio
 from quart import Response
 
 from ..config import ServerConfig
-from ..llm import ChatBackend
 from ._body import BodyReader, view_json_body
-from ._chat import ChatService, usage_payload
+from ._chat import ChatService
 from ._context import RequestContext
-from ._errors import send_json
 from ._metrics import GatewayMetrics
 from ._router import AsgiHandler, Call, ViewHandler
-from ._stream import NativeFormat, OpenAIFormat, StreamService
-from ._validation import parse_batch_body, parse_chat_body, parse_openai_body
+from ._stream import NativeFormat, StreamService
+from ._validation import parse_batch_body, parse_chat_body
 
-__all__ = ["chat", "chat_batch", "chat_batch_stream", "chat_stream", "openai_chat", "json_view"]
+__all__ = ["chat", "chat_batch", "chat_batch_stream", "chat_stream", "json_view"]
 
 
 def json_view(body: object, status: int = 200) -> Response:
@@ -58,48 +54,6 @@ def chat_batch_stream(
             return
         batch = parse_batch_body(raw, config)
         await streams.serve_batch(call.ctx, call.receive, call.send, batch.requests)
-
-    return handle
-
-
-def openai_chat(
-    body: BodyReader,
-    streams: StreamService,
-    chats: ChatService,
-    backend: ChatBackend,
-    config: ServerConfig,
-) -> AsgiHandler:
-    """``POST /v1/chat/completions``: OpenAI's chunks when ``stream``, else one completion."""
-
-    async def handle(call: Call) -> None:
-        ctx = call.ctx
-        present, raw = await body.read_json(call)
-        if not present:
-            ctx.outcome = "disconnect"
-            return
-        parsed = parse_openai_body(raw, config)
-        model = parsed.request.model or backend.model
-        if parsed.stream:
-            fmt = OpenAIFormat(ctx.request_id, model, include_usage=parsed.include_usage)
-            await streams.serve(ctx, call.receive, call.send, parsed.request, fmt)
-            return
-        result = await chats.complete(parsed.request, ctx)
-        ctx.outcome = "done"
-        completion = {
-            "id": f"chatcmpl-{ctx.request_id}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.content},
-                    "finish_reason": result.finish_reason or "stop",
-                }
-            ],
-            "usage": usage_payload(result.usage),
-        }
-        await send_json(call.send, 200, completion, ctx)
 
     return handle
 

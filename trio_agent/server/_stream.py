@@ -42,7 +42,7 @@ from ..concurrency import Outcome, as_completed
 from ..config import ServerConfig
 from ..errors import TrioAgentError, UpstreamError
 from ..http import ClientGoneError, DirectBody, direct_body
-from ..llm import ChatBackend, ChatChunk, ChatRequest, Usage
+from ..llm import ChatBackend, ChatChunk, ChatRequest, ToolCall, ToolCallAssembler, Usage
 from ..sse import encode_comment, encode_event
 from ._admission import Lease, Limits
 from ._chat import (
@@ -65,7 +65,7 @@ from ._drain import (
 from ._errors import internal_error, openai_error_payload, sse_error_data
 from ._metrics import GatewayMetrics
 
-__all__ = ["NativeFormat", "OpenAIFormat", "StreamFormat", "StreamService"]
+__all__ = ["NativeFormat", "OpenAIRelayFormat", "StreamFormat", "StreamService"]
 
 logger = logging.getLogger("trio_agent.server")
 
@@ -94,22 +94,34 @@ def _dumps(obj: Any) -> str:
 class StreamFormat(Protocol):
     """How one streamed reply is framed on the wire; a new wire format is one more of these.
 
-    ``begin`` is sent right after the head, ``token`` for each (possibly
-    merged) delta, then exactly one of ``done`` or ``error``.
+    ``begin`` is sent right after the head, then the reply's pieces, then
+    exactly one of ``done`` or ``error``. A format frames the pieces one of
+    two ways: ``relay`` false, ``token`` frames text (what piled up is merged
+    into one frame) and ``tool_call`` frames each tool call once its arguments
+    are complete; ``relay`` true, ``chunk`` frames every upstream chunk as it
+    came (``None``: drop it), and the head waits for the first chunk, so a
+    failure before it is still a plain JSON error.
     """
+
+    relay: bool
 
     def begin(self, lease: Lease | None, model: str) -> bytes: ...
 
     def token(self, content: str) -> bytes: ...
+
+    def tool_call(self, call: ToolCall) -> bytes: ...
+
+    def chunk(self, chunk: ChatChunk) -> bytes | None: ...
 
     def done(self, result: ChatResult) -> bytes: ...
 
     def error(self, exc: TrioAgentError) -> bytes: ...
 
 
-
 class NativeFormat:
     """Our events: ``event: <type>``, incrementing ``id``, JSON data with the same ``type``."""
+
+    relay = False
 
     def __init__(self, request_id: str) -> None:
         self._request_id = request_id
@@ -128,6 +140,15 @@ class NativeFormat:
 
     def token(self, content: str) -> bytes:
         return self._event("token", _dumps({"type": "token", "content": content}))
+
+    def tool_call(self, call: ToolCall) -> bytes:
+        return self._event(
+            "tool_call",
+            _dumps({"type": "tool_call", "id": call.id, "name": call.name, "arguments": call.arguments}),
+        )
+
+    def chunk(self, chunk: ChatChunk) -> bytes | None:
+        raise NotImplementedError("NativeFormat frames text and tool calls, not chunks")
 
     def done(self, result: ChatResult) -> bytes:
         return self._event(
@@ -149,51 +170,103 @@ class NativeFormat:
         return self._event(kind, _dumps({"type": kind, **payload}))
 
 
-class OpenAIFormat:
-    """OpenAI's wire format: ``chat.completion.chunk`` frames, then ``data: [DONE]``."""
+class OpenAIRelayFormat:
+    """OpenAI's wire format, relayed: each upstream chunk as ``data: <its JSON as sent>``, then
+    ``data: [DONE]``.
+
+    Nothing the upstream sent is re-encoded (tool-call deltas, refusals,
+    logprobs, fields we do not know all pass). The one chunk dropped is the
+    usage-only chunk when the client did not ask for it
+    (``stream_options.include_usage``): the gateway asks the upstream for it
+    anyway, to count tokens.
+    """
+
+    relay = True
 
     def __init__(self, request_id: str, model: str, *, include_usage: bool) -> None:
         self._request_id = request_id
         self._include_usage = include_usage
         self._model = model
-        self._id = f"chatcmpl-{request_id}"
         self._created = int(time.time())
-        # Everything but the choices is the same in every chunk: format it once.
-        self._head = (
-            f'{{"id":{_dumps(self._id)},"object":"chat.completion.chunk",'
-            f'"created":{self._created},"model":{_dumps(model)},"choices":'
-        )
-
-    def _chunk(self, choices: str, usage: str = "") -> bytes:
-        extra = f',"usage":{usage}' if usage else ""
-        return encode_event(f"{self._head}{choices}{extra}}}")
 
     def begin(self, lease: Lease | None, model: str) -> bytes:
-        return self._chunk(
-            '[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]'
-        )
+        return b""  # the upstream's first chunk opens the stream
 
     def token(self, content: str) -> bytes:
-        return self._chunk(
-            f'[{{"index":0,"delta":{{"content":{_dumps(content)}}},"finish_reason":null}}]'
-        )
+        return self._frame(self._synthesized(ChatChunk(delta=content)))
+
+    def tool_call(self, call: ToolCall) -> bytes:
+        raise NotImplementedError("a relay forwards the tool-call deltas as they came")
+
+    def chunk(self, chunk: ChatChunk) -> bytes | None:
+        raw = chunk.raw
+        if (
+            chunk.usage is not None
+            and not self._include_usage
+            and not chunk.delta
+            and not chunk.tool_calls
+            and chunk.finish_reason is None
+            and _usage_only(raw)
+        ):
+            return None
+        if raw is None:  # a backend that does not keep the wire bytes
+            raw = self._synthesized(chunk)
+        return self._frame(raw)
+
+    @staticmethod
+    def _frame(raw: bytes) -> bytes:
+        if b"\n" in raw or b"\r" in raw:  # JSON sent over several lines: one data line each
+            return b"".join(b"data: " + line + b"\n" for line in raw.splitlines()) + b"\n"
+        return b"data: " + raw + b"\n\n"
+
+    def _synthesized(self, chunk: ChatChunk) -> bytes:
+        delta: dict[str, Any] = {}
+        if chunk.delta:
+            delta["content"] = chunk.delta
+        if chunk.tool_calls:
+            delta["tool_calls"] = [
+                {
+                    "index": d.index,
+                    **({"id": d.id, "type": "function"} if d.id is not None else {}),
+                    "function": {**({"name": d.name} if d.name is not None else {}), "arguments": d.arguments},
+                }
+                for d in chunk.tool_calls
+            ]
+        obj: dict[str, Any] = {
+            "id": f"chatcmpl-{self._request_id}",
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": []
+            if chunk.usage is not None and not delta and chunk.finish_reason is None
+            else [{"index": 0, "delta": delta, "finish_reason": chunk.finish_reason}],
+        }
+        if chunk.usage is not None:
+            obj["usage"] = usage_payload(chunk.usage)
+        return orjson.dumps(obj)
 
     def done(self, result: ChatResult) -> bytes:
-        out = self._chunk(
-            f'[{{"index":0,"delta":{{}},"finish_reason":{_dumps(result.finish_reason or "stop")}}}]'
-        )
-        if self._include_usage:
-            out += self._chunk("[]", _dumps(usage_payload(result.usage)))
-        return out + b"data: [DONE]\n\n"
+        return b"data: [DONE]\n\n"
 
     def error(self, exc: TrioAgentError) -> bytes:
         return encode_event(_dumps(openai_error_payload(exc, self._request_id)))
 
 
+def _usage_only(raw: bytes | None) -> bool:
+    """Whether a chunk is the usage-only one (no choices); parsed only for chunks with usage."""
+    if raw is None:
+        return True
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and not obj.get("choices")
+
+
 # -- the response writer ------------------------------------------------------------------
 
 
-class _Responder:
+class Responder:
     """Writes one streamed response; every write is watched for stalls."""
 
     __slots__ = (
@@ -269,13 +342,13 @@ class _Responder:
         finally:
             self._pending_since = None
 
-    async def start(self) -> None:
-        self.info.status = 200
+    async def start(self, status: int = 200, headers: Headers = SSE_HEADERS) -> None:
+        self.info.status = status
         await self._send_watched(
             {
                 "type": "http.response.start",
-                "status": 200,
-                "headers": [*SSE_HEADERS, *self.info.response_headers],
+                "status": status,
+                "headers": [*headers, *self.info.response_headers],
             }
         )
         self.started = True
@@ -332,7 +405,7 @@ class _Responder:
                 self.info.outcome = DISCONNECT
 
 
-async def _watch_disconnect(receive: Receive, ctrl: RequestControl) -> None:
+async def watch_disconnect(receive: Receive, ctrl: RequestControl) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -344,37 +417,48 @@ class _TokenPipe:
     """Hands a stream's chunks from the producer (the upstream reader) to the writer task.
 
     When the writer is idle and Hypercorn's socket is free, :meth:`offer`
-    writes the token event straight to the socket from the producer's task
+    writes the piece straight to the socket from the producer's task
     (:class:`~trio_agent.http.DirectBody`): no task hop, no yield.
-    Otherwise the deltas wait here and the writer sends everything that
-    piled up as ONE event (coalescing), so a slow reader costs at most
-    ``CHANNEL_SIZE`` chunks plus one event of memory.
+    Otherwise the pieces wait here and the writer sends everything that
+    piled up as ONE write (texts merged into one token event, whole frames
+    concatenated), so a slow reader costs at most ``CHANNEL_SIZE`` pieces
+    plus one write of memory.
+
+    A piece is text (``str``, framed by the format's ``token`` when written,
+    so texts that wait together become one event) or a whole frame
+    (``bytes``: a relayed chunk, a tool call); ``framed`` counts the frames
+    waiting, so the all-text case keeps its one join.
     """
 
     __slots__ = (
         "_out",
         "_parked",
         "_room",
+        "calls",
         "closed",
         "deltas",
         "failure",
         "finish",
         "first_at",
         "fmt",
+        "framed",
         "last_write_at",
         "metrics",
         "pending",
         "pending_tokens",
+        "relay",
         "usage",
         "writing",
     )
 
-    def __init__(self, out: _Responder, fmt: StreamFormat, metrics: Any) -> None:
+    def __init__(self, out: Responder, fmt: StreamFormat, metrics: Any) -> None:
         self._out = out
         self.fmt = fmt
+        self.relay = fmt.relay
         self.metrics = metrics
-        self.pending: list[str] = []
+        self.pending: list[str | bytes] = []
         self.pending_tokens = 0
+        self.framed = 0
         self.writing = True  # until the writer has sent the head and the thinking event
         self.closed = False
         self.failure: TrioAgentError | None = None
@@ -383,6 +467,8 @@ class _TokenPipe:
         self.last_write_at = 0.0
         self.usage: Usage | None = None
         self.finish: str | None = None
+        # Assembles streamed tool calls (framed formats only), made at the first tool-call piece.
+        self.calls: ToolCallAssembler | None = None
         self._parked: trio.lowlevel.Task | None = None
         self._room: trio.Event | None = None
 
@@ -391,8 +477,22 @@ class _TokenPipe:
     def offer(self, chunk: ChatChunk) -> None:
         """Take one chunk; never yields. Check :attr:`full` before the next one."""
         self._note(chunk)
+        if self.relay:
+            frame = self.fmt.chunk(chunk)
+            if frame is not None:
+                self._offer(frame, 1 if chunk.delta or chunk.tool_calls else 0)
+            return
         if chunk.delta:
-            self._offer_text(chunk.delta, 1)
+            self._offer(chunk.delta, 1)
+        if chunk.tool_calls or (chunk.finish_reason is not None and self.calls is not None):
+            self._offer_calls(chunk)
+
+    def _offer_calls(self, chunk: ChatChunk) -> None:
+        calls = self.calls
+        if calls is None:
+            calls = self.calls = ToolCallAssembler()
+        for call in calls.feed(chunk):  # each call the moment its arguments are complete
+            self._offer(self.fmt.tool_call(call), 1)
 
     def _note(self, chunk: ChatChunk) -> None:
         if chunk.finish_reason is not None:
@@ -413,24 +513,43 @@ class _TokenPipe:
                 chunks.append(ready())
         except trio.WouldBlock:
             pass
+        if self.relay:
+            frames: list[bytes] = []
+            tokens = 0
+            for c in chunks:
+                self._note(c)
+                frame = self.fmt.chunk(c)
+                if frame is not None:
+                    frames.append(frame)
+                    if c.delta or c.tool_calls:
+                        tokens += 1
+            if frames:
+                self._offer(b"".join(frames), tokens)
+            return
+        if self.calls is not None or any(c.tool_calls for c in chunks):
+            for c in chunks:  # text and tool calls keep their order
+                self.offer(c)
+            return
         texts: list[str] = []
         for c in chunks:
             self._note(c)
             if c.delta:
                 texts.append(c.delta)
         if texts:
-            self._offer_text("".join(texts), len(texts))
+            self._offer("".join(texts), len(texts))
 
-    def _offer_text(self, text: str, tokens: int) -> None:
+    def _offer(self, piece: str | bytes, tokens: int) -> None:
         out = self._out
         if not self.writing and not self.pending and out.can_write_now:
-            out.write_nowait(self.fmt.token(text))
+            out.write_nowait(piece if type(piece) is bytes else self.fmt.token(piece))  # type: ignore[arg-type]
             self._count(tokens, 1)
             self.metrics.direct_token_events += 1
             if out.flush_pending:
                 self._wake()  # the socket took part of it: the writer sends the rest
             return
-        self.pending.append(text)
+        self.pending.append(piece)
+        if type(piece) is bytes:
+            self.framed += 1
         self.pending_tokens += tokens
         self._wake()
 
@@ -444,6 +563,12 @@ class _TokenPipe:
             await self._room.wait()
 
     def close(self, failure: TrioAgentError | None = None) -> None:
+        if failure is None and self.calls is not None:
+            try:
+                for call in self.calls.finish():  # the stream ended: open calls are complete
+                    self._offer(self.fmt.tool_call(call), 1)
+            except TrioAgentError as exc:
+                failure = exc
         self.failure = failure
         self.closed = True
         self._wake()
@@ -477,15 +602,36 @@ class _TokenPipe:
         self._parked = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abort)
 
-    def take(self) -> tuple[list[str], int]:
-        """The texts waiting and how many tokens they hold."""
+    def take(self) -> tuple[bytes, int]:
+        """The bytes of everything waiting (``b""``: nothing) and how many tokens they hold."""
         taken, self.pending = self.pending, []
         tokens, self.pending_tokens = self.pending_tokens, 0
+        framed, self.framed = self.framed, 0
         room = self._room
         if room is not None:
             self._room = None
             room.set()
-        return taken, tokens
+        if not taken:
+            return b"", tokens
+        if not framed:
+            texts: list[str] = taken  # type: ignore[assignment]
+            return self.fmt.token(texts[0] if len(texts) == 1 else "".join(texts)), tokens
+        if framed == len(taken):
+            frames: list[bytes] = taken  # type: ignore[assignment]
+            return frames[0] if len(frames) == 1 else b"".join(frames), tokens
+        out: list[bytes] = []
+        run: list[str] = []
+        for piece in taken:
+            if type(piece) is bytes:
+                if run:
+                    out.append(self.fmt.token("".join(run)))
+                    run = []
+                out.append(piece)
+            else:
+                run.append(piece)  # type: ignore[arg-type]
+        if run:
+            out.append(self.fmt.token("".join(run)))
+        return b"".join(out), tokens
 
 
 async def _produce(svc: StreamService, request: ChatRequest, info: RequestContext, pipe: _TokenPipe) -> None:
@@ -514,19 +660,32 @@ async def _produce(svc: StreamService, request: ChatRequest, info: RequestContex
 
 async def _write_stream(
     svc: StreamService,
-    out: _Responder,
+    out: Responder,
     pipe: _TokenPipe,
     lease: Lease,
     request: ChatRequest,
-) -> None:
-    """The writer: head and thinking event, then whatever the producer could not send, then the end."""
+) -> TrioAgentError | None:
+    """The writer: head and thinking event, then whatever the producer could not send, then the end.
+
+    Returns the failure that ended a relayed stream before its head (to be
+    answered as a plain JSON error), else None.
+    """
     info = out.info
     metrics = svc.metrics
     fmt = pipe.fmt
     model = request.model or svc.backend.model
+    if pipe.relay:
+        # The head waits for the upstream's first chunk: a failure before it (after the
+        # backend's retries) is still a plain JSON error with its own status.
+        while not pipe.pending and not pipe.closed:
+            await pipe.wait()
+        if not pipe.pending and pipe.failure is not None:
+            return pipe.failure
     await out.start()
     metrics.streams_started += 1
-    await out.write(fmt.begin(lease, model))
+    begin = fmt.begin(lease, model)
+    if begin:
+        await out.write(begin)
     pipe.last_write_at = trio.current_time()
     keepalive_interval = svc.config.keepalive_interval
     while True:
@@ -544,10 +703,10 @@ async def _write_stream(
                 continue
         pipe.writing = True
         await out.flush()
-        texts, tokens = pipe.take()
-        if texts:
+        data, tokens = pipe.take()
+        if data:
             pipe._count(tokens, 1)
-            await out.write(fmt.token(texts[0] if len(texts) == 1 else "".join(texts)))
+            await out.write(data)
         if pipe.pending:
             continue
         failure = pipe.failure
@@ -555,7 +714,7 @@ async def _write_stream(
             info.outcome = failure.code
             await out.write(fmt.error(failure))
             out.terminal_sent = True
-            return
+            return None
         if pipe.closed:
             end = trio.current_time()
             start = info.started_at
@@ -575,8 +734,9 @@ async def _write_stream(
             await out.write(fmt.done(result))
             out.terminal_sent = True
             metrics.streams_done += 1
+            metrics.count_usage(info.path, result.usage)
             info.outcome = "done"
-            return
+            return None
         pipe.writing = False
 
 
@@ -586,7 +746,7 @@ class StreamService:
     Holds what a stream needs and nothing else: the backend, the limits, the
     metrics, the drain switch, the whole-call service (batch items) and the
     server's ``abort_transport`` hook (set by whoever serves the app; it closes
-    the connection under a write that stalled, see :meth:`_Responder.watchdog`).
+    the connection under a write that stalled, see :meth:`Responder.watchdog`).
 
     Errors before the response head (drain, refusal, a deadline while queued)
     are raised, not written: the front renders them through the one error
@@ -624,16 +784,16 @@ class StreamService:
     ) -> None:
         """Answer one streamed chat request; every path ends with one terminal answer if the client is there."""
         svc = self
-        out: _Responder | None = None
+        out: Responder | None = None
         refused: TrioAgentError | None = None
         with svc.drain.track(svc.config.request_timeout) as ctrl:
             # Refused at once (queue full, key at its cap): a plain 503/429, no stream set up.
             refusal = svc.limits.refuse_nowait(info.key_id)
             if refusal is not None:
                 raise refusal
-            out = _Responder(svc, send, ctrl, info)
+            out = Responder(svc, send, ctrl, info)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_disconnect, receive, ctrl)
+                nursery.start_soon(watch_disconnect, receive, ctrl)
                 nursery.start_soon(out.watchdog)
                 try:
                     # The lease is taken here, not in the producer: a free slot costs no
@@ -647,13 +807,13 @@ class StreamService:
                         # however the request ends) before the slot is given back.
                         async with trio.open_nursery() as stream:
                             stream.start_soon(_produce, svc, request, info, pipe)
-                            await _write_stream(svc, out, pipe, lease, request)
+                            refused = await _write_stream(svc, out, pipe, lease, request)
                 except TrioAgentError as exc:
                     if ctrl.admitted:
                         raise
                     refused = exc
                 nursery.cancel_scope.cancel()
-        await _finish(svc, out, ctrl, fmt, refused)
+        await finish(svc, out, ctrl, fmt, refused)
 
     async def serve_batch(
         self,
@@ -684,9 +844,9 @@ class StreamService:
 
         # The batch holds no slot of its own (its items take theirs): admitted.
         with svc.drain.track(svc.config.request_timeout, admitted=True) as ctrl:
-            out = _Responder(svc, send, ctrl, info)
+            out = Responder(svc, send, ctrl, info)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_disconnect, receive, ctrl)
+                nursery.start_soon(watch_disconnect, receive, ctrl)
                 nursery.start_soon(out.watchdog)
                 await out.start()
                 await out.write(
@@ -705,7 +865,7 @@ class StreamService:
                 info.outcome = "done"
                 nursery.cancel_scope.cancel()
         if out.terminal_sent or ctrl.reason in (DISCONNECT, WRITE_STALLED, SHUTTING_DOWN):
-            await _finish(svc, out, ctrl, fmt, None)
+            await finish(svc, out, ctrl, fmt, None)
             return
         # The request deadline passed: the items still out are timeouts, then done.
         svc.metrics.timeouts += 1
@@ -714,11 +874,17 @@ class StreamService:
         await out.finish_unwatched(tail + fmt.event("done", {"items": len(requests), **counts}))
 
 
-async def _finish(
+class ErrorFrame(Protocol):
+    """What :func:`finish` needs of a format: the terminal error frame."""
+
+    def error(self, exc: TrioAgentError) -> bytes: ...
+
+
+async def finish(
     svc: StreamService,
-    out: _Responder | None,
+    out: Responder | None,
     ctrl: RequestControl,
-    fmt: StreamFormat,
+    fmt: ErrorFrame,
     refused: TrioAgentError | None,
 ) -> None:
     """After the request scope: the single terminal answer the path still owes.

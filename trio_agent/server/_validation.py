@@ -17,19 +17,20 @@ import orjson
 from ..config import ServerConfig
 from ..errors import RequestValidationError
 from ..llm import ChatMessage, ChatRequest
+from ._openai_request import parse_tool_choice, parse_tools
 
 __all__ = [
     "BatchBody",
-    "OpenAIBody",
     "check_content_type",
     "decode_json",
     "parse_batch_body",
     "parse_chat_body",
-    "parse_openai_body",
 ]
 
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
-_CHAT_FIELDS = frozenset({"question", "messages", "model", "max_tokens", "temperature"})
+_CHAT_FIELDS = frozenset(
+    {"question", "messages", "model", "max_tokens", "temperature", "tools", "tool_choice"}
+)
 
 
 def _invalid(message: str, field: str | None) -> RequestValidationError:
@@ -75,7 +76,7 @@ def _text(value: Any, field: str, limits: ServerConfig, *, allow_empty: bool = F
     return value
 
 
-def _messages(value: Any, field: str, limits: ServerConfig, *, openai: bool) -> tuple[ChatMessage, ...]:
+def _messages(value: Any, field: str, limits: ServerConfig) -> tuple[ChatMessage, ...]:
     if not isinstance(value, list) or not value:
         raise _invalid(f"{field} must be a non-empty array", field)
     if len(value) > limits.max_messages:
@@ -88,27 +89,8 @@ def _messages(value: Any, field: str, limits: ServerConfig, *, openai: bool) -> 
         if not isinstance(role, str) or role not in _ROLES:
             raise _invalid(f"{where}.role must be one of {sorted(_ROLES)}", f"{where}.role")
         content = msg.get("content")
-        if openai and isinstance(content, list):
-            content = _text_parts(content, f"{where}.content")
-        if openai and content is None:
-            content = ""
-        out.append(
-            ChatMessage(
-                role=role, content=_text(content, f"{where}.content", limits, allow_empty=openai)
-            )
-        )
+        out.append(ChatMessage(role=role, content=_text(content, f"{where}.content", limits)))
     return tuple(out)
-
-
-def _text_parts(parts: list[Any], field: str) -> str:
-    texts = []
-    for j, part in enumerate(parts):
-        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(
-            part.get("text"), str
-        ):
-            raise _invalid(f"{field}.{j} must be a text part", f"{field}.{j}")
-        texts.append(part["text"])
-    return "".join(texts)
 
 
 def _options(body: Mapping[str, Any], limits: ServerConfig, prefix: str = "") -> dict[str, Any]:
@@ -155,8 +137,25 @@ def parse_chat_body(body: Any, limits: ServerConfig, *, prefix: str = "") -> Cha
             ChatMessage(role="user", content=_text(obj["question"], prefix + "question", limits)),
         )
     else:
-        messages = _messages(obj["messages"], prefix + "messages", limits, openai=False)
-    return ChatRequest(messages=messages, **_options(obj, limits, prefix))
+        messages = _messages(obj["messages"], prefix + "messages", limits)
+    tools, choice = _tools(obj, prefix)
+    return ChatRequest(messages=messages, tools=tools, tool_choice=choice, **_options(obj, limits, prefix))
+
+
+def _tools(
+    obj: Mapping[str, Any], prefix: str
+) -> tuple[tuple[Mapping[str, Any], ...], str | Mapping[str, Any] | None]:
+    """``tools`` and ``tool_choice``, checked as on ``/v1`` and refused in the native shape (422)."""
+    if "tools" not in obj and "tool_choice" not in obj:
+        return (), None
+    try:
+        tools = parse_tools(obj.get("tools"))
+        choice = parse_tool_choice(obj.get("tool_choice"), bool(obj.get("tools")))
+    except RequestValidationError as exc:
+        # OpenAI's param ``tools.[0].function.name`` is our field ``tools.0.function.name``.
+        field = (exc.field or "tools").replace(".[", ".").replace("]", "")
+        raise _invalid(exc.message, prefix + field) from None
+    return tools, choice
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -194,41 +193,3 @@ def parse_batch_body(body: Any, limits: ServerConfig) -> BatchBody:
             parse_chat_body(item, limits, prefix=f"requests.{i}.") for i, item in enumerate(items)
         )
     return BatchBody(requests=reqs)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class OpenAIBody:
-    """A parsed ``/v1/chat/completions`` body."""
-
-    request: ChatRequest
-    stream: bool
-    include_usage: bool
-
-
-def parse_openai_body(body: Any, limits: ServerConfig) -> OpenAIBody:
-    """OpenAI's chat completions request. Unknown fields are ignored, as OpenAI clients send many."""
-    obj = _object(body, "body")
-    if "messages" not in obj:
-        raise _invalid("messages is required", "messages")
-    messages = _messages(obj["messages"], "messages", limits, openai=True)
-    stream = obj.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise _invalid("stream must be a boolean", "stream")
-    n = obj.get("n")
-    if n is not None and n != 1:
-        raise _invalid("only n=1 is supported", "n")
-    include_usage = False
-    stream_options = obj.get("stream_options")
-    if stream_options is not None:
-        opts = _object(stream_options, "stream_options")
-        flag = opts.get("include_usage", False)
-        if not isinstance(flag, bool):
-            raise _invalid("include_usage must be a boolean", "stream_options.include_usage")
-        include_usage = flag
-    return OpenAIBody(
-        request=ChatRequest(messages=messages, **_options(obj, limits)),
-        stream=stream,
-        include_usage=include_usage,
-    )
