@@ -74,6 +74,11 @@ def _run_schemathesis(base_url: str) -> dict[str, Any]:
             if mode.is_negative and not operation.body and not operation.query:
                 continue  # nothing to make invalid on a plain GET
 
+            # The relayed routes pass their bodies to the upstream, which judges what the
+            # gateway does not own: a body valid for the gateway may still be the upstream's 400.
+            relayed = operation.path in ("/v1/embeddings", "/v1/completions", "/v1/responses")
+            used = [c for c in checks if not (relayed and c is positive_data_acceptance)]
+
             @settings(
                 max_examples=MAX_EXAMPLES,
                 deadline=None,
@@ -83,7 +88,7 @@ def _run_schemathesis(base_url: str) -> dict[str, Any]:
             )
             @given(case=operation.as_strategy(generation_mode=mode))
             def run(case: schemathesis.Case) -> None:
-                response = case.call_and_validate(base_url=base_url, checks=checks, timeout=5)
+                response = case.call_and_validate(base_url=base_url, checks=used, timeout=5)  # noqa: B023 (run() is called right below, in this iteration)
                 counts["cases"] += 1
                 key = f"{case.method} {case.path} {response.status_code}"
                 counts["statuses"][key] = counts["statuses"].get(key, 0) + 1

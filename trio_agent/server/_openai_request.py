@@ -31,7 +31,7 @@ from ..llm import ChatMessage, ChatRequest, ToolCall
 
 __all__ = ["OpenAIBody", "parse_openai_chat", "parse_relay_body", "parse_tool_choice", "parse_tools"]
 
-_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+_ROLES = ("system", "assistant", "user", "tool", "developer")
 _TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _TOOL_CHOICES = ("none", "auto", "required")
 
@@ -188,9 +188,10 @@ def parse_tools(value: Any, *, path: tuple[str | int, ...] = ("tools",)) -> tupl
 
 
 def parse_tool_choice(
-    value: Any, has_tools: bool, *, path: tuple[str | int, ...] = ("tool_choice",)
+    value: Any, *, path: tuple[str | int, ...] = ("tool_choice",)
 ) -> str | Mapping[str, Any] | None:
-    """``"none"``, ``"auto"``, ``"required"`` or ``{"type": "function", "function": {"name"}}``."""
+    """``"none"``, ``"auto"``, ``"required"`` or ``{"type": "function", "function": {"name"}}``
+    (other object types pass to the upstream). Without ``tools`` it is the upstream's to judge."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -209,12 +210,6 @@ def parse_tool_choice(
                 raise _missing(*path, "function", "name")
             _string(fn["name"], *path, "function", "name")
         choice = obj
-    if not has_tools and choice != "none":
-        raise _error(
-            f"Invalid value for '{_where(path)[0]}': '{_where(path)[0]}' is only allowed when 'tools' are specified.",
-            "invalid_value",
-            path,
-        )
     return choice
 
 
@@ -236,12 +231,12 @@ def _content(
 ) -> str | None:
     """The message's text (content parts joined; other parts left to the upstream)."""
     if "content" not in msg:
-        if role in ("assistant", "function"):
+        if role == "assistant":
             return None
         raise _missing("messages", i, "content")
     content = msg["content"]
     if content is None:
-        if role in ("assistant", "function"):
+        if role == "assistant":
             return None
         raise _wrong_type(content, "one of a string or array of objects", "messages", i, "content")
     if isinstance(content, str):
@@ -391,7 +386,7 @@ def parse_openai_chat(body: Any, limits: ServerConfig) -> OpenAIBody:
     messages = _messages(body["messages"], limits)
     stream, include_usage = _stream_flags(body)
     tools = parse_tools(body.get("tools"))
-    choice = parse_tool_choice(body.get("tool_choice"), bool(body.get("tools")))
+    choice = parse_tool_choice(body.get("tool_choice"))
     request = ChatRequest(
         messages=messages,
         tools=tools,

@@ -23,7 +23,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _ERROR_DESCRIPTIONS = {
-    "400": "malformed JSON or wrong Content-Type",
+    "400": "malformed JSON or wrong Content-Type (/v1: any mistake in the body, in OpenAI's words)",
     "401": "missing or wrong API key",
     "404": "no such path",
     "405": "method not allowed",
@@ -208,41 +208,136 @@ _BATCH_RESULT = {
         },
     },
 }
+_TEXT_PARTS = {
+    "type": "array",
+    "items": {
+        "description": "A content part: text (joined for the gateway's view) or any other type, passed on.",
+        "anyOf": [
+            {"type": "object", "required": ["type", "text"],
+             "properties": {"type": {"const": "text"}, "text": {"type": "string"}}},
+            {"type": "object", "required": ["type", "refusal"],
+             "properties": {"type": {"const": "refusal"}, "refusal": {"type": "string"}}},
+            {"type": "object", "required": ["type"],
+             "properties": {"type": {"type": "string", "not": {"enum": ["text", "refusal"]}}}},
+        ],
+    },
+}
+_CONTENT = {"anyOf": [{"type": "string", "maxLength": 100_000}, _TEXT_PARTS]}
+_NAME = {"type": "string"}
 _OPENAI_MESSAGE = {
-    "type": "object",
-    "required": ["role"],
-    "properties": {
-        "role": {"enum": ["system", "user", "assistant", "tool", "developer"]},
-        "content": {
-            "anyOf": [
-                {"type": "string", "maxLength": 100_000},
-                {"type": "null"},
-                {
-                    "type": "array",
+    "description": "A chat message; fields not listed are passed on.",
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["role", "content"],
+            "properties": {"role": {"enum": ["system", "user", "developer"]}, "content": _CONTENT, "name": _NAME},
+        },
+        {
+            "type": "object",
+            "required": ["role"],
+            "properties": {
+                "role": {"const": "assistant"},
+                "content": {"anyOf": [_CONTENT, {"type": "null"}]},
+                "name": _NAME,
+                "tool_calls": {
+                    "type": ["array", "null"],
                     "items": {
                         "type": "object",
-                        "required": ["type", "text"],
-                        "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                        "required": ["id", "function"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "function": {
+                                "type": "object",
+                                "required": ["name", "arguments"],
+                                "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+                            },
+                        },
                     },
                 },
-            ]
+            },
         },
-    },
+        {
+            "type": "object",
+            "required": ["role", "content", "tool_call_id"],
+            "properties": {
+                "role": {"const": "tool"}, "content": _CONTENT, "tool_call_id": {"type": "string"}, "name": _NAME,
+            },
+        },
+    ],
+}
+_TOOL = {
+    "description": "A function tool (checked), or a tool of another type (passed on).",
+    "anyOf": [
+        {
+            "type": "object",
+            "required": ["type", "function"],
+            "properties": {
+                "type": {"const": "function"},
+                "function": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
+                        "description": {"type": "string"},
+                        "parameters": {"type": ["object", "null"]},
+                    },
+                },
+            },
+        },
+        {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "not": {"const": "function"}}}},
+    ],
+}
+_TOOL_CHOICE = {
+    "anyOf": [
+        {"enum": ["none", "auto", "required", None]},
+        {
+            "type": "object",
+            "required": ["type", "function"],
+            "properties": {
+                "type": {"const": "function"},
+                "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+            },
+        },
+        {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "not": {"const": "function"}}}},
+    ],
 }
 _OPENAI_BODY = {
     "type": "object",
-    "description": "OpenAI's chat completions request; fields not listed are ignored.",
+    "description": (
+        "OpenAI's chat completions request, passed to the upstream unchanged (the default model "
+        "filled in when none is given); the gateway checks only the fields listed."
+    ),
     "required": ["messages"],
     "properties": {
+        "model": {"type": ["string", "null"]},
         "messages": {"type": "array", "minItems": 1, "maxItems": 256, "items": _ref("OpenAIMessage")},
         "stream": {"type": ["boolean", "null"]},
         "stream_options": {
             "type": ["object", "null"],
-            "properties": {"include_usage": {"type": "boolean"}},
+            "properties": {"include_usage": {"type": ["boolean", "null"]}},
         },
-        "n": {"enum": [1, None]},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 8192},
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 8192},
-        **_OPTIONS,
+        "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+        "tools": {"type": ["array", "null"], "minItems": 1, "items": _TOOL},
+        "tool_choice": _TOOL_CHOICE,
+    },
+}
+_RELAY_BODY = {
+    "type": "object",
+    "description": (
+        "Relayed to the upstream as sent (the default model filled in when none is given); the "
+        "upstream judges every field but these."
+    ),
+    "properties": {
+        "model": {"type": ["string", "null"]},
+        "stream": {"type": ["boolean", "null"]},
+        "stream_options": {
+            "type": ["object", "null"],
+            "properties": {"include_usage": {"type": ["boolean", "null"]}},
+        },
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 8192},
+        "max_output_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 8192},
     },
 }
 _OPENAI_COMPLETION = {
@@ -254,7 +349,7 @@ _OPENAI_COMPLETION = {
         "created": {"type": "integer"},
         "model": {"type": "string"},
         "choices": {"type": "array", "minItems": 1},
-        "usage": _ref("Usage"),
+        "usage": {"type": "object"},
     },
 }
 _STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
@@ -329,6 +424,27 @@ OPENAPI: dict[str, Any] = {
                     **_errors(*_COMMON, openai=True),
                 },
             }
+        },
+        **{
+            f"/v1/{name}": {
+                "post": {
+                    "summary": summary,
+                    "operationId": operation,
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RelayBody")}}},
+                    "responses": {
+                        "200": {
+                            "description": "the upstream's answer as it sent it: JSON, or its events when streamed",
+                            "content": {"application/json": {"schema": {"type": "object"}}, **_sse(None)},
+                        },
+                        **_errors(*_COMMON, openai=True),
+                    },
+                }
+            }
+            for name, operation, summary in (
+                ("embeddings", "openaiEmbeddings", "OpenAI-compatible embeddings, relayed."),
+                ("completions", "openaiCompletions", "OpenAI-compatible (legacy) completions, relayed, streamed or not."),
+                ("responses", "openaiResponses", "OpenAI's Responses API, relayed; streamed events keep their event lines."),
+            )
         },
         "/v1/models": {
             "get": {
@@ -414,6 +530,7 @@ OPENAPI: dict[str, Any] = {
             "OpenAIMessage": _OPENAI_MESSAGE,
             "OpenAIBody": _OPENAI_BODY,
             "OpenAICompletion": _OPENAI_COMPLETION,
+            "RelayBody": _RELAY_BODY,
             "Error": _ERROR,
             "OpenAIError": _OPENAI_ERROR,
         },

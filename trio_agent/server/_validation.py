@@ -150,7 +150,7 @@ def _tools(
         return (), None
     try:
         tools = parse_tools(obj.get("tools"))
-        choice = parse_tool_choice(obj.get("tool_choice"), bool(obj.get("tools")))
+        choice = parse_tool_choice(obj.get("tool_choice"))
     except RequestValidationError as exc:
         # OpenAI's param ``tools.[0].function.name`` is our field ``tools.0.function.name``.
         field = (exc.field or "tools").replace(".[", ".").replace("]", "")
