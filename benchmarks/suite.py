@@ -19,6 +19,10 @@ so the server's CPU and memory are measured. Scenarios, in order:
   again in proxy mode (the mock LLM server in its own process, shared by
   nothing else): closed loops at 100, 400 and 1000 streams, then 5x the proxy
   capacity (the best goodput of the proxy closed loops) open loop;
+* ``proxy-tools100``: trio_agent alone (the baseline does not carry tools)
+  passing 100 streams of OpenAI chat completions that offer two function
+  tools through to the mock LLM server, which answers each with two streamed
+  tool calls (``--mock-tool-calls 2``): the pass-through relay's cost;
 * ``agent10``, ``agent100``, ``agent-mcp10``, ``agent-mcp100``: agent runs
   (``POST /agent/stream``) of three steps of four parallel 100 ms tools, then
   a text answer, in a closed loop of 10 and 100 runs, against trio_agent and
@@ -119,12 +123,28 @@ def baseline_command(a: ServerArgs) -> list[str]:
     ]  # fmt: skip
 
 
-def mock_llm_command() -> list[str]:
+def mock_llm_command(*extra: str) -> list[str]:
     return [
         PY, "-m", "trio_agent", "mock-llm", "--host", "127.0.0.1", "--port", "0",
         "--ttft", str(MOCK_TTFT), "--itl", str(MOCK_ITL), "--tokens", str(MOCK_TOKENS),
-        "--seed", "0", "--max-concurrency", str(OPEN_ADMISSION),
+        "--seed", "0", "--max-concurrency", str(OPEN_ADMISSION), *extra,
     ]  # fmt: skip
+
+
+# The tools every request of proxy-tools100 offers (the mock calls both, one after the other).
+TOOLS_BODY = json.dumps(
+    {
+        "tools": [
+            {"type": "function", "function": {"name": "get_weather", "parameters": {
+                "type": "object", "properties": {"city": {"type": "string"},
+                                                 "unit": {"enum": ["celsius", "fahrenheit"]}},
+                "required": ["city", "unit"]}}},
+            {"type": "function", "function": {"name": "search_docs", "parameters": {
+                "type": "object", "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}},
+                "required": ["query", "limit"]}}},
+        ]
+    }
+)  # fmt: skip
 
 
 # -- the agent scenarios ---------------------------------------------------------------------
@@ -486,6 +506,23 @@ class Suite:
         return AGENT_DISCONNECT_TRIALS if self.timing is FULL else 20
 
 
+    def run_proxy_tools(self, streams: int) -> None:
+        scenario = f"proxy-tools{streams}"
+        server = "trio_agent"
+        if not self.wanted(scenario) or server not in self.servers:
+            return
+        build, _ = SERVERS[server]
+        name = f"{scenario}-{server}"
+        with self.process(f"{name}-mock-llm", mock_llm_command("--mock-tool-calls", "2")) as (mock_url, _pid):
+            args = ServerArgs(upstream_url=f"{mock_url}/v1")
+            with self.process(name, build(args)) as (url, pid):
+                runs = self.bench(
+                    name, url, "openai", pid,
+                    ["--concurrency", str(streams), "--extra-body", TOOLS_BODY],
+                )  # fmt: skip
+        self.record(scenario, server, runs)
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
@@ -669,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only", help="comma-separated scenarios: c10,c100,c1000,saturation,overload,"
-        "proxy64,proxy100,proxy400,proxy1000,proxy-overload,agent10,agent100,agent-mcp10,"
+        "proxy64,proxy100,proxy400,proxy1000,proxy-overload,proxy-tools100,agent10,agent100,agent-mcp10,"
         "agent-mcp100,agent-disconnect"
     )
     parser.add_argument(
@@ -696,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for streams in (64, 100, 400, 1000):
             suite.run_proxy(streams)
         suite.run_overload(proxied=True)
+        suite.run_proxy_tools(100)
         for mcp in (False, True):
             for c in (10, 100):
                 suite.run_agent(c, mcp=mcp)

@@ -333,6 +333,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--max-tokens", type=int, help="max_tokens sent with every request")
     p.add_argument("--question", help="the prompt sent with every request")
     p.add_argument("--model", help="model name sent with every request")
+    p.add_argument("--extra-body", default="", metavar="JSON",
+                   help='a JSON object merged into every request body, e.g. \'{"tools": [...]}\'')
     p.add_argument("--request-timeout", type=float, default=60.0,
                    help="client-side deadline per request, seconds (default 60)")
     p.add_argument("--max-duration", type=float, default=900.0,
@@ -392,6 +394,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             seed=args.seed,
             max_tokens=args.max_tokens,
             model=args.model,
+            extra_body=args.extra_body,
             request_timeout=args.request_timeout,
             max_requests=args.max_requests,
             max_duration=args.max_duration,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -383,6 +384,8 @@ class BenchConfig:
     (warm-up, sending, drain) ends after ``max_duration`` seconds, cancelling
     what is still in flight. ``seed`` makes the open-loop schedule
     reproducible. ``slo_*`` (seconds) define goodput; ``None`` = no bound.
+    ``extra_body`` is a JSON object merged into every request body (for
+    example ``{"tools": [...]}`` to load tool-call streams).
     """
 
     url: str
@@ -397,6 +400,7 @@ class BenchConfig:
     max_tokens: int | None = None
     question: str = "Explain structured concurrency in one paragraph."
     model: str | None = None
+    extra_body: str = ""
     request_timeout: float = 60.0
     max_requests: int = 1_000_000
     max_duration: float = 900.0
@@ -414,6 +418,12 @@ class BenchConfig:
         )
         _check(self.api in ("trio-agent", "openai"), f"api must be trio-agent or openai, got {self.api!r}")
         _check(self.concurrency >= 1, f"concurrency must be >= 1, got {self.concurrency!r}")
+        if self.extra_body:
+            try:
+                extra = json.loads(self.extra_body)
+            except ValueError:
+                extra = None
+            _check(isinstance(extra, dict), f"extra_body must be a JSON object, got {self.extra_body!r}")
         _check(
             self.requests is not None or self.duration is not None,
             "give requests or duration (or both) to bound the run",

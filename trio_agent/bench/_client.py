@@ -186,7 +186,7 @@ class _OpenAIAPI:
         choices = obj.get("choices")
         if choices:
             delta = choices[0].get("delta") or {}
-            if delta.get("content"):
+            if delta.get("content") or delta.get("tool_calls"):  # a tool-call piece is output too
                 if trace.first_token_at is None:
                     trace.first_token_at = now
                 trace.token_times.append(now)
@@ -241,7 +241,8 @@ class HTTPStreamClient:
     ``url`` is the server's base URL (``http://host:port``, optionally with a
     path prefix); ``api`` picks the endpoint and event dialect:
     ``"trio-agent"`` (``/chat/stream``) or ``"openai"``
-    (``/v1/chat/completions``). With ``keepalive`` false every request opens
+    (``/v1/chat/completions``); ``extra_body``, a JSON object, is merged into
+    every request's body. With ``keepalive`` false every request opens
     its own connection and asks the server to close it. At most
     ``max_idle_connections`` idle connections are kept. ``connect``, if
     given, opens a connection instead of TCP to the URL's host and port (tests
@@ -256,6 +257,7 @@ class HTTPStreamClient:
         question: str = "Hello",
         max_tokens: int | None = None,
         model: str | None = None,
+        extra_body: str = "",
         keepalive: bool = True,
         max_idle_connections: int = 1024,
         connect: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
@@ -270,13 +272,10 @@ class HTTPStreamClient:
         self._api = _APIS[api]
         host_header = parts.netloc
         path = parts.path.rstrip("/") + self._api.path
-        self._request = build_request(
-            "POST",
-            host_header,
-            path,
-            self._api.body(question, max_tokens, model),
-            keepalive=keepalive,
-        )
+        body = self._api.body(question, max_tokens, model)
+        if extra_body:  # a JSON object merged into the body (e.g. tools), built once
+            body = orjson.dumps({**orjson.loads(body), **orjson.loads(extra_body)})
+        self._request = build_request("POST", host_header, path, body, keepalive=keepalive)
         self._keepalive = keepalive
         self._max_idle = max_idle_connections
         self._connect_stream = connect

@@ -105,6 +105,7 @@ def make_client(config: BenchConfig) -> HTTPStreamClient:
         question=config.question,
         max_tokens=config.max_tokens,
         model=config.model,
+        extra_body=config.extra_body,
         keepalive=config.keepalive,
         max_idle_connections=config.concurrency,
     )
