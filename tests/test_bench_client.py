@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+import orjson
 import pytest
 import trio
 import trio.testing
@@ -257,3 +258,31 @@ async def test_cancelled_mid_stream_closes_the_connection(
         assert len(trace.token_times) == 6  # at 0, 1, ..., 5 s
         assert client.statistics() == HTTPClientStatistics(in_use=0, idle=0, connects=1, reuses=0)
         nursery.cancel_scope.cancel()
+
+
+async def test_extra_body_is_merged_into_the_request_and_tool_call_pieces_are_output() -> None:
+    tool_stream = (
+        HEAD
+        + _chunk(b'data: {"choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,'
+                 b'"id":"c","type":"function","function":{"name":"f","arguments":""}}]}}]}\n\n')
+        + _chunk(b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]}}]}\n\n')
+        + _chunk(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\n')
+        + _chunk(b"data: [DONE]\n\n")
+        + b"0\r\n\r\n"
+    )  # fmt: skip
+    seen: list[bytes] = []
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        seen.append(await stream.receive_some())
+        await stream.send_all(tool_stream)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        server = FakeServer(nursery, handler)
+        client = HTTPStreamClient(URL, api="openai", connect=server.connect,
+                                  extra_body='{"tools": [{"type": "function"}], "stream": true}')
+        trace = await one(client)
+        await client.aclose()
+    body = orjson.loads(seen[0].split(b"\r\n\r\n", 1)[1])
+    assert body["tools"] == [{"type": "function"}] and body["messages"][0]["role"] == "user"
+    assert trace.outcome is Outcome.OK and len(trace.token_times) == 2
