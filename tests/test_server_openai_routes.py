@@ -11,7 +11,7 @@ import orjson
 import trio
 import trio.testing
 
-from tests._asgi import request
+from tests._asgi import Exchange, request
 from trio_agent.config import MockLLMConfig, ServerConfig
 from trio_agent.llm import MockLLM
 from trio_agent.server import Gateway, create_app
@@ -117,4 +117,20 @@ async def test_a_relay_failing_mid_stream_ends_with_one_error_frame(
     assert b"[DONE]" not in r.body
     r = await request(gw, "POST", "/v1/responses", json={"input": "say", "stream": True})
     assert r.events[-1].event == "error"
+    assert_idle(gw, llm)
+
+
+async def test_refusals_of_whole_and_relayed_calls_are_openai_errors(autojump_clock: trio.testing.MockClock) -> None:
+    llm = MockLLM(MockLLMConfig(ttft=5.0, itl=0.01, tokens=4))
+    gw = create_app(ServerConfig(api_keys=frozenset({"k"}), per_key_max_concurrency=1), backend=llm)
+    auth = {"authorization": "Bearer k"}
+    async with trio.open_nursery() as nursery:
+        held = Exchange(gw, "POST", "/v1/embeddings", json={"input": "x"}, headers=auth).start(nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        whole = await request(gw, "POST", "/v1/chat/completions", json={"messages": ASK}, headers=auth)
+        relayed = await request(gw, "POST", "/v1/responses", json={"input": "x"}, headers=auth)
+        await held.finished.wait()
+    for r in (whole, relayed):
+        assert r.status == 429 and "retry-after" in r.headers
+        assert r.json()["error"]["type"] == "rate_limit_error" and r.json()["error"]["code"] == "rate_limited"
     assert_idle(gw, llm)

@@ -19,6 +19,7 @@ import orjson
 import trio
 
 from ..config import ServerConfig
+from ..errors import TrioAgentError
 from ..llm import ChatBackend, ChatCompletion
 from ._body import BodyReader
 from ._chat import ChatService, usage_payload
@@ -89,6 +90,7 @@ def relay(path: str, body: BodyReader, relays: RelayService, backend: ChatBacken
 async def _until_disconnect(call: Call, work: Callable[[], Awaitable[T]]) -> T | None:
     """``work()``'s result, or None when the client left first (the work is then cancelled)."""
     result: list[T] = []
+    failure: list[TrioAgentError] = []
     async with trio.open_nursery() as nursery:
 
         async def watch() -> None:
@@ -97,8 +99,13 @@ async def _until_disconnect(call: Call, work: Callable[[], Awaitable[T]]) -> T |
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch)
-        result.append(await work())
+        try:
+            result.append(await work())
+        except TrioAgentError as exc:
+            failure.append(exc)  # raised below, outside the nursery: not as an exception group
         nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
     return result[0] if result else None
 
 
