@@ -11,6 +11,7 @@ three in step.
 from __future__ import annotations
 
 import trio
+
 from trio_agent.agent import tool
 
 __all__ = ["TOOL_DELAY", "fetch_price", "get_weather", "lookup_order", "search_web"]
