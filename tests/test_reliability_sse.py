@@ -74,7 +74,8 @@ async def test_hostile_tokens_arrive_intact_one_event_each() -> None:
             assert [e.id for e in r.events] == [str(i) for i in range(1, len(HOSTILE) + 3)]
             tokens = [orjson.loads(e.data)["content"] for e in r.events if e.event == "token"]
             assert tokens == HOSTILE  # JSON data: the exact text, even CR and NUL
-            # The OpenAI-compatible stream: one chunk per token, then [DONE].
+            # The OpenAI-compatible stream: one chunk per token as the backend gave it (this
+            # one keeps no wire bytes: the gateway frames them), then [DONE].
             v1 = await raw_request(
                 srv.port,
                 "POST",
@@ -86,8 +87,8 @@ async def test_hostile_tokens_arrive_intact_one_event_each() -> None:
             assert datas[-1] == "[DONE]"
             chunks = [orjson.loads(d) for d in datas[:-1]]
             deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
-            assert deltas[0] == "" and deltas[-1] is None
-            assert deltas[1:-1] == HOSTILE
+            assert deltas[-1] is None
+            assert deltas[:-1] == HOSTILE
 
 
 # The raw layer: text put into ``data`` without JSON comes back with every line break as LF
