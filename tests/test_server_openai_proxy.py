@@ -64,14 +64,22 @@ def stack() -> Iterator[dict[str, str]]:
         )
         procs.append(proxy)
         builtin, builtin_url = _start(
-            ["serve", "--port", "0", "--api-key", "sk-a", "--api-key", "sk-b", "--api-key", "sk-c",
-             "--per-key-max-concurrency", "1", "--max-concurrency", "2", "--max-queued", "0",
-             "--max-body-bytes", "20000", "--max-loop-lag", "0", "--no-access-log",
-             "--mock-ttft", "0.01", "--mock-itl", "0.002", "--mock-tokens", "12", "--mock-tool-calls", "2"],
+            ["serve", "--port", "0", "--api-key", "sk-a", "--max-body-bytes", "20000", "--max-loop-lag", "0",
+             "--no-access-log", "--mock-ttft", "0.01", "--mock-itl", "0.002", "--mock-tokens", "12",
+             "--mock-tool-calls", "2"],
             "listening on",
         )
         procs.append(builtin)
-        yield {"direct": direct_url, "upstream": upstream_url, "proxy": proxy_url, "builtin": builtin_url}
+        # Slow answers (the first token after 60 s) and small limits, for the refusals.
+        limited, limited_url = _start(
+            ["serve", "--port", "0", "--api-key", "sk-a", "--api-key", "sk-b", "--api-key", "sk-c",
+             "--per-key-max-concurrency", "1", "--max-concurrency", "2", "--max-queued", "0",
+             "--max-loop-lag", "0", "--no-access-log", "--mock-ttft", "60"],
+            "listening on",
+        )
+        procs.append(limited)
+        yield {"direct": direct_url, "upstream": upstream_url, "proxy": proxy_url, "builtin": builtin_url,
+               "limited": limited_url}
     finally:
         for proc in procs:
             _stop(proc)
@@ -183,7 +191,7 @@ def test_every_gateway_error_is_openai_shaped_and_the_clients_own_exception(stac
         assert isinstance(body, dict) and {"message", "type", "code", "param"} <= set(body), body
         return body
 
-    with _client(base, "sk-a") as a, _client(base, "sk-b") as b, _client(base, "sk-c") as c:
+    with _client(base, "sk-a") as a:
         err = refused(openai.BadRequestError, lambda: a.chat.completions.create(
             model="m", messages=[{"role": "user"}]))  # type: ignore[typeddict-item]
         assert (err["code"], err["param"]) == ("missing_required_parameter", "messages.[0].content")
@@ -202,16 +210,27 @@ def test_every_gateway_error_is_openai_shaped_and_the_clients_own_exception(stac
         assert err["message"] == "Invalid URL (GET /v1/models/m)"
         refused(openai.APIStatusError, lambda: a.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "x" * 30000}]))  # 413: over max_body_bytes
-        long: Any = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4000}
-        with a.chat.completions.create(**long, stream=True) as held_a:
-            next(iter(held_a))
-            err = refused(openai.RateLimitError, lambda: a.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "x"}]))
-            assert err["code"] == "rate_limited"
-            with b.chat.completions.create(**long, stream=True) as held_b:
-                next(iter(held_b))
-                err = refused(openai.InternalServerError, lambda: c.embeddings.create(model="e", input="x"))
-                assert err["code"] == "overloaded"
+    limited = stack["limited"]
+    with _client(limited, "sk-a") as a, _client(limited, "sk-c") as c, httpx.Client(timeout=10) as http:
+
+        def hold(key: str) -> Any:
+            # /chat/stream sends its head once admitted: the slot is held from then on.
+            held = http.stream("POST", f"{limited}/chat/stream", json={"question": "x"},
+                               headers={"authorization": f"Bearer {key}"})
+            response = held.__enter__()
+            lines = response.iter_lines()  # kept: a collected line iterator would close the stream
+            assert response.status_code == 200 and next(lines).startswith("event: thinking")
+            return held, lines
+
+        held_a = hold("sk-a")
+        err = refused(openai.RateLimitError, lambda: a.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}]))
+        assert err["code"] == "rate_limited"
+        held_b = hold("sk-b")
+        err = refused(openai.InternalServerError, lambda: c.embeddings.create(model="e", input="x"))
+        assert err["code"] == "overloaded"
+        for held, _ in (held_a, held_b):
+            held.__exit__(None, None, None)
 
 
 def test_the_native_stream_tells_each_tool_call_and_chat_returns_them(stack: dict[str, str]) -> None:
