@@ -117,6 +117,8 @@ async def test_a_relay_failing_mid_stream_ends_with_one_error_frame(
     assert b"[DONE]" not in r.body
     r = await request(gw, "POST", "/v1/responses", json={"input": "say", "stream": True})
     assert r.events[-1].event == "error"
+    event = orjson.loads(r.events[-1].data)
+    assert event["type"] == "error" and event["code"] == event["error"]["code"] == "upstream_stream_error"
     assert_idle(gw, llm)
 
 

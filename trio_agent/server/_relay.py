@@ -47,9 +47,14 @@ class _Frames:
         self._event = event
 
     def error(self, exc: TrioAgentError) -> bytes:
-        data = orjson.dumps(openai_error_payload(exc, self._request_id))
-        head = b"event: error\n" if self._event else b""
-        return head + b"data: " + data + b"\n\n"
+        payload = openai_error_payload(exc, self._request_id)
+        if not self._event:
+            return b"data: " + orjson.dumps(payload) + b"\n\n"
+        # The Responses API's error event (type, code, message, param) that also carries the
+        # ``error`` object, on which OpenAI's SDKs raise.
+        err = payload["error"]
+        event = {"type": "error", "code": err["code"], "message": err["message"], "param": err["param"], **payload}
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 class RelayService:
