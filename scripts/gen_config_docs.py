@@ -39,6 +39,7 @@ _TARGETS: dict[str, list[tuple[type[Any], str]]] = {
         (config.ServerConfig, ""),
         (config.UpstreamConfig, "upstream_"),
         (config.MockLLMConfig, "mock_"),
+        (config.AgentConfig, ""),
     ],
     "mock-llm": [(config.MockServerConfig, ""), (config.MockLLMConfig, "")],
     "bench": [(config.BenchConfig, "")],
@@ -52,7 +53,9 @@ _ALIASES: dict[tuple[str, str], list[tuple[type[Any], str]]] = {
     ("bench", "no_keepalive"): [(config.BenchConfig, "keepalive")],
 }
 # Sections first in this order; any other config class follows in definition order.
-_ORDER = ("ServerConfig", "UpstreamConfig", "MockLLMConfig", "MockServerConfig", "BenchConfig")
+_ORDER = (
+    "ServerConfig", "UpstreamConfig", "MockLLMConfig", "AgentConfig", "MockServerConfig", "BenchConfig"
+)
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

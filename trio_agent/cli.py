@@ -125,7 +125,44 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help=f"mock LLM: tokens per reply [default: {mock.tokens}; env TRIO_AGENT_MOCK_TOKENS]",
     )
     _add_mock_tool_flags(p, "mock LLM: ", env=True)
+    _add_agent_flags(p)
     p.set_defaults(func=_run_serve)
+
+
+_AGENT_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("max_tool_concurrency", int, "tool calls running at once in the whole server"),
+    ("mcp_max_concurrency", int, "tool calls running at once on one MCP server"),
+    ("tool_timeout", float, "seconds each tool call may run (a tool may declare its own)"),
+    ("max_agent_steps", int, "model calls of an agent run that may call tools"),
+    ("max_tool_calls", int, "tool calls one agent run may make"),
+    ("max_tool_output_bytes", int, "longest tool output the model sees (cut with a marker)"),
+)
+
+
+def _add_agent_flags(p: argparse.ArgumentParser) -> None:
+    """The agent routes' tools and limits (``ServerConfig.tools/mcp``, ``AgentConfig``)."""
+    from .config import AgentConfig
+
+    a = AgentConfig()
+    p.add_argument(
+        "--tools", action="append", dest="tools", metavar="MODULE",
+        help="offer every @tool of this module to /agent runs (repeatable) [env TRIO_AGENT_TOOLS, comma-separated]",
+    )
+    p.add_argument(
+        "--example-tools", action=argparse.BooleanOptionalAction, default=None,
+        help="offer the example tools of trio_agent.agent.examples "
+        "[default: True; env TRIO_AGENT_EXAMPLE_TOOLS]",
+    )
+    p.add_argument(
+        "--mcp", action="append", dest="mcp", metavar="NAME=COMMAND|NAME=URL",
+        help="offer the tools of this MCP server: a command started over stdio, or an "
+        "http(s):// URL over streamable HTTP (repeatable) [env TRIO_AGENT_MCP, comma-separated]",
+    )
+    for name, tp, text in _AGENT_FLAGS:
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=tp, default=None,
+            help=f"{text} [default: {getattr(a, name)}; env TRIO_AGENT_{name.upper()}]",
+        )
 
 
 def _add_mock_tool_flags(p: argparse.ArgumentParser, what: str, *, env: bool) -> None:
@@ -137,6 +174,11 @@ def _add_mock_tool_flags(p: argparse.ArgumentParser, what: str, *, env: bool) ->
         "--mock-tool-calls", dest="mock_tool_calls", type=int, metavar="N",
         help=f"{what}tool calls answering a request that offers tools (0: answer in text) "
         f"[default: {m.tool_calls}{'; env TRIO_AGENT_MOCK_TOOL_CALLS' if env else ''}]",
+    )
+    p.add_argument(
+        "--mock-tool-rounds", dest="mock_tool_rounds", type=int, metavar="N",
+        help=f"{what}assistant turns that call tools before the text answer "
+        f"[default: {m.tool_rounds}{'; env TRIO_AGENT_MOCK_TOOL_ROUNDS' if env else ''}]",
     )
     p.add_argument(
         "--mock-script", dest="mock_script", metavar="FILE",
@@ -169,14 +211,22 @@ def _run_serve(args: argparse.Namespace) -> int:
         server["api_keys"] = frozenset(args.api_keys)
     if args.cors_origins is not None:
         server["cors_origins"] = tuple(args.cors_origins)
+    server["example_tools"] = args.example_tools
+    if args.tools is not None:
+        server["tools"] = tuple(args.tools)
+    if args.mcp is not None:
+        server["mcp"] = tuple(args.mcp)
+    agent = {name: getattr(args, name) for name, _, _ in _AGENT_FLAGS}
     upstream = {"base_url": args.upstream_url, "model": args.upstream_model}
     mock = {"ttft": args.mock_ttft, "itl": args.mock_itl, "tokens": args.mock_tokens,
-            "tool_calls": args.mock_tool_calls, "script": args.mock_script}
+            "tool_calls": args.mock_tool_calls, "tool_rounds": args.mock_tool_rounds,
+            "script": args.mock_script}
     try:
         config = server_config_from_env(
             server={k: v for k, v in server.items() if v is not None},
             upstream={k: v for k, v in upstream.items() if v is not None},
             mock={k: v for k, v in mock.items() if v is not None},
+            agent={k: v for k, v in agent.items() if v is not None},
         )
         _check_mock_script(config.mock.script)
     except ConfigError as exc:
@@ -285,6 +335,7 @@ def _run_mock_llm(args: argparse.Namespace) -> int:
             ttft=args.ttft, itl=args.itl, jitter=args.itl_spread, tokens=args.tokens,
             seed=args.seed, content=args.content, model=args.model,
             **({"tool_calls": args.mock_tool_calls} if args.mock_tool_calls is not None else {}),
+            **({"tool_rounds": args.mock_tool_rounds} if args.mock_tool_rounds is not None else {}),
             script=args.mock_script,
         )
         _check_mock_script(llm.script)

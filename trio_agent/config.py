@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 from .errors import ConfigError
 
 __all__ = [
+    "AgentConfig",
     "BenchConfig",
     "MockLLMConfig",
     "MockServerConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "config_from_env",
     "config_from_mapping",
     "env_name",
+    "mcp_spec",
     "server_config_from_env",
 ]
 
@@ -65,7 +67,8 @@ class MockLLMConfig:
     are woken together by one shared clock (see ``Pacer``); 0 keeps exact times.
     ``tool_calls``: how many tool calls answer a request that offers tools
     (0 = answer with text), round-robin over the tools, arguments generated
-    from each tool's JSON schema. ``script``: a JSON-lines file of turns
+    from each tool's JSON schema, for ``tool_rounds`` assistant turns after
+    the last user message (then a text answer quoting the results). ``script``: a JSON-lines file of turns
     replayed in order instead, one per request: a line is either a list of
     ``chat.completion.chunk`` objects replayed exactly, or a compact turn
     ``{"content": ...}`` / ``{"tool_calls": [{"name", "arguments"}], "quirks":
@@ -84,11 +87,13 @@ class MockLLMConfig:
     stall_after_tokens: int | None = None
     pacing_resolution: float = 0.001
     tool_calls: int = 1
+    tool_rounds: int = 1
     script: str | None = None
 
     def __post_init__(self) -> None:
         _non_negative("pacing_resolution", self.pacing_resolution)
         _check(self.tool_calls >= 0, f"tool_calls must be >= 0, got {self.tool_calls!r}")
+        _check(self.tool_rounds >= 1, f"tool_rounds must be >= 1, got {self.tool_rounds!r}")
         _non_negative("ttft", self.ttft)
         _non_negative("itl", self.itl)
         _non_negative("jitter", self.jitter)
@@ -244,6 +249,56 @@ class UpstreamConfig:
         return self.connections if k is None else k
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AgentConfig:
+    """The agent runtime's limits (:class:`~trio_agent.agent.Agent` and each of its runs).
+
+    ``tool_timeout`` is each call's deadline (a tool may declare its own);
+    ``max_tool_concurrency`` bounds the tool calls running at once in the whole
+    agent, ``mcp_max_concurrency`` those on one MCP server; ``max_agent_steps``
+    is how many model calls of a run may call tools (one more, with
+    ``tool_choice: "none"``, then gives the answer), ``max_tool_calls`` the calls
+    one run may make; a tool's output longer than ``max_tool_output_bytes`` is
+    cut, with a marker, before the model sees it. ``mcp_connect_timeout``
+    bounds one MCP server's spawn, handshake and listing;
+    ``mcp_reconnect_delay`` is the first wait before reconnecting a dead MCP
+    server (doubling up to ``mcp_max_reconnect_delay``); ``mcp_ping_interval``
+    how often a quiet server is checked. The gateway reads these as
+    ``TRIO_AGENT_<FIELD>`` (``TRIO_AGENT_TOOL_TIMEOUT``) and ``serve`` flags.
+    """
+
+    tool_timeout: float = 30.0
+    max_tool_concurrency: int = 32
+    mcp_max_concurrency: int = 8
+    max_agent_steps: int = 8
+    max_tool_calls: int = 32
+    max_tool_output_bytes: int = 64 * 1024
+    mcp_connect_timeout: float = 30.0
+    mcp_reconnect_delay: float = 0.5
+    mcp_max_reconnect_delay: float = 30.0
+    mcp_ping_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("tool_timeout", "mcp_connect_timeout", "mcp_reconnect_delay",
+                     "mcp_max_reconnect_delay", "mcp_ping_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("max_tool_concurrency", "mcp_max_concurrency", "max_agent_steps",
+                     "max_tool_calls", "max_tool_output_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def mcp_spec(spec: str) -> tuple[str, str]:
+    """``NAME=COMMAND`` or ``NAME=http://HOST:PORT/PATH`` -> (name, target); ConfigError if malformed."""
+    name, sep, target = spec.partition("=")
+    name = name.strip()
+    if not sep or not name or not target.strip():
+        raise ConfigError(f"mcp: expected NAME=COMMAND or NAME=URL, got {spec!r}")
+    return name, target.strip()
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """The gateway: listening address, admission, deadlines, limits, auth.
@@ -276,6 +331,12 @@ class ServerConfig:
     docs/decisions/001); off, every write goes through ASGI.
     ``upstream`` set means proxy to a real
     OpenAI-compatible API; ``None`` means answer from the built-in mock.
+
+    The agent routes (``/agent``, ``/agent/stream``) offer the tools of the
+    modules in ``tools`` (every ``@tool`` in each), the example tools of
+    ``trio_agent.agent.examples`` when ``example_tools``, and those of the
+    MCP servers in ``mcp`` (``NAME=COMMAND`` over stdio, ``NAME=http://...``
+    over streamable HTTP); ``agent`` holds their limits.
 
     ``redis_url`` set means the limits are shared by every process using the
     same Redis: ``max_concurrency`` is then the global cap, leases expire
@@ -320,10 +381,19 @@ class ServerConfig:
     redis_key_prefix: str = "trio_agent"
     redis_poll_interval: float = 0.1
     redis_local_share: int | None = None
+    tools: tuple[str, ...] = ()
+    example_tools: bool = True
+    mcp: tuple[str, ...] = ()
     upstream: UpstreamConfig | None = None
     mock: MockLLMConfig = field(default_factory=MockLLMConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
 
     def __post_init__(self) -> None:
+        for spec in self.mcp:
+            mcp_spec(spec)
+        names = [mcp_spec(spec)[0] for spec in self.mcp]
+        _check(len(set(names)) == len(names), f"mcp: two servers share a name in {list(self.mcp)!r}")
+        _check(all(m.strip() for m in self.tools), "tools must not contain empty module names")
         _check(0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port!r}")
         _check(self.workers >= 1, f"workers must be >= 1, got {self.workers!r}")
         _check(self.max_concurrency >= 1, f"max_concurrency must be >= 1, got {self.max_concurrency!r}")
@@ -459,6 +529,8 @@ ENV_SECTIONS: dict[type[Any], str] = {
     ServerConfig: ENV_PREFIX,
     UpstreamConfig: ENV_PREFIX + "UPSTREAM_",
     MockLLMConfig: ENV_PREFIX + "MOCK_",
+    # The agent's limits share the gateway's prefix: TRIO_AGENT_TOOL_TIMEOUT (no field clashes).
+    AgentConfig: ENV_PREFIX,
 }
 
 
@@ -556,7 +628,7 @@ def config_from_env(
 def env_name(cls: type[Any], name: str) -> str | None:
     """The environment variable of field ``name`` of ``cls`` for ``trio-agent serve``, if any."""
     prefix = ENV_SECTIONS.get(cls)
-    if prefix is None or name in ("upstream", "mock"):
+    if prefix is None or (cls is ServerConfig and name in ("upstream", "mock", "agent")):
         return None
     if cls is UpstreamConfig and name == "base_url":
         return ENV_PREFIX + "UPSTREAM_URL"
@@ -592,6 +664,7 @@ def server_config_from_env(
     server: Mapping[str, Any] | None = None,
     upstream: Mapping[str, Any] | None = None,
     mock: Mapping[str, Any] | None = None,
+    agent: Mapping[str, Any] | None = None,
 ) -> ServerConfig:
     """Build the gateway's :class:`ServerConfig` from the environment, then overrides (flags).
 
@@ -601,7 +674,8 @@ def server_config_from_env(
     comma-separated), ``TRIO_AGENT_UPSTREAM_URL`` and
     ``TRIO_AGENT_UPSTREAM_<FIELD>`` for :class:`UpstreamConfig` (the key only
     as ``TRIO_AGENT_UPSTREAM_API_KEY``), ``TRIO_AGENT_MOCK_<FIELD>`` for
-    :class:`MockLLMConfig`. Any other ``TRIO_AGENT_*`` name is an error.
+    :class:`MockLLMConfig`, ``TRIO_AGENT_<FIELD>`` for :class:`AgentConfig`
+    (``TRIO_AGENT_TOOL_TIMEOUT``). Any other ``TRIO_AGENT_*`` name is an error.
     Upstream settings without an upstream URL are an error too.
     """
     env = os.environ if environ is None else environ
@@ -609,12 +683,13 @@ def server_config_from_env(
     # here, so a bad one is reported under the variable the user set.
     variables = {
         name: (cls, f.name)
-        for cls in (ServerConfig, UpstreamConfig, MockLLMConfig)
+        for cls in (ServerConfig, UpstreamConfig, MockLLMConfig, AgentConfig)
         for f in dataclasses.fields(cls)
         if (name := env_name(cls, f.name)) is not None
     }
-    vals: dict[type[Any], dict[str, Any]] = {ServerConfig: {}, UpstreamConfig: {}, MockLLMConfig: {}}
-    names: dict[type[Any], dict[str, str]] = {ServerConfig: {}, UpstreamConfig: {}, MockLLMConfig: {}}
+    sections = (ServerConfig, UpstreamConfig, MockLLMConfig, AgentConfig)
+    vals: dict[type[Any], dict[str, Any]] = {cls: {} for cls in sections}
+    names: dict[type[Any], dict[str, str]] = {cls: {} for cls in sections}
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX) or key in ENV_NOT_CONFIG:
             continue
@@ -623,7 +698,9 @@ def server_config_from_env(
         cls, name = variables[key]
         vals[cls][name] = _convert(key, typing.get_type_hints(cls)[name], raw)
         names[cls][name] = key
-    for cls, flags in ((ServerConfig, server), (UpstreamConfig, upstream), (MockLLMConfig, mock)):
+    for cls, flags in (
+        (ServerConfig, server), (UpstreamConfig, upstream), (MockLLMConfig, mock), (AgentConfig, agent)
+    ):
         for name in flags or {}:
             names[cls].pop(name, None)  # a flag wins, and names itself
         vals[cls].update(flags or {})
@@ -638,7 +715,10 @@ def server_config_from_env(
             upstream_config = config_from_mapping(UpstreamConfig, vals[UpstreamConfig])
     with _naming_variables(names[MockLLMConfig]):
         mock_config = config_from_mapping(MockLLMConfig, vals[MockLLMConfig])
+    with _naming_variables(names[AgentConfig]):
+        agent_config = config_from_mapping(AgentConfig, vals[AgentConfig])
     with _naming_variables(names[ServerConfig]):
         return config_from_mapping(
-            ServerConfig, {**vals[ServerConfig], "upstream": upstream_config, "mock": mock_config}
+            ServerConfig,
+            {**vals[ServerConfig], "upstream": upstream_config, "mock": mock_config, "agent": agent_config},
         )

@@ -232,7 +232,7 @@ class _MockStream:
             llm._script_next += 1
             self._plan_turn(turn, request)
             return
-        calls = plan_tool_calls(request, cfg.tool_calls, rng)
+        calls = plan_tool_calls(request, cfg.tool_calls, rng, rounds=cfg.tool_rounds)
         if calls:
             self._plan_tool_calls("", calls, frozenset(), None)
             return

@@ -6,8 +6,9 @@ arguments for the same request and seed.
 
 - :func:`plan_tool_calls`: which tools to call for a request (``tool_calls``
   of them, round-robin over the offered function tools; ``tool_choice``
-  ``"none"`` gives none, a named function gives only that one; a request whose
-  last message is a tool result gives none, so an agent loop ends).
+  ``"none"`` gives none, a named function gives only that one; once the
+  conversation since its last user message holds ``rounds`` assistant turns
+  that called tools, none, so an agent loop ends with a text answer).
 - :func:`value_for_schema`: a JSON value that validates against a JSON schema
   (types, required properties, enums, consts, defaults, bounds, lengths,
   formats, nested objects and arrays, local ``$ref``), drawn from a seeded RNG.
@@ -38,6 +39,7 @@ __all__ = [
     "plan_tool_calls",
     "response_format_schema",
     "tool_results_reply",
+    "tool_rounds",
     "value_for_schema",
 ]
 
@@ -82,15 +84,35 @@ def _tool_choice(request: ChatRequest) -> Any:
     return None
 
 
-def plan_tool_calls(request: ChatRequest, count: int, rng: random.Random) -> list[ToolCall]:
+def tool_rounds(messages: Sequence[ChatMessage]) -> int:
+    """How many assistant turns called tools since the last user message."""
+    turns = 0
+    for m in reversed(messages):
+        if m.role == "user":
+            break
+        if m.role == "assistant" and m.tool_calls:
+            turns += 1
+    return turns
+
+
+def plan_tool_calls(
+    request: ChatRequest, count: int, rng: random.Random, *, rounds: int = 1
+) -> list[ToolCall]:
     """The tool calls the mock answers ``request`` with (empty: answer with text).
 
     ``count`` calls (one if ``parallel_tool_calls`` is false), round-robin over
     the offered function tools (or only the one ``tool_choice`` names); none when ``count`` is 0, no function tool is
-    offered, ``tool_choice`` is ``"none"`` or the last message is a tool
-    result. Ids and arguments come from ``rng``.
+    offered, ``tool_choice`` is ``"none"``, or the conversation since its last
+    user message already holds ``rounds`` assistant turns that called tools
+    (with ``rounds`` 1: a request whose last message is a tool result). Ids and
+    arguments come from ``rng``.
     """
-    if count <= 0 or (request.messages and request.messages[-1].role == "tool"):
+    if count <= 0 or rounds <= 0:
+        return []
+    last = request.messages[-1] if request.messages else None
+    if last is not None and last.role == "tool" and rounds == 1:
+        return []
+    if tool_rounds(request.messages) >= rounds:
         return []
     tools = function_tools(request)
     choice = _tool_choice(request)

@@ -66,7 +66,11 @@ class AdmissionStatistics:
     was further behind than ``max_loop_lag``. ``mean_service_time`` is a moving average of how long a
     lease is held (seconds), the base of the ``Retry-After`` estimate.
     ``admitted_newest_first`` counts the leases of ``admitted`` that a busy
-    queue (see ``lifo_after``) gave to its newest waiter.
+    queue (see ``lifo_after``) gave to its newest waiter. ``slots_granted``
+    counts the upstream slots given by :meth:`Limits.slot` (work admitted
+    earlier: an agent run's model calls; not in ``admitted``), ``slot_waits``
+    those of them that had to wait, and ``slots_waiting`` how many wait now
+    (they are in ``queued`` too).
     """
 
     in_flight: int
@@ -81,6 +85,9 @@ class AdmissionStatistics:
     keys_in_flight: int
     mean_service_time: float
     admitted_newest_first: int = 0
+    slots_granted: int = 0
+    slot_waits: int = 0
+    slots_waiting: int = 0
 
 
 class Lease:
@@ -112,6 +119,17 @@ class Limits(Protocol):
     """
 
     def lease(self, key: str | None = None) -> AbstractAsyncContextManager[Lease]: ...
+
+    def slot(self) -> AbstractAsyncContextManager[Lease]:
+        """An upstream slot for work admitted already; waits as long as it takes, never refused.
+
+        An agent run is admitted once, up front (``lease``/``refuse_nowait``);
+        each of its model calls then takes a slot under the same global cap
+        through this, waiting in the same queue but without the queue's bound
+        or wait limit: a run is never refused midway. The caller's deadline
+        (the request's) bounds the wait.
+        """
+        ...
 
     def refuse_nowait(self, key: str | None = None) -> AdmissionError | None:
         """The refusal ``lease(key)`` would raise at once (counted as shed), else None.
@@ -257,6 +275,9 @@ class Admission:
         self._shed_key_limit = 0
         self._mean_service_time = _DEFAULT_SERVICE_TIME
         self._samples = 0
+        self._slots_granted = 0
+        self._slot_waits = 0
+        self._slots_waiting = 0
 
     @classmethod
     def from_config(
@@ -297,6 +318,40 @@ class Admission:
             lambda: self._acquire(key, borrower),
             lambda lease, _exc: self._release(lease, borrower),
         )
+
+    def slot(self) -> AbstractAsyncContextManager[Lease]:
+        """See :meth:`Limits.slot`: a place in the queue with no bound and no wait limit."""
+        borrower = object()
+        return LeaseContext(
+            lambda: self._acquire_slot(borrower),
+            lambda lease, _exc: self._release(lease, borrower),
+        )
+
+    async def _acquire_slot(self, borrower: object) -> Lease:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        start = trio.current_time()
+        if self._waiters or self._limiter.available_tokens < 1:
+            self._slot_waits += 1
+            waiter = _Waiter(borrower)
+            if not self._waiters:
+                self._busy_since = start
+            self._waiters[waiter] = None
+            self._slots_waiting += 1
+            try:
+                await waiter.granted.wait()
+            except BaseException:
+                if waiter.granted.is_set():  # cancelled after the hand-off: pass the slot on
+                    self._free_slot(borrower)
+                else:
+                    del self._waiters[waiter]
+                raise
+            finally:
+                self._slots_waiting -= 1
+        else:
+            self._limiter.acquire_on_behalf_of_nowait(borrower)
+        now = trio.current_time()
+        self._slots_granted += 1
+        return Lease(key=None, queued=now - start, admitted_at=now)
 
     def refuse_nowait(self, key: str | None = None) -> AdmissionError | None:
         """See :meth:`Limits.refuse_nowait`: the key is at its cap, or no slot and a full queue."""
@@ -477,6 +532,9 @@ class Admission:
             if math.isfinite(self._mean_service_time)
             else 0.0,
             admitted_newest_first=self._served_lifo,
+            slots_granted=self._slots_granted,
+            slot_waits=self._slot_waits,
+            slots_waiting=self._slots_waiting,
         )
 
     def __repr__(self) -> str:

@@ -32,10 +32,13 @@ from ..config import ServerConfig
 from ..errors import AuthenticationError, RequestError, TrioAgentError
 from ..http import ConnectionCounter, DrainingListener
 from ..llm import ChatBackend
+from ..agent import Agent
+from . import _routes_agent as agent_routes
 from . import _routes_chat as chat_routes
 from . import _routes_info as info_routes
 from . import _routes_openai as openai_routes
 from ._access import AccessLog
+from ._agent import AgentService, plain_agent
 from ._admission import Admission, Limits
 from ._auth import ApiKeys, Cors
 from ._body import BodyReader
@@ -92,15 +95,17 @@ def routes(gw: Gateway) -> list[Route]:
         ),
         view_route("POST", "/chat/batch", chat_routes.chat_batch(gw.chat, cfg)),
         view_route("POST", "/chat", chat_routes.chat(gw.chat, gw.metrics, cfg)),
+        asgi_route("POST", "/agent/stream", agent_routes.agent_stream(body, gw.agents, cfg)),
+        asgi_route("POST", "/agent", agent_routes.agent_json(body, gw.agents, cfg)),
         view_route("GET", "/v1/models", info_routes.models(gw.backend)),
         view_route("GET", "/", info_routes.chat_page(), public=True),
         view_route("GET", "/healthz", info_routes.healthz(), public=True),
-        view_route("GET", "/readyz", info_routes.readyz(gw.drain, gw.limits), public=True),
+        view_route("GET", "/readyz", info_routes.readyz(gw.drain, gw.limits, gw.agents), public=True),
         view_route(
             "GET",
             "/metrics",
             info_routes.metrics(
-                gw.metrics, gw.limits, gw.drain, gw.backend, gw.loop_lag, gw.connections
+                gw.metrics, gw.limits, gw.drain, gw.backend, gw.loop_lag, gw.connections, gw.agents
             ),
             public=True,
         ),
@@ -126,6 +131,7 @@ class Gateway:
         limits: Limits | None = None,
         metrics: GatewayMetrics | None = None,
         loop_lag: LoopLag | None = None,
+        agent: Agent | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -155,6 +161,16 @@ class Gateway:
             chat=self.chat,
         )
         self.relays = RelayService(self.streams, backend)
+        # The agent the /agent routes run (serve() opens it, MCP sessions and all, in its
+        # lifespan); an app built without one gets the configured Python tools only.
+        self.agents = AgentService(
+            config=config,
+            agent=agent if agent is not None else plain_agent(config, backend),
+            limits=self.limits,
+            drain=self.drain,
+            streams=self.streams,
+            metrics=self.metrics,
+        )
         self.router = Router(routes(self))
         self._keys = ApiKeys(config.api_keys)
         self._cors = Cors(config.cors_origins)
@@ -320,11 +336,13 @@ def create_app(
     limits: Limits | None = None,
     metrics: GatewayMetrics | None = None,
     loop_lag: LoopLag | None = None,
+    agent: Agent | None = None,
 ) -> Gateway:
     """Build the gateway ASGI app around an open ``backend``.
 
     ``limits`` defaults to an in-process :class:`Admission` sized from
     ``config``; pass another :class:`Limits` (for example one shared across
-    processes) to replace it. The caller owns the backend's lifetime.
+    processes) to replace it. The caller owns the backend's lifetime, and the
+    ``agent``'s (default: one with the configured Python tools, no MCP).
     """
-    return Gateway(config, backend=backend, limits=limits, metrics=metrics, loop_lag=loop_lag)
+    return Gateway(config, backend=backend, limits=limits, metrics=metrics, loop_lag=loop_lag, agent=agent)

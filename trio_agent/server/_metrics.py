@@ -130,6 +130,13 @@ class GatewayMetrics:
         metric("trio_agent_admitted_newest_first_total", "counter",
                "Leases a busy queue gave to its newest waiter (adaptive LIFO).",
                [("", admission.admitted_newest_first)])
+        metric("trio_agent_model_slots_total", "counter",
+               "Upstream slots given to admitted work without a refusal (agent runs' model calls).",
+               [("", admission.slots_granted)])
+        metric("trio_agent_model_slot_waits_total", "counter",
+               "Of those, the ones that had to wait for a slot.", [("", admission.slot_waits)])
+        metric("trio_agent_model_slots_waiting", "gauge",
+               "Agent model calls waiting for an upstream slot now.", [("", admission.slots_waiting)])
         metric("trio_agent_shed_total", "counter", "Requests refused by admission, by reason.", [
             ('{reason="queue_full"}', admission.shed_full),
             ('{reason="queue_timeout"}', admission.shed_timeout),

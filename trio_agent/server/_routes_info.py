@@ -16,6 +16,7 @@ from ..concurrency import LoopLag
 from ..http import ConnectionCounter
 from ..llm import ChatBackend
 from ._admission import Limits
+from ._agent import AgentService, mcp_readiness
 from ._context import RequestContext
 from ._drain import Drain
 from ._metrics import GatewayMetrics
@@ -33,14 +34,26 @@ def healthz() -> ViewHandler:
     return handle
 
 
-def readyz(drain: Drain, limits: Limits) -> ViewHandler:
+def readyz(drain: Drain, limits: Limits, agents: AgentService | None = None) -> ViewHandler:
+    """Ready unless draining or the limits are unavailable.
+
+    An MCP server that is down does not make the gateway unready (chat and
+    the other tools still serve, and the agent reconnects it): the body names
+    it under ``mcp_down`` and ``mcp``, with a 200.
+    """
+
     async def handle(ctx: RequestContext) -> Response:
         if drain.draining:
             return json_view({"status": "shutting_down"}, 503)
         status = limits.status()
         if not limits.ready:
             return json_view({"status": "limits_unavailable", "limits": status}, 503)
-        return json_view({"status": "ready", **({"limits": status} if status else {})})
+        body: dict[str, object] = {"status": "ready", **({"limits": status} if status else {})}
+        mcp = agents.agent.mcp_status() if agents is not None else {}
+        if mcp:
+            body["mcp"] = mcp_readiness(mcp)
+            body["mcp_down"] = agents.mcp_down() if agents is not None else []
+        return json_view(body)
 
     return handle
 
@@ -52,6 +65,7 @@ def metrics(
     backend: ChatBackend,
     loop_lag: LoopLag,
     connections: ConnectionCounter,
+    agents: AgentService | None = None,
 ) -> ViewHandler:
     async def handle(ctx: RequestContext) -> Response:
         text = gateway_metrics.render(
@@ -62,6 +76,8 @@ def metrics(
             loop_lag=loop_lag.statistics(),
             connections=connections,
         )
+        if agents is not None:
+            text += agents.metrics.render(agents.agent)
         return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
 
     return handle

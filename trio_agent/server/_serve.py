@@ -48,6 +48,7 @@ from ..http import (
 )
 from ..llm import ChatBackend
 from ._admission import Limits
+from ._agent import open_gateway_agent
 from ._app import Gateway, create_app
 
 __all__ = ["http_config", "open_backend", "run_workers", "serve", "worker_config"]
@@ -139,8 +140,11 @@ async def serve(
         async with (
             _maybe_backend(config, backend) as be,
             _maybe_shared_limits(config, loop_lag) as limits,
+            # The agent of the /agent routes: its MCP sessions are opened and closed in
+            # this task's lifespan, around the whole of serving.
+            open_gateway_agent(config, be) as agent,
         ):
-            app = create_app(config, backend=be, limits=limits, loop_lag=loop_lag)
+            app = create_app(config, backend=be, limits=limits, loop_lag=loop_lag, agent=agent)
             app.abort_transport = abort_transport
             if on_app is not None:
                 on_app(app)

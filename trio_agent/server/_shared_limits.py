@@ -30,7 +30,7 @@ import logging
 import random
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import trio
@@ -189,6 +189,15 @@ class SharedLimits:
     def lease(self, key: str | None = None) -> LeaseContext[_SharedLease]:
         """Wait (bounded) for a global slot; ``async with`` it."""
         return LeaseContext(lambda: self._acquire(key), self._release)
+
+    def slot(self) -> AbstractAsyncContextManager[Lease]:
+        """A global slot for work admitted already (see :meth:`Limits.slot`): never refused.
+
+        The shared queue is bounded, so a refusal of :meth:`lease` here means
+        "not yet": the wait is retried, backing off up to a second, until a
+        slot is free or the caller's deadline ends it.
+        """
+        return _patient(self)
 
     def refuse_nowait(self, key: str | None = None) -> AdmissionError | None:
         """The loop-lag refusal if this process lags, else None: only Redis knows whether
@@ -391,6 +400,28 @@ class SharedLimits:
             else:
                 self._redis_back()
                 delay = 0.5
+
+
+@asynccontextmanager
+async def _patient(limits: SharedLimits) -> AsyncIterator[Lease]:
+    delay = 0.01
+    while True:
+        context = limits.lease()
+        try:
+            lease = await context.__aenter__()
+        except AdmissionError as exc:
+            if exc.status_code != 503:
+                raise
+        else:
+            break
+        await trio.sleep(delay)
+        delay = min(1.0, delay * 2)
+    try:
+        yield lease
+    except BaseException as exc:
+        await context.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    await context.__aexit__(None, None, None)
 
 
 def _redis_errors() -> type[Exception]:
