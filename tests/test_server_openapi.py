@@ -102,7 +102,8 @@ async def test_schemathesis_finds_no_5xx_and_no_drift() -> None:
     # Lag shedding off: schemathesis runs in a thread of this process, and its GIL time shows
     # up as scheduler lag (a 503 it would report as a server error).
     config = ServerConfig(port=0, access_log=False, max_concurrency=8, max_loop_lag=0)
-    llm = MockLLM(MockLLMConfig(ttft=0.0, itl=0.0, tokens=3))
+    # No tool calls: an agent run answers at once (the example `sleep` tool would take seconds).
+    llm = MockLLM(MockLLMConfig(ttft=0.0, itl=0.0, tokens=3, tool_calls=0))
     with trio.fail_after(120):
         async with running_gateway(config, backend=llm) as srv:
             counts = await trio.to_thread.run_sync(_run_schemathesis, srv.url)

@@ -136,6 +136,8 @@ def parse_agent_body(body: Any, config: ServerConfig, tools: ToolRegistry) -> Ag
     max_steps: int | None = None
     if "max_steps" in body and body["max_steps"] is not None:
         value = body["max_steps"]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON (and JSON Schema) do not tell 5.0 from 5
         limit = config.agent.max_agent_steps
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
             raise _invalid(f"max_steps must be an integer in [1, {limit}]", "max_steps")

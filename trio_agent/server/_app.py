@@ -109,7 +109,7 @@ def routes(gw: Gateway) -> list[Route]:
             ),
             public=True,
         ),
-        view_route("GET", "/openapi.json", info_routes.openapi(), public=True),
+        view_route("GET", "/openapi.json", info_routes.openapi(gw.agents), public=True),
     ]
 
 

@@ -7,9 +7,12 @@ server with it, so the document and the server cannot drift apart unnoticed.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-__all__ = ["OPENAPI"]
+from ..agent import load_tools
+
+__all__ = ["OPENAPI", "openapi_for"]
 
 _REF = "#/components/schemas/"
 
@@ -113,6 +116,44 @@ _CHAT_BODY = {
         **_OPTIONS,
     },
     "oneOf": [{"required": ["question"]}, {"required": ["messages"]}],
+}
+_EXAMPLE_TOOLS = [t.name for t in load_tools("trio_agent.agent.examples")]
+_AGENT_EVENTS = [
+    "thinking", "step_start", "token", "tool_call", "tool_started", "tool_progress",
+    "tool_result", "tool_error", "step_end", "done", "error",
+]  # fmt: skip
+_AGENT_BODY = {
+    "type": "object",
+    "description": (
+        "A chat body plus `tools` (an allowlist of tool names; an unknown name is a 400 "
+        "naming it) and `max_steps` (at most the server's max_agent_steps)."
+    ),
+    "additionalProperties": False,
+    "properties": {
+        **_CHAT_BODY["properties"],  # type: ignore[dict-item]
+        # The names a gateway offers: this static document lists the example tools (what
+        # `serve` offers by default); a running gateway's /openapi.json lists its own.
+        "tools": {"type": ["array", "null"], "items": {"enum": _EXAMPLE_TOOLS}},
+        "max_steps": {"type": ["integer", "null"], "minimum": 1, "maximum": 8},
+    },
+    "oneOf": [{"required": ["question"]}, {"required": ["messages"]}],
+}
+_AGENT_RESULT = {
+    "type": "object",
+    "required": ["run_id", "answer", "finish_reason", "steps", "tool_calls", "usage", "events"],
+    "properties": {
+        "run_id": {"type": "string"},
+        "answer": {"type": "string"},
+        "finish_reason": {"enum": ["stop", "length", "max_steps"]},
+        "steps": {"type": "integer", "minimum": 1},
+        "tool_calls": {"type": "integer", "minimum": 0},
+        "usage": {"$ref": "#/components/schemas/Usage"},
+        "events": {
+            "type": "array",
+            "description": "every event of the run, in order, as the SSE route's data",
+            "items": {"type": "object", "required": ["type"], "properties": {"type": {"enum": _AGENT_EVENTS}}},
+        },
+    },
 }
 _USAGE = {
     "type": "object",
@@ -383,6 +424,28 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/agent/stream": {
+            "post": {
+                "summary": (
+                    "One agent run as Server-Sent Events: thinking, then per step step_start, token..., "
+                    "tool_call/tool_started/tool_progress/tool_result/tool_error..., step_end; then done or error."
+                ),
+                "operationId": "agentStream",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AgentBody")}}},
+                "responses": {
+                    "200": {"description": "the event stream", "content": _sse(_AGENT_EVENTS)},
+                    **_errors(*_COMMON),
+                },
+            }
+        },
+        "/agent": {
+            "post": {
+                "summary": "One agent run as a whole JSON answer, with its events as a list.",
+                "operationId": "agent",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AgentBody")}}},
+                "responses": {"200": _json(_ref("AgentResult"), "the answer and the trace"), **_errors(*_COMMON)},
+            }
+        },
         "/chat": {
             "post": {
                 "summary": "One reply as a whole JSON answer.",
@@ -522,6 +585,8 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "Message": _MESSAGE,
             "ChatBody": _CHAT_BODY,
+            "AgentBody": _AGENT_BODY,
+            "AgentResult": _AGENT_RESULT,
             "Usage": _USAGE,
             "Timings": _TIMINGS,
             "ChatResult": _CHAT_RESULT,
@@ -536,3 +601,11 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+
+def openapi_for(tool_names: list[str]) -> dict[str, Any]:
+    """:data:`OPENAPI` with the agent body's tool names those of a running gateway."""
+    doc = copy.deepcopy(OPENAPI)
+    items = {"enum": tool_names} if tool_names else {"not": {}}  # no tools: only an empty list
+    doc["components"]["schemas"]["AgentBody"]["properties"]["tools"]["items"] = items
+    return doc

@@ -20,7 +20,7 @@ from ._agent import AgentService, mcp_readiness
 from ._context import RequestContext
 from ._drain import Drain
 from ._metrics import GatewayMetrics
-from ._openapi import OPENAPI
+from ._openapi import OPENAPI, openapi_for
 from ._router import ViewHandler
 from ._routes_chat import json_view
 
@@ -110,9 +110,12 @@ def chat_page() -> ViewHandler:
     return handle
 
 
-def openapi() -> ViewHandler:
+def openapi(agents: AgentService | None = None) -> ViewHandler:
+    # The agent body's tool names are this gateway's (they are fixed once it is built).
+    document = OPENAPI if agents is None else openapi_for(list(agents.agent.tools.names()))
+
     async def handle(ctx: RequestContext) -> Response:
-        return json_view(OPENAPI)
+        return json_view(document)
 
     return handle
 
