@@ -246,7 +246,7 @@ async def test_an_unknown_tool_in_the_allowlist_is_a_400_naming_it(
 
 
 async def test_an_empty_allowlist_offers_no_tools(autojump_clock: trio.testing.MockClock) -> None:
-    async with gateway(mock()) as (gw, agent):
+    async with gateway(mock()) as (gw, _agent):
         r = await request(gw, "POST", "/agent/stream", json={**Q, "tools": []})
         assert "tool_call" not in kinds(r.events)
         assert data(r.events[-1])["finish_reason"] == "stop"
@@ -292,7 +292,7 @@ async def test_the_request_deadline_ends_a_run_with_one_error_event(
 
 
 async def test_keepalive_comments_while_a_tool_runs_long(autojump_clock: trio.testing.MockClock) -> None:
-    async with gateway(mock(tool_calls=1), keepalive_interval=0.3) as (gw, agent):
+    async with gateway(mock(tool_calls=1), keepalive_interval=0.3) as (gw, _agent):
         async with trio.open_nursery() as nursery:
             ex = Exchange(gw, "POST", "/agent/stream", json=Q).start(nursery)
             await ex.read_all()

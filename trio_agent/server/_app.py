@@ -27,19 +27,19 @@ from typing import Any, cast
 
 import trio
 
+from ..agent import Agent
 from ..concurrency import LoopLag
 from ..config import ServerConfig
 from ..errors import AuthenticationError, RequestError, TrioAgentError
 from ..http import ConnectionCounter, DrainingListener
 from ..llm import ChatBackend
-from ..agent import Agent
 from . import _routes_agent as agent_routes
 from . import _routes_chat as chat_routes
 from . import _routes_info as info_routes
 from . import _routes_openai as openai_routes
 from ._access import AccessLog
-from ._agent import AgentService, plain_agent
 from ._admission import Admission, Limits
+from ._agent import AgentService, plain_agent
 from ._auth import ApiKeys, Cors
 from ._body import BodyReader
 from ._chat import ChatService

@@ -606,6 +606,6 @@ OPENAPI: dict[str, Any] = {
 def openapi_for(tool_names: list[str]) -> dict[str, Any]:
     """:data:`OPENAPI` with the agent body's tool names those of a running gateway."""
     doc = copy.deepcopy(OPENAPI)
-    items = {"enum": tool_names} if tool_names else {"not": {}}  # no tools: only an empty list
+    items: dict[str, Any] = {"enum": tool_names} if tool_names else {"not": {}}  # no tools: only an empty list
     doc["components"]["schemas"]["AgentBody"]["properties"]["tools"]["items"] = items
     return doc
