@@ -216,6 +216,8 @@ def trio_agent_agent_command(a: AgentArgs) -> list[str] | str:
         f for flag in ("--max-tool-concurrency", "--mcp-max-concurrency") if _has_flag(text, flag)
         for f in (flag, str(AGENT_OPEN))
     ]  # fmt: skip
+    # Only the scenario's four tools: serve's example tools would be called too otherwise.
+    limits += [flag for flag in ("--no-example-tools",) if _has_flag(text, flag)]
     return [
         PY, "-m", "trio_agent", "serve", "--host", "127.0.0.1", "--port", "0",
         "--max-concurrency", str(OPEN_ADMISSION), "--max-queued", str(OPEN_ADMISSION),

@@ -344,3 +344,19 @@ def test_agent_config_comes_from_the_environment_and_flags() -> None:
         server_config_from_env({"TRIO_AGENT_MAX_AGENT_STEPS": "0"})
     with pytest.raises(ConfigError, match="NAME=COMMAND"):
         ServerConfig(mcp=("no-name",))
+
+
+def test_serve_offers_the_example_tools_unless_a_module_takes_their_names() -> None:
+    from trio_agent.agent import examples
+    from trio_agent.server._agent import gateway_tools
+
+    default = [t.name for t in gateway_tools(ServerConfig())]
+    assert sorted(default) == sorted(examples.__all__)
+    assert gateway_tools(ServerConfig(example_tools=False)) == []
+    mine = gateway_tools(ServerConfig(tools=("tests._server_agent_tools", "benchmarks.agent_tools")))
+    names = [t.name for t in mine]
+    assert names[:5] == ["shout", "search_web", "get_weather", "lookup_order", "fetch_price"]
+    assert names.count("get_weather") == 1 and "calculate" in names
+    from benchmarks import agent_tools
+
+    assert next(t for t in mine if t.name == "get_weather") is agent_tools.get_weather

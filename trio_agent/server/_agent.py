@@ -71,11 +71,17 @@ EXAMPLE_TOOLS = "trio_agent.agent.examples"
 
 
 def gateway_tools(config: ServerConfig) -> list[Tool]:
-    """The Python tools ``config`` offers: the example tools (unless off), then each ``tools`` module's."""
-    modules = ([EXAMPLE_TOOLS] if config.example_tools else []) + list(config.tools)
+    """The Python tools ``config`` offers: each ``tools`` module's, then the example tools (unless off).
+
+    An example tool whose name a module's tool (or an earlier example) already
+    has is left out: the examples are a default, never a clash.
+    """
     found: list[Tool] = []
-    for module in dict.fromkeys(modules):
+    for module in dict.fromkeys(config.tools):
         found.extend(load_tools(module))
+    if config.example_tools:
+        taken = {t.name for t in found}
+        found.extend(t for t in load_tools(EXAMPLE_TOOLS) if t.name not in taken)
     return found
 
 
