@@ -13,3 +13,12 @@ def shout(text: str) -> str:
         text: What to shout.
     """
     return text.upper() + "!"
+
+
+@tool
+async def ponder() -> str:
+    """Think for a minute (a long-running tool, for cancellation tests)."""
+    import trio
+
+    await trio.sleep(60)
+    return "thought"

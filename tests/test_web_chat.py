@@ -91,9 +91,11 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-def _ask(page: Any, base: str, question: str) -> None:
+def _ask(page: Any, base: str, question: str, *, agent: bool = False) -> None:
     page.goto(base + "/")
     page.fill("#question", question)
+    if agent:
+        page.check("#agent")
     page.click("#send")
 
 
@@ -186,4 +188,55 @@ def test_overload_shows_the_503_and_its_retry_time(browser: Any) -> None:
         if holder is not None:
             holder.kill()
             holder.wait()
+        _stop(proc)
+
+
+def test_agent_mode_shows_each_tool_call_as_a_card(browser: Any, tmp_path: Path) -> None:
+    # The example tools: each step calls calculate (the mock's argument is not arithmetic:
+    # an error card) and get_time (a result card), twice, then the answer streams.
+    proc, base = _start_gateway(
+        "--mock-ttft", "0.05", "--mock-itl", "0.01", "--mock-tool-calls", "2", "--mock-tool-rounds", "2"
+    )
+    try:
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        _ask(page, base, "What time is it?", agent=True)
+        page.wait_for_selector(".turn[data-state=done]", timeout=15000)
+        cards = page.query_selector_all(".turn .tool")
+        assert len(cards) == 4
+        states = [c.get_attribute("data-state") for c in cards]
+        names = [c.query_selector(".name").text_content() for c in cards]  # type: ignore[union-attr]
+        assert names == ["calculate", "get_time", "calculate", "get_time"]
+        assert states == ["error", "result", "error", "result"]
+        status = page.text_content(".turn .status") or ""
+        assert status.startswith("done") and "3 steps" in status and "4 tool calls" in status
+        assert "get_time returned" in (page.text_content(".turn .a") or "")
+        out = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOT") == "1" else tmp_path
+        page.screenshot(path=str(out / "chat-agent.png"))
+        page.close()
+    finally:
+        _stop(proc)
+
+
+def test_agent_stop_cancels_the_running_tools(browser: Any) -> None:
+    proc, base = _start_gateway(
+        "--no-example-tools", "--tools", "tests._server_agent_tools",
+        "--mock-ttft", "0.05", "--mock-itl", "0.01", "--mock-tool-calls", "2",
+    )  # fmt: skip
+    try:
+        page = browser.new_page()
+        _ask(page, base, "think hard", agent=True)
+        # shout returns at once; ponder runs for a minute unless cancelled.
+        page.wait_for_selector(".tool[data-state=result]", timeout=10000)
+        page.wait_for_selector(".tool[data-state=running]", timeout=10000)
+        assert _metric(base, "trio_agent_agent_running_tools") == 1
+        page.click("#stop")
+        page.wait_for_selector(".turn[data-state=stopped]", timeout=5000)
+        assert page.get_attribute(".tool:nth-child(2)", "data-state") == "cancelled"
+        deadline = time.monotonic() + 5
+        while _metric(base, "trio_agent_agent_running_tools") > 0:
+            assert time.monotonic() < deadline, "the tool was not cancelled"
+            time.sleep(0.02)
+        assert _metric(base, "trio_agent_agent_running_runs") == 0
+        page.close()
+    finally:
         _stop(proc)
