@@ -162,6 +162,7 @@ async def test_a_disconnect_during_tools_cancels_them_all(autojump_clock: trio.t
     assert "trio_agent_agent_running_tools 0" in body
     assert "trio_agent_agent_queued_tools 0" in body
     assert 'trio_agent_agent_runs_total{outcome="disconnect"} 1' in body
+    assert 'trio_agent_agent_tool_calls_total{tool="hang",outcome="cancelled"} 3' in body
 
 
 async def test_a_full_gateway_refuses_the_run_up_front(autojump_clock: trio.testing.MockClock) -> None:
@@ -355,7 +356,7 @@ def test_serve_offers_the_example_tools_unless_a_module_takes_their_names() -> N
     assert gateway_tools(ServerConfig(example_tools=False)) == []
     mine = gateway_tools(ServerConfig(tools=("tests._server_agent_tools", "benchmarks.agent_tools")))
     names = [t.name for t in mine]
-    assert names[:5] == ["shout", "search_web", "get_weather", "lookup_order", "fetch_price"]
+    assert names[:6] == ["shout", "ponder", "search_web", "get_weather", "lookup_order", "fetch_price"]
     assert names.count("get_weather") == 1 and "calculate" in names
     from benchmarks import agent_tools
 

@@ -36,6 +36,7 @@ from ..agent import (
     Done,
     StepEnd,
     Tool,
+    ToolCallEvent,
     ToolError,
     ToolRegistry,
     ToolResult,
@@ -175,15 +176,26 @@ class AgentMetrics:
     def count_run(self, outcome: str) -> None:
         self.runs[outcome] = self.runs.get(outcome, 0) + 1
 
-    def observe(self, event: AgentEvent) -> None:
-        if isinstance(event, ToolStarted):
+    def observe(self, event: AgentEvent, open_calls: dict[str, str]) -> None:
+        """Count one event; ``open_calls`` (call id -> tool name) tracks the run's unfinished calls."""
+        if isinstance(event, ToolCallEvent):
+            open_calls[event.call_id] = event.name
+        elif isinstance(event, ToolStarted):
             self.tool_queue_wait.observe(event.queued_ms / 1000.0)
         elif isinstance(event, ToolResult):
+            open_calls.pop(event.call_id, None)
             self._tool(event.name, "result")
         elif isinstance(event, ToolError):
+            open_calls.pop(event.call_id, None)
             self._tool(event.name, event.kind)
         elif isinstance(event, StepEnd):
             self.steps += 1
+
+    def cancelled(self, open_calls: dict[str, str]) -> None:
+        """The calls a run left unfinished (client gone, deadline, error): cancelled with it."""
+        for name in open_calls.values():
+            self._tool(name, "cancelled")
+        open_calls.clear()
 
     def _tool(self, name: str, outcome: str) -> None:
         key = (name, outcome)
@@ -313,6 +325,21 @@ class AgentService:
         """The run's events to the client, with keepalive comments while nothing happens."""
         observe = self.metrics.observe
         interval = self.config.keepalive_interval
+        open_calls: dict[str, str] = {}
+        try:
+            await self._pump_events(out, fmt, body, observe, interval, open_calls)
+        finally:
+            self.metrics.cancelled(open_calls)
+
+    async def _pump_events(
+        self,
+        out: _Responder,
+        fmt: NativeFormat,
+        body: AgentBody,
+        observe: Callable[[AgentEvent, dict[str, str]], None],
+        interval: float,
+        open_calls: dict[str, str],
+    ) -> None:
         async with self._run(body) as events:
             while True:
                 with trio.move_on_after(interval) as idle:
@@ -323,7 +350,7 @@ class AgentService:
                 if idle.cancelled_caught:
                     await out.write(KEEPALIVE)
                     continue
-                observe(event)
+                observe(event, open_calls)
                 await out.write(fmt.event(event.type, event.to_json()))
                 if isinstance(event, Done):
                     out.terminal_sent = True
@@ -366,10 +393,14 @@ class AgentService:
 
     async def _collect(self, body: AgentBody) -> AgentResult:
         events: list[AgentEvent] = []
-        async with self._run(body) as stream:
-            async for event in stream:
-                self.metrics.observe(event)
-                events.append(event)
+        open_calls: dict[str, str] = {}
+        try:
+            async with self._run(body) as stream:
+                async for event in stream:
+                    self.metrics.observe(event, open_calls)
+                    events.append(event)
+        finally:
+            self.metrics.cancelled(open_calls)
         done = events[-1]
         assert isinstance(done, Done), "a run that ends without an error ends with Done"
         return AgentResult(
