@@ -361,3 +361,21 @@ def test_serve_offers_the_example_tools_unless_a_module_takes_their_names() -> N
     from benchmarks import agent_tools
 
     assert next(t for t in mine if t.name == "get_weather") is agent_tools.get_weather
+
+
+async def test_tools_start_while_the_client_reads_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    # The socket takes nothing (an unbuffered ASGI send nobody reads): the run's events wait
+    # in the route's small buffer, and the tools start on time, not behind the writes.
+    async with gateway(mock(tool_calls=3), tools=[hang]) as (gw, agent):
+        async with trio.open_nursery() as nursery:
+            ex = Exchange(gw, "POST", "/agent/stream", json=Q, buffer=0).start(nursery)
+            thinking = await ex.next_event()
+            assert thinking is not None and thinking.event == "thinking"
+            with trio.fail_after(5):
+                while agent.statistics().running_tools < 3:
+                    await trio.sleep(0.01)
+            ex.disconnect()
+            await ex.events()
+            await ex.finished.wait()
+        assert len(CANCELLED) == 3
+        assert_idle(gw, agent)

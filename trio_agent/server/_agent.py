@@ -65,6 +65,7 @@ Receive = Callable[[], Any]
 Send = Callable[[Message], Any]
 
 _AGENT_FIELDS = frozenset({"tools", "max_steps"})
+_EVENT_BUFFER = 64  # encoded events of one run that may wait for the socket
 EXAMPLE_TOOLS = "trio_agent.agent.examples"
 
 
@@ -322,39 +323,63 @@ class AgentService:
         return "done" if terminal_sent else "timeout"
 
     async def _pump(self, out: _Responder, fmt: NativeFormat, body: AgentBody) -> None:
-        """The run's events to the client, with keepalive comments while nothing happens."""
-        observe = self.metrics.observe
-        interval = self.config.keepalive_interval
+        """The run's events to the client, with keepalive comments while nothing happens.
+
+        Two tasks: one takes each event from the run the moment it is sent (the run's
+        channel is unbuffered, and a tool sends its ``tool_started`` before it runs, so a
+        socket write in the way would hold the next tool's start back), the other writes
+        what piled up as one write. At most ``_EVENT_BUFFER`` encoded events wait; past
+        that the run waits for the client, as it would without the buffer. An error of
+        the run is raised here after every event before it was written.
+        """
         open_calls: dict[str, str] = {}
+        failure: list[BaseException] = []
+        done = False
+        send, receive = trio.open_memory_channel[bytes](_EVENT_BUFFER)
+
+        async def take() -> None:
+            nonlocal done
+            observe = self.metrics.observe
+            try:
+                async with send, self._run(body) as events:
+                    async for event in events:
+                        observe(event, open_calls)
+                        await send.send(fmt.event(event.type, event.to_json()))
+                        done = done or isinstance(event, Done)
+            except Exception as exc:  # the writer sends what came before it; then it is raised
+                failure.append(exc)
+
         try:
-            await self._pump_events(out, fmt, body, observe, interval, open_calls)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(take)
+                await self._write_events(out, receive)
         finally:
             self.metrics.cancelled(open_calls)
+        if failure:
+            raise failure[0]
+        if done:
+            out.terminal_sent = True
+            out.info.outcome = "done"
 
-    async def _pump_events(
-        self,
-        out: _Responder,
-        fmt: NativeFormat,
-        body: AgentBody,
-        observe: Callable[[AgentEvent, dict[str, str]], None],
-        interval: float,
-        open_calls: dict[str, str],
-    ) -> None:
-        async with self._run(body) as events:
+    async def _write_events(self, out: _Responder, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        interval = self.config.keepalive_interval
+        async with receive:
             while True:
                 with trio.move_on_after(interval) as idle:
                     try:
-                        event = await events.receive()
+                        first = await receive.receive()
                     except trio.EndOfChannel:
                         return
                 if idle.cancelled_caught:
                     await out.write(KEEPALIVE)
                     continue
-                observe(event, open_calls)
-                await out.write(fmt.event(event.type, event.to_json()))
-                if isinstance(event, Done):
-                    out.terminal_sent = True
-                    out.info.outcome = "done"
+                parts = [first]
+                while True:
+                    try:
+                        parts.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await out.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
     async def complete(self, info: RequestContext, receive: Receive, send: Send, body: AgentBody) -> None:
         """``POST /agent``: the whole run as one JSON answer (the answer and every event)."""
