@@ -53,7 +53,7 @@ from ._context import RequestContext
 from ._drain import DISCONNECT, SHUTTING_DOWN, WRITE_STALLED, Drain, shutting_down_error
 from ._errors import internal_error, send_json
 from ._metrics import GatewayMetrics, Histogram
-from ._stream import KEEPALIVE, NativeFormat, StreamService, _finish, _Responder, _watch_disconnect
+from ._stream import KEEPALIVE, NativeFormat, Responder, StreamService, finish, watch_disconnect
 from ._validation import parse_chat_body
 
 __all__ = ["AgentBody", "AgentMetrics", "AgentService", "gateway_tools", "open_gateway_agent", "parse_agent_body"]
@@ -131,6 +131,8 @@ def parse_agent_body(body: Any, config: ServerConfig, tools: ToolRegistry) -> Ag
     """
     if not isinstance(body, dict):
         raise _invalid("body must be a JSON object", "body")
+    if "tool_choice" in body:  # the agent offers its own tools; the chat route's choice has no meaning here
+        raise _invalid("unknown field 'tool_choice'", "tool_choice")
     chat = parse_chat_body({k: v for k, v in body.items() if k not in _AGENT_FIELDS}, config)
     allow: tuple[str, ...] | None = None
     if "tools" in body and body["tools"] is not None:
@@ -290,9 +292,9 @@ class AgentService:
         with self.drain.track(self.config.request_timeout) as ctrl:
             self._admit(info)
             ctrl.admitted = True
-            out = _Responder(self.streams, send, ctrl, info)
+            out = Responder(self.streams, send, ctrl, info)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_disconnect, receive, ctrl)
+                nursery.start_soon(watch_disconnect, receive, ctrl)
                 nursery.start_soon(out.watchdog)
                 await out.start()
                 thinking = {"run_id": info.request_id, "request_id": info.request_id}
@@ -312,7 +314,7 @@ class AgentService:
                     out.terminal_sent = True
                 nursery.cancel_scope.cancel()
         self.metrics.count_run(self._outcome(ctrl.reason, out.terminal_sent, failure))
-        await _finish(self.streams, out, ctrl, fmt, None)
+        await finish(self.streams, out, ctrl, fmt, None)
 
     @staticmethod
     def _outcome(reason: str | None, terminal_sent: bool, failure: TrioAgentError | None) -> str:
@@ -322,7 +324,7 @@ class AgentService:
             return "error"
         return "done" if terminal_sent else "timeout"
 
-    async def _pump(self, out: _Responder, fmt: NativeFormat, body: AgentBody) -> None:
+    async def _pump(self, out: Responder, fmt: NativeFormat, body: AgentBody) -> None:
         """The run's events to the client, with keepalive comments while nothing happens.
 
         Two tasks: one takes each event from the run the moment it is sent (the run's
@@ -361,7 +363,7 @@ class AgentService:
             out.terminal_sent = True
             out.info.outcome = "done"
 
-    async def _write_events(self, out: _Responder, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+    async def _write_events(self, out: Responder, receive: trio.MemoryReceiveChannel[bytes]) -> None:
         interval = self.config.keepalive_interval
         async with receive:
             while True:
@@ -389,7 +391,7 @@ class AgentService:
             self._admit(info)
             ctrl.admitted = True
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_disconnect, receive, ctrl)
+                nursery.start_soon(watch_disconnect, receive, ctrl)
                 try:
                     result = await self._collect(body)
                 except TrioAgentError as exc:

@@ -130,7 +130,7 @@ _AGENT_BODY = {
     ),
     "additionalProperties": False,
     "properties": {
-        **_CHAT_BODY["properties"],  # type: ignore[dict-item]
+        **{k: v for k, v in _CHAT_BODY["properties"].items() if k != "tool_choice"},  # type: ignore[attr-defined]
         # The names a gateway offers: this static document lists the example tools (what
         # `serve` offers by default); a running gateway's /openapi.json lists its own.
         "tools": {"type": ["array", "null"], "items": {"enum": _EXAMPLE_TOOLS}},
