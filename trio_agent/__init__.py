@@ -32,6 +32,7 @@ from .concurrency import (
 from .config import BenchConfig, MockLLMConfig, MockServerConfig, ServerConfig, UpstreamConfig
 from .errors import (
     AdmissionError,
+    AgentError,
     AuthenticationError,
     BindError,
     ConcurrencyError,
@@ -55,8 +56,10 @@ from .errors import (
     SSEError,
     SSEEventTooLargeError,
     SSEFieldError,
+    ToolDefinitionError,
     TotalTimeoutError,
     TrioAgentError,
+    UnknownToolError,
     UpstreamConnectError,
     UpstreamConnectTimeoutError,
     UpstreamError,
@@ -74,6 +77,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdmissionError",
+    "AgentError",
     "AuthenticationError",
     "BenchConfig",
     "BindError",
@@ -111,8 +115,10 @@ __all__ = [
     "ServerSentEvent",
     "ShuttingDownError",
     "TimeoutIterator",
+    "ToolDefinitionError",
     "TotalTimeoutError",
     "TrioAgentError",
+    "UnknownToolError",
     "UpstreamConfig",
     "UpstreamConnectError",
     "UpstreamConnectTimeoutError",

@@ -19,6 +19,10 @@ into status codes, JSON bodies and SSE ``error`` events::
     │   ├── FirstItemTimeoutError        nothing arrived before first_timeout
     │   ├── IdleTimeoutError             the gap between two items exceeded idle_timeout
     │   └── TotalTimeoutError            the whole stream exceeded total_timeout
+    ├── AgentError                       the agent runtime refused its input (a failing tool is not
+    │   │                                an exception: it is a tool_error event the model sees)
+    │   ├── ToolDefinitionError          a function cannot be a tool, or two tools share a name (also a ValueError)
+    │   └── UnknownToolError             a run's allowlist names a tool the agent does not have (also a LookupError)
     ├── AdmissionError                   the gateway refused to start the work (no byte sent yet)
     │   ├── OverloadedError              global capacity and queue full, or queue wait ran out (503)
     │   ├── KeyLimitError                per-API-key concurrency or rate exceeded (429)
@@ -53,10 +57,12 @@ status is decided in one place, ``trio_agent.server``'s error renderer.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Self
 
 __all__ = [
     "AdmissionError",
+    "AgentError",
     "AuthenticationError",
     "BindError",
     "ConcurrencyError",
@@ -80,8 +86,10 @@ __all__ = [
     "SSEEventTooLargeError",
     "SSEFieldError",
     "ShuttingDownError",
+    "ToolDefinitionError",
     "TotalTimeoutError",
     "TrioAgentError",
+    "UnknownToolError",
     "UpstreamConnectError",
     "UpstreamConnectTimeoutError",
     "UpstreamError",
@@ -476,3 +484,25 @@ class UpstreamTotalTimeoutError(UpstreamTimeoutError, TotalTimeoutError):
     """The upstream stream took longer than ``total_timeout`` in all."""
 
     code = "upstream_total_timeout"
+
+
+class AgentError(TrioAgentError):
+    """The agent runtime refused its input."""
+
+    code = "agent_error"
+
+
+class ToolDefinitionError(AgentError, ValueError):
+    """A function cannot be made a tool, or two tools would share a name."""
+
+    code = "tool_definition_error"
+
+
+class UnknownToolError(AgentError, LookupError):
+    """A run's allowlist names tools the agent does not have; ``names`` lists them."""
+
+    code = "unknown_tool"
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        super().__init__(f"unknown tool(s): {', '.join(self.names)}")

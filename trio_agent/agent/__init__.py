@@ -29,9 +29,9 @@ MCP support needs the ``mcp`` extra (``pip install trio_agent[mcp]``).
 
 import typing
 
+from ..errors import AgentError, ToolDefinitionError, UnknownToolError
 from ._agent import Agent, AgentResult, AgentStatistics, LimiterStatistics, open_agent
 from ._config import AgentConfig
-from ._errors import AgentError, ToolDefinitionError, UnknownToolError
 from ._events import (
     AgentEvent,
     Done,

@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownToolError
 from ..llm import ChatBackend, ChatMessage
 from ._config import AgentConfig
-from ._errors import UnknownToolError
 from ._events import AgentEvent, Done, UsageTotals
 from ._limits import AgentStatistics, LimiterStatistics, ToolLimits
 from ._run import AgentRun, ModelSlot, RunOptions

@@ -29,7 +29,7 @@ import pydantic
 import pydantic_core
 import trio
 
-from ._errors import ToolDefinitionError
+from ..errors import ToolDefinitionError
 
 __all__ = [
     "FunctionTool",
