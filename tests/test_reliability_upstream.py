@@ -43,10 +43,13 @@ def gateway_config(upstream: FaultUpstream, **overrides: Any) -> ServerConfig:
         "idle_timeout": 0.3,
         "total_timeout": 5.0,
         "seed": 1,
+        # These tests are about retries on one upstream; ejection (which would turn the
+        # later requests of an outage into fast 503s) is tested in test_reliability_failover.py.
+        "eject_after_failures": 1000,
     }
     server: dict[str, Any] = {"port": 0, "access_log": False, "request_timeout": 5.0}
     for key, value in overrides.items():
-        if key in up or key.startswith("retry_") or key == "max_attempts":
+        if key in up or key.startswith(("retry_", "eject_")) or key == "max_attempts":
             up[key] = value
         else:
             server[key] = value

@@ -29,7 +29,14 @@ from .concurrency import (
     map_concurrently,
     open_request_queue,
 )
-from .config import BenchConfig, MockLLMConfig, MockServerConfig, ServerConfig, UpstreamConfig
+from .config import (
+    BenchConfig,
+    MockLLMConfig,
+    MockServerConfig,
+    ServerConfig,
+    UpstreamConfig,
+    UpstreamTarget,
+)
 from .errors import (
     AdmissionError,
     AgentError,
@@ -44,6 +51,7 @@ from .errors import (
     ItemTimeoutError,
     KeyLimitError,
     MethodNotAllowedError,
+    ModelNotFoundError,
     NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
@@ -70,6 +78,7 @@ from .errors import (
     UpstreamStreamError,
     UpstreamTimeoutError,
     UpstreamTotalTimeoutError,
+    UpstreamUnavailableError,
 )
 from .sse import ServerSentEvent, SSEDecoder, encode_comment, encode_event
 
@@ -94,6 +103,7 @@ __all__ = [
     "MethodNotAllowedError",
     "MockLLMConfig",
     "MockServerConfig",
+    "ModelNotFoundError",
     "NotFoundError",
     "Outcome",
     "OverloadedError",
@@ -128,8 +138,10 @@ __all__ = [
     "UpstreamProtocolError",
     "UpstreamStatusError",
     "UpstreamStreamError",
+    "UpstreamTarget",
     "UpstreamTimeoutError",
     "UpstreamTotalTimeoutError",
+    "UpstreamUnavailableError",
     "as_completed",
     "encode_comment",
     "encode_event",

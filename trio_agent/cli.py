@@ -103,10 +103,29 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--upstream-url",
-        metavar="URL",
+        action="append",
+        metavar="URL[,OPTION=VALUE...]",
         help="OpenAI-compatible base URL to proxy to, e.g. https://api.openai.com/v1 "
-        "(default: the built-in mock LLM) [env TRIO_AGENT_UPSTREAM_URL]",
+        "(default: the built-in mock LLM); repeat for several upstreams, each optionally with "
+        ",weight=W ,models=a|b ,max_concurrency=N ,api_key_env=VAR (see docs/scale-out.md) "
+        "[env TRIO_AGENT_UPSTREAM_URL, specs separated by spaces]",
     )
+    p.add_argument(
+        "--ready-requires-upstream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="/readyz answers 503 while every upstream is ejected "
+        f"[default: {defaults.ready_requires_upstream}; env TRIO_AGENT_READY_REQUIRES_UPSTREAM]",
+    )
+    for flag, tp, text in (
+        ("eject_after_failures", int, "consecutive failures before the first byte that eject an upstream"),
+        ("eject_delay", float, "seconds an upstream stays ejected the first time (doubles on repeats)"),
+        ("eject_max_delay", float, "the longest ejection, seconds"),
+    ):
+        p.add_argument(
+            "--upstream-" + flag.replace("_", "-"), dest="upstream_" + flag, type=tp,
+            help=f"{text} [env TRIO_AGENT_UPSTREAM_{flag.upper()}]",
+        )
     p.add_argument(
         "--upstream-model",
         metavar="NAME",
@@ -217,7 +236,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.mcp is not None:
         server["mcp"] = tuple(args.mcp)
     agent = {name: getattr(args, name) for name, _, _ in _AGENT_FLAGS}
-    upstream = {"base_url": args.upstream_url, "model": args.upstream_model}
+    server["ready_requires_upstream"] = args.ready_requires_upstream
+    upstream = {
+        # Several specs travel as one space-separated setting, as in TRIO_AGENT_UPSTREAM_URL.
+        "base_url": " ".join(args.upstream_url) if args.upstream_url else None,
+        "model": args.upstream_model,
+        **{f: getattr(args, "upstream_" + f)
+           for f in ("eject_after_failures", "eject_delay", "eject_max_delay")},
+    }
     mock = {"ttft": args.mock_ttft, "itl": args.mock_itl, "tokens": args.mock_tokens,
             "tool_calls": args.mock_tool_calls, "tool_rounds": args.mock_tool_rounds,
             "script": args.mock_script}
@@ -240,7 +266,11 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     def announce(host: str, port: int) -> None:
         shown = f"[{host}]" if ":" in host else host
-        backend = config.upstream.base_url if config.upstream else "the built-in mock LLM"
+        backend = (
+            " ".join(t.url for t in config.upstream.upstream_targets)
+            if config.upstream
+            else "the built-in mock LLM"
+        )
         print(f"trio_agent gateway listening on http://{shown}:{port} ({backend})", flush=True)
 
     if config.workers > 1:

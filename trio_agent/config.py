@@ -26,6 +26,7 @@ __all__ = [
     "MockServerConfig",
     "ServerConfig",
     "UpstreamConfig",
+    "UpstreamTarget",
     "config_from_env",
     "config_from_mapping",
     "env_name",
@@ -174,6 +175,78 @@ class MockServerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class UpstreamTarget:
+    """One of several upstreams (``--upstream-url URL[,weight=W][,models=a|b][,max_concurrency=N][,api_key_env=VAR]``).
+
+    ``weight`` is its share of the traffic when the upstreams are equally
+    loaded; ``models`` the model names it serves (empty: any);
+    ``max_concurrency`` its own cap on calls at once (None: only the global
+    admission cap); ``api_key`` its own key (None: the shared
+    ``UpstreamConfig.api_key``), given on the command line as the *name* of
+    the environment variable that holds it, so that no key shows in ``ps``.
+    See docs/scale-out.md.
+    """
+
+    url: str
+    weight: float = 1.0
+    models: tuple[str, ...] = ()
+    max_concurrency: int | None = None
+    api_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.url.startswith(("http://", "https://")),
+            f"base_url must start with http:// or https://, got {self.url!r}",
+        )
+        _check(self.weight > 0, f"upstream weight must be > 0, got {self.weight!r}")
+        _positive("max_concurrency", self.max_concurrency)
+
+    @classmethod
+    def parse(cls, spec: str, environ: Mapping[str, str] | None = None) -> UpstreamTarget:
+        """``URL[,weight=W][,models=a|b][,max_concurrency=N][,api_key_env=VAR]`` -> a target."""
+        url, *options = [part.strip() for part in spec.strip().split(",")]
+        values: dict[str, Any] = {"url": url}
+        for option in options:
+            key, sep, value = option.partition("=")
+            if not sep or not value:
+                raise ConfigError(f"upstream {url!r}: expected key=value, got {option!r}")
+            if key == "weight":
+                values["weight"] = _convert(f"upstream {url!r} weight", float, value)
+            elif key == "models":
+                values["models"] = tuple(m.strip() for m in value.split("|") if m.strip())
+            elif key == "max_concurrency":
+                values["max_concurrency"] = _convert(f"upstream {url!r} max_concurrency", int, value)
+            elif key == "api_key_env":
+                env = os.environ if environ is None else environ
+                if not env.get(value):
+                    raise ConfigError(f"upstream {url!r}: environment variable {value} is not set")
+                values["api_key"] = env[value]
+            else:
+                raise ConfigError(
+                    f"upstream {url!r}: unknown option {key!r} "
+                    "(known: weight, models, max_concurrency, api_key_env)"
+                )
+        return cls(**values)
+
+
+def parse_upstream_urls(
+    raw: str, environ: Mapping[str, str] | None = None
+) -> tuple[str, tuple[UpstreamTarget, ...]]:
+    """An upstream URL setting (several specs separated by spaces) -> (first URL, targets).
+
+    The targets are empty when there is a single plain URL (the one-upstream
+    configuration, which needs no list).
+    """
+    specs = raw.split()
+    if not specs:
+        raise ConfigError("the upstream URL is empty")
+    targets = tuple(UpstreamTarget.parse(spec, environ) for spec in specs)
+    if len(targets) == 1 and "," not in specs[0]:
+        return targets[0].url, ()
+    return targets[0].url, targets
+
+
+@dataclass(frozen=True, kw_only=True)
 class UpstreamConfig:
     """A real OpenAI-compatible upstream reached through a pool of httpx clients.
 
@@ -195,6 +268,16 @@ class UpstreamConfig:
     ``read_below_httpx`` reads a streamed body straight from its HTTP/1.1
     connection's h11 state instead of through httpx's iterators
     (docs/decisions/003); off, every byte goes through ``aiter_raw``.
+
+    ``targets``: several upstreams (``base_url`` is then the first one's);
+    empty means the one upstream at ``base_url``. Whatever their number,
+    calls go through a router (llm/_router.py, docs/decisions/011): least
+    in-flight (weighted) picking, failover before the first byte, and
+    outlier ejection: ``eject_after_failures`` consecutive connection
+    failures or 5xx answers before the first byte eject an upstream for
+    ``eject_delay`` seconds, doubled on each repeat ejection up to
+    ``eject_max_delay``; one real request then probes it before it takes
+    traffic again.
     """
 
     base_url: str
@@ -217,8 +300,15 @@ class UpstreamConfig:
     retry_budget_window: float = 10.0
     retry_budget_min: int = 3
     seed: int | None = None
+    targets: tuple[UpstreamTarget, ...] = ()
+    eject_after_failures: int = 3
+    eject_delay: float = 5.0
+    eject_max_delay: float = 60.0
 
     def __post_init__(self) -> None:
+        _check(self.eject_after_failures >= 1, "eject_after_failures must be >= 1")
+        _positive("eject_delay", self.eject_delay)
+        _check(self.eject_max_delay >= self.eject_delay, "eject_max_delay must be >= eject_delay")
         _check(
             self.base_url.startswith(("http://", "https://")),
             f"base_url must start with http:// or https://, got {self.base_url!r}",
@@ -236,6 +326,11 @@ class UpstreamConfig:
         _non_negative("backoff_max", self.backoff_max)
         _check(0 <= self.retry_budget_ratio <= 1, "retry_budget_ratio must be in [0, 1]")
         _positive("retry_budget_window", self.retry_budget_window)
+
+    @property
+    def upstream_targets(self) -> tuple[UpstreamTarget, ...]:
+        """Every upstream: ``targets``, or the one at ``base_url``."""
+        return self.targets or (UpstreamTarget(url=self.base_url),)
 
     @property
     def connections(self) -> int:
@@ -331,6 +426,8 @@ class ServerConfig:
     docs/decisions/001); off, every write goes through ASGI.
     ``upstream`` set means proxy to a real
     OpenAI-compatible API; ``None`` means answer from the built-in mock.
+    ``ready_requires_upstream``: ``/readyz`` answers 503 while every upstream
+    is ejected (off: the gateway stays ready and fails requests fast).
 
     The agent routes (``/agent``, ``/agent/stream``) offer the tools of the
     modules in ``tools`` (every ``@tool`` in each), the example tools of
@@ -384,6 +481,7 @@ class ServerConfig:
     tools: tuple[str, ...] = ()
     example_tools: bool = True
     mcp: tuple[str, ...] = ()
+    ready_requires_upstream: bool = False
     upstream: UpstreamConfig | None = None
     mock: MockLLMConfig = field(default_factory=MockLLMConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -630,6 +728,8 @@ def env_name(cls: type[Any], name: str) -> str | None:
     prefix = ENV_SECTIONS.get(cls)
     if prefix is None or (cls is ServerConfig and name in ("upstream", "mock", "agent")):
         return None
+    if cls is UpstreamConfig and name == "targets":  # given with the URL (see parse_upstream_urls)
+        return None
     if cls is UpstreamConfig and name == "base_url":
         return ENV_PREFIX + "UPSTREAM_URL"
     return prefix + name.upper()
@@ -673,7 +773,8 @@ def server_config_from_env(
     (``TRIO_AGENT_API_KEYS`` and ``TRIO_AGENT_CORS_ORIGINS`` are
     comma-separated), ``TRIO_AGENT_UPSTREAM_URL`` and
     ``TRIO_AGENT_UPSTREAM_<FIELD>`` for :class:`UpstreamConfig` (the key only
-    as ``TRIO_AGENT_UPSTREAM_API_KEY``), ``TRIO_AGENT_MOCK_<FIELD>`` for
+    as ``TRIO_AGENT_UPSTREAM_API_KEY``; ``TRIO_AGENT_UPSTREAM_URL`` may list
+    several upstreams separated by spaces), ``TRIO_AGENT_MOCK_<FIELD>`` for
     :class:`MockLLMConfig`, ``TRIO_AGENT_<FIELD>`` for :class:`AgentConfig`
     (``TRIO_AGENT_TOOL_TIMEOUT``). Any other ``TRIO_AGENT_*`` name is an error.
     Upstream settings without an upstream URL are an error too.
@@ -712,6 +813,10 @@ def server_config_from_env(
                 "(--upstream-url or TRIO_AGENT_UPSTREAM_URL)"
             )
         with _naming_variables(names[UpstreamConfig]):
+            raw_url = vals[UpstreamConfig]["base_url"]
+            if isinstance(raw_url, str):  # one or several specs (see parse_upstream_urls)
+                base_url, targets = parse_upstream_urls(raw_url, env)
+                vals[UpstreamConfig].update(base_url=base_url, targets=targets)
             upstream_config = config_from_mapping(UpstreamConfig, vals[UpstreamConfig])
     with _naming_variables(names[MockLLMConfig]):
         mock_config = config_from_mapping(MockLLMConfig, vals[MockLLMConfig])

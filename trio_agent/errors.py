@@ -32,9 +32,11 @@ into status codes, JSON bodies and SSE ``error`` events::
     │   ├── PayloadTooLargeError         body above the limit (413)
     │   ├── AuthenticationError          missing or wrong API key (401)
     │   ├── NotFoundError                no such path (404)
+    │   ├── ModelNotFoundError           no configured upstream serves the model asked for (404)
     │   └── MethodNotAllowedError        the path exists, the method does not (405)
     └── UpstreamError                    the LLM upstream failed
         ├── UpstreamConnectError         could not connect / connection dropped
+        ├── UpstreamUnavailableError     every upstream for the request is ejected: fail fast (503)
         ├── UpstreamStatusError          a non-2xx answer (upstream_status, retry_after)
         ├── UpstreamProtocolError        bytes that are not the OpenAI wire format, or no terminal frame
         ├── UpstreamStreamError          an {"error": ...} frame inside the stream
@@ -74,6 +76,7 @@ __all__ = [
     "ItemTimeoutError",
     "KeyLimitError",
     "MethodNotAllowedError",
+    "ModelNotFoundError",
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
@@ -100,6 +103,7 @@ __all__ = [
     "UpstreamStreamError",
     "UpstreamTimeoutError",
     "UpstreamTotalTimeoutError",
+    "UpstreamUnavailableError",
 ]
 
 
@@ -380,6 +384,20 @@ class NotFoundError(RequestError):
     status_code = 404
 
 
+class ModelNotFoundError(RequestError):
+    """No configured upstream serves the model the request names (404, OpenAI's code).
+
+    Raised by the upstream router before anything is sent upstream; ``model`` names it.
+    """
+
+    code = "model_not_found"
+    status_code = 404
+
+    def __init__(self, message: str, *, model: str) -> None:
+        super().__init__(message)
+        self.model = model
+
+
 class MethodNotAllowedError(RequestError):
     """The path exists but not with this method (405). ``allowed`` lists the methods."""
 
@@ -430,6 +448,16 @@ class UpstreamError(TrioAgentError):
 
 class UpstreamConnectError(UpstreamError):
     """Could not connect to the upstream, or the connection dropped."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """Every upstream that could serve the request is ejected (outlier detection): nothing was sent.
+
+    The request fails at once instead of waiting for a connect timeout;
+    ``retry_after`` is when the first of them may be probed again.
+    """
 
     code = "upstream_unavailable"
 

@@ -1,8 +1,9 @@
-"""LLM backends: the protocol, the in-process mock, the OpenAI-compatible client."""
+"""LLM backends: the protocol, the in-process mock, the OpenAI-compatible client, the upstream router."""
 
 from ._mock import MockLLM, MockLLMStatistics
 from ._openai import OpenAIBackend, OpenAIBackendStatistics, open_openai_backend
 from ._retry import RetryBudget, RetryBudgetStatistics
+from ._router import RouterBackend, RouterStatistics, open_router_backend, upstream_unavailable
 from ._tool_calls import ToolCallAssembler
 from ._types import (
     ChatBackend,
@@ -15,6 +16,7 @@ from ._types import (
     ToolCallDelta,
     Usage,
 )
+from ._upstreams import Upstream, UpstreamSet, UpstreamStatistics
 
 __all__ = [
     "ChatBackend",
@@ -29,9 +31,16 @@ __all__ = [
     "Relay",
     "RetryBudget",
     "RetryBudgetStatistics",
+    "RouterBackend",
+    "RouterStatistics",
     "ToolCall",
     "ToolCallAssembler",
     "ToolCallDelta",
+    "Upstream",
+    "UpstreamSet",
+    "UpstreamStatistics",
     "Usage",
     "open_openai_backend",
+    "open_router_backend",
+    "upstream_unavailable",
 ]

@@ -339,10 +339,16 @@ class OpenAIBackend:
     # -- streaming -----------------------------------------------------------------
 
     @asynccontextmanager
-    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[ChatChunk]]:
-        """Stream a reply; leaving the block closes the upstream response at once."""
+    async def stream_chat(
+        self, request: ChatRequest, *, started_at: float | None = None
+    ) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+        """Stream a reply; leaving the block closes the upstream response at once.
+
+        The deadlines run from ``started_at`` (trio time; default now): a
+        router that fails over to this upstream passes the request's own start.
+        """
         cfg = self.config
-        start = trio.current_time()
+        start = trio.current_time() if started_at is None else started_at
         total_deadline = start + cfg.total_timeout
         first_deadline = min(start + cfg.first_token_timeout, total_deadline)
         body = self._body(request, stream=True)
@@ -390,10 +396,12 @@ class OpenAIBackend:
         finally:
             self._give_back(shard)
 
-    async def complete_chat(self, request: ChatRequest) -> ChatCompletion:
+    async def complete_chat(
+        self, request: ChatRequest, *, started_at: float | None = None
+    ) -> ChatCompletion:
         """The whole reply in one non-streamed call, with the same retries and deadlines."""
         cfg = self.config
-        deadline = trio.current_time() + cfg.total_timeout
+        deadline = (trio.current_time() if started_at is None else started_at) + cfg.total_timeout
         body = self._body(request, stream=False)
         headers = {**self._headers, "Content-Type": "application/json"}
 
@@ -446,7 +454,9 @@ class OpenAIBackend:
             self._give_back(shard)
 
     @asynccontextmanager
-    async def open_relay(self, path: str, body: bytes, *, stream: bool) -> AsyncIterator[Relay]:
+    async def open_relay(
+        self, path: str, body: bytes, *, stream: bool, started_at: float | None = None
+    ) -> AsyncIterator[Relay]:
         """Relay ``POST {base_url}{path}`` (``/embeddings``, ``/completions``, ``/responses``, ...).
 
         ``body`` goes upstream byte for byte. The block is entered once the
@@ -459,7 +469,7 @@ class OpenAIBackend:
         Leaving the block closes the upstream response.
         """
         cfg = self.config
-        start = trio.current_time()
+        start = trio.current_time() if started_at is None else started_at
         total_deadline = start + cfg.total_timeout
         first_deadline = min(start + cfg.first_token_timeout, total_deadline) if stream else total_deadline
         url = f"{self._base}/{path.lstrip('/')}"

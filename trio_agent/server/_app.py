@@ -32,7 +32,7 @@ from ..concurrency import LoopLag
 from ..config import ServerConfig
 from ..errors import AuthenticationError, RequestError, TrioAgentError
 from ..http import ConnectionCounter, DrainingListener
-from ..llm import ChatBackend
+from ..llm import ChatBackend, upstream_unavailable
 from . import _routes_agent as agent_routes
 from . import _routes_chat as chat_routes
 from . import _routes_info as info_routes
@@ -100,7 +100,17 @@ def routes(gw: Gateway) -> list[Route]:
         view_route("GET", "/v1/models", info_routes.models(gw.backend)),
         view_route("GET", "/", info_routes.chat_page(), public=True),
         view_route("GET", "/healthz", info_routes.healthz(), public=True),
-        view_route("GET", "/readyz", info_routes.readyz(gw.drain, gw.limits, gw.agents), public=True),
+        view_route(
+            "GET",
+            "/readyz",
+            info_routes.readyz(
+                gw.drain,
+                gw.limits,
+                gw.agents,
+                upstreams=gw.backend if cfg.ready_requires_upstream else None,
+            ),
+            public=True,
+        ),
         view_route(
             "GET",
             "/metrics",
@@ -296,7 +306,7 @@ class Gateway:
             key_id = self._keys.authenticate(headers)
         except AuthenticationError:
             return None
-        refusal = self.limits.refuse_nowait(key_id)
+        refusal = self.limits.refuse_nowait(key_id) or upstream_unavailable(self.backend)
         if refusal is None:
             return None
         ctx = self._open("POST", path.decode(), headers)

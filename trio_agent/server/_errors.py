@@ -24,7 +24,11 @@ deadline is 504; anything else, ``upstream_unavailable`` (connection refused,
 dropped, not retried because the retry budget is spent) included, is 502: the
 gateway itself is up and would serve another upstream, so 503 (which says
 "this instance is overloaded or draining", and makes a load balancer take it
-out) would be wrong.
+out) would be wrong. The exception is
+:class:`~trio_agent.errors.UpstreamUnavailableError` (same code): every
+upstream is ejected, the call failed fast without trying, and 503 with
+``Retry-After`` (the time until the next probe) is the truth for this
+instance until one rejoins.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from ..errors import (
     TrioAgentError,
     UpstreamError,
     UpstreamStatusError,
+    UpstreamUnavailableError,
 )
 from ._context import Headers, RequestContext
 
@@ -116,6 +121,8 @@ def status_for(exc: TrioAgentError) -> int:
         and exc.upstream_status not in _UPSTREAM_NOT_CLIENTS_FAULT
     ):
         return 400
+    if isinstance(exc, UpstreamUnavailableError):  # every upstream ejected: this instance cannot serve
+        return 503
     if isinstance(exc, DeadlineError):  # UpstreamTimeoutError is one too
         return 504
     if isinstance(exc, UpstreamError):

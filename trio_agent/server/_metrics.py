@@ -18,6 +18,7 @@ from ..concurrency import LoopLagStatistics
 from ..http import ConnectionCounter
 from ..llm import Usage
 from ._admission import AdmissionStatistics
+from ._metrics_upstreams import upstream_metric_lines
 
 __all__ = ["GatewayMetrics", "Histogram"]
 
@@ -190,6 +191,7 @@ class GatewayMetrics:
             value = getattr(backend_statistics, field, None)
             if isinstance(value, int):
                 metric(name, kind, text, [("", value)])
+        lines.extend(upstream_metric_lines(backend_statistics))
         if limits_status is not None:
             metric("trio_agent_shared_limits_healthy", "gauge",
                    "1 while the shared (Redis) limits are reachable, 0 during an outage.",

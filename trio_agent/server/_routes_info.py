@@ -1,7 +1,8 @@
 """The routes that describe the gateway: probes, metrics, models, the chat page, the API.
 
 ``/healthz`` (the process is up), ``/readyz`` (it takes work: not draining,
-limits available), ``/metrics`` (Prometheus text), ``/v1/models``, ``/`` (the
+limits available, and with ``ready_requires_upstream`` an upstream not
+ejected), ``/metrics`` (Prometheus text), ``/v1/models``, ``/`` (the
 one-file chat page) and ``/openapi.json``.
 """
 
@@ -9,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import math
 
 from quart import Response
 
 from ..concurrency import LoopLag
 from ..http import ConnectionCounter
-from ..llm import ChatBackend
+from ..llm import ChatBackend, upstream_unavailable
 from ._admission import Limits
 from ._agent import AgentService, mcp_readiness
 from ._context import RequestContext
@@ -34,8 +36,15 @@ def healthz() -> ViewHandler:
     return handle
 
 
-def readyz(drain: Drain, limits: Limits, agents: AgentService | None = None) -> ViewHandler:
-    """Ready unless draining or the limits are unavailable.
+def readyz(
+    drain: Drain,
+    limits: Limits,
+    agents: AgentService | None = None,
+    *,
+    upstreams: ChatBackend | None = None,
+) -> ViewHandler:
+    """Ready unless draining, the limits are unavailable, or (``upstreams`` given: the gateway runs
+    with ``ready_requires_upstream``) every upstream is ejected.
 
     An MCP server that is down does not make the gateway unready (chat and
     the other tools still serve, and the agent reconnects it): the body names
@@ -48,6 +57,14 @@ def readyz(drain: Drain, limits: Limits, agents: AgentService | None = None) -> 
         status = limits.status()
         if not limits.ready:
             return json_view({"status": "limits_unavailable", "limits": status}, 503)
+        down = upstream_unavailable(upstreams) if upstreams is not None else None
+        if down is not None:
+            wait = math.ceil(down.retry_after or 0)
+            response = json_view(
+                {"status": "upstream_unavailable", "reason": down.message, "retry_after": wait}, 503
+            )
+            response.headers["Retry-After"] = str(max(1, wait))
+            return response
         body: dict[str, object] = {"status": "ready", **({"limits": status} if status else {})}
         mcp = agents.agent.mcp_status() if agents is not None else {}
         if mcp:

@@ -1,7 +1,7 @@
 """Running the gateway: ``serve()`` in one trio run, ``run_workers()`` for several processes.
 
 ``serve(config)`` owns everything app-lifetime: it opens the backend (the
-built-in mock, or ``open_openai_backend(config.upstream)``), builds the app,
+built-in mock, or ``open_router_backend(config.upstream)``), builds the app,
 runs Hypercorn's trio worker with a shutdown trigger, and reports the bound
 ``(host, port)`` through ``task_status.started``. SIGTERM or SIGINT (or
 ``shutdown_trigger`` returning) starts the drain:
@@ -63,9 +63,10 @@ _FLUSH_GRACE = 2.0
 async def open_backend(config: ServerConfig) -> AsyncIterator[ChatBackend]:
     """The backend ``config`` asks for: the upstream when set, else the in-process mock."""
     if config.upstream is not None:
-        from ..llm import open_openai_backend
+        from ..llm import open_router_backend
 
-        async with open_openai_backend(upstream_for(config)) as backend:
+        # One upstream or several, through the router: failover, ejection, fast failure.
+        async with open_router_backend(upstream_for(config)) as backend:
             yield backend
     else:
         from ..llm import MockLLM

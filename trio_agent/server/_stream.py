@@ -42,7 +42,15 @@ from ..concurrency import Outcome, as_completed
 from ..config import ServerConfig
 from ..errors import TrioAgentError, UpstreamError
 from ..http import ClientGoneError, DirectBody, direct_body
-from ..llm import ChatBackend, ChatChunk, ChatRequest, ToolCall, ToolCallAssembler, Usage
+from ..llm import (
+    ChatBackend,
+    ChatChunk,
+    ChatRequest,
+    ToolCall,
+    ToolCallAssembler,
+    Usage,
+    upstream_unavailable,
+)
 from ..sse import encode_comment, encode_event
 from ._admission import Lease, Limits
 from ._chat import (
@@ -787,8 +795,11 @@ class StreamService:
         out: Responder | None = None
         refused: TrioAgentError | None = None
         with svc.drain.track(svc.config.request_timeout) as ctrl:
-            # Refused at once (queue full, key at its cap): a plain 503/429, no stream set up.
-            refusal = svc.limits.refuse_nowait(info.key_id)
+            # Refused at once (queue full, key at its cap, every upstream ejected): a plain
+            # 503/429, no stream set up.
+            refusal = svc.limits.refuse_nowait(info.key_id) or upstream_unavailable(
+                svc.backend, request.model
+            )
             if refusal is not None:
                 raise refusal
             out = Responder(svc, send, ctrl, info)
