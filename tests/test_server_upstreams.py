@@ -33,6 +33,7 @@ async def test_all_upstreams_ejected_is_a_fast_503_on_every_route(autojump_clock
         ("POST", "/chat/stream", Q),
         ("POST", "/v1/chat/completions", OA),
         ("POST", "/v1/chat/completions", {**OA, "stream": True}),
+        ("POST", "/v1/embeddings", {"model": "m", "input": "x"}),
     ):
         r = await request(gw, method, path, json=body)
         assert r.status == 503, (path, r.status, r.body)
@@ -47,8 +48,8 @@ async def test_all_upstreams_ejected_is_a_fast_503_on_every_route(autojump_clock
     assert 'trio_agent_upstream_state{upstream="a",state="ejected"} 1' in metrics
     assert 'trio_agent_upstream_ejections_total{upstream="b"} 1' in metrics
     assert 'trio_agent_upstream_attempt_errors_total{upstream="a",kind="upstream_unavailable"} 1' in metrics
-    # The two non-streamed calls reached the router; the streamed ones were refused before their head.
-    assert "trio_agent_upstream_fast_failures_total 2" in metrics
+    # The non-streamed calls reached the router; the streamed ones were refused before their head.
+    assert "trio_agent_upstream_fast_failures_total 3" in metrics
     # Due again: the next request probes, the upstream answers, and it is ready again.
     a.down = b.down = None
     await trio.sleep(7.0)
