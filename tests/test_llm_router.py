@@ -14,6 +14,7 @@ from tests._fake_upstreams import FakeUpstream, refused, router
 from trio_agent.errors import (
     ModelNotFoundError,
     UpstreamConnectError,
+    UpstreamFirstTokenTimeoutError,
     UpstreamStatusError,
     UpstreamStreamError,
     UpstreamUnavailableError,
@@ -290,3 +291,18 @@ async def test_retries_stay_within_max_attempts_and_the_budget(autojump_clock: t
     with pytest.raises(UpstreamConnectError) as exc:
         await stream(r)
     assert "retry budget" in exc.value.message
+
+
+async def test_a_call_waiting_for_room_gets_the_first_token_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    a = FakeUpstream("a", ttft=10.0)
+    r = router(a, caps=[1], first_token_timeout=2.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream, r)  # holds a's one slot for 10 s
+        await trio.testing.wait_all_tasks_blocked()
+        t0 = trio.current_time()
+        with pytest.raises(UpstreamFirstTokenTimeoutError):
+            await stream(r)
+        assert trio.current_time() - t0 == 2.0
+        assert "a up in_flight=1" in repr(r)
+        nursery.cancel_scope.cancel()
+    assert_idle(r)

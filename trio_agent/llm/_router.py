@@ -138,7 +138,8 @@ class RouterBackend:
         return self.config.model
 
     def __repr__(self) -> str:
-        return f"<RouterBackend {[u.name for u in self.upstreams.upstreams]} model={self.model!r}>"
+        ups = ", ".join(f"{u.name} {u.state} in_flight={u.in_flight}" for u in self.upstreams.upstreams)
+        return f"<RouterBackend [{ups}] model={self.model!r}>"
 
     def statistics(self) -> RouterStatistics:
         """A snapshot: counts, and each upstream's state."""
