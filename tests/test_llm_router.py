@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from tests._fake_upstreams import FakeUpstream, refused, router
+from trio_agent.config import UpstreamConfig
 from trio_agent.errors import (
     ModelNotFoundError,
     UpstreamConnectError,
@@ -306,3 +307,16 @@ async def test_a_call_waiting_for_room_gets_the_first_token_timeout(autojump_clo
         assert "a up in_flight=1" in repr(r)
         nursery.cancel_scope.cancel()
     assert_idle(r)
+
+
+async def test_an_upstream_is_named_without_its_credentials() -> None:
+    from trio_agent.config import UpstreamTarget
+    from trio_agent.llm import open_router_backend
+
+    config = UpstreamConfig(
+        base_url="http://u:secret@127.0.0.1:9/v1",
+        targets=(UpstreamTarget(url="http://u:secret@127.0.0.1:9/v1"), UpstreamTarget(url="https://h/v1")),
+    )
+    async with open_router_backend(config) as backend:
+        names = [u.name for u in backend.statistics().upstreams]
+    assert names == ["http://127.0.0.1:9/v1", "https://h/v1"]

@@ -401,7 +401,7 @@ async def open_router_backend(
             backend = await stack.enter_async_context(open_openai_backend(_single(config, target)))
             upstreams.append(
                 Upstream(
-                    name=target.url,
+                    name=_shown(target.url),
                     backend=backend,
                     weight=target.weight,
                     models=target.models,
@@ -409,6 +409,13 @@ async def open_router_backend(
                 )
             )
         yield RouterBackend(config, upstreams, budget=budget)
+
+
+def _shown(url: str) -> str:
+    """``url`` without any ``user:password@``: the name in metrics and logs never carries a secret."""
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
 
 
 def _single(config: UpstreamConfig, target: UpstreamTarget) -> UpstreamConfig:
