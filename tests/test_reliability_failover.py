@@ -4,7 +4,7 @@ One is killed mid-run: its streams in flight end with one clean ``error`` event,
 go to the others with no error, and it is ejected; brought back on the same port, it rejoins
 after one probe. All killed: requests fail fast with 503 ``upstream_unavailable`` and a
 ``Retry-After``, and ``/readyz`` says so when asked to. The OpenAI routes and the agent
-library use the same routing.
+routes (``/agent/stream`` and the library's ``open_agent``) use the same routing.
 
 Figures print with ``pytest -s -m e2e tests/test_reliability_failover.py``.
 """
@@ -253,6 +253,13 @@ async def test_the_openai_routes_and_the_agent_use_the_same_routing() -> None:
                     assert r.status == 200
                 s = router.statistics()
                 assert s.upstreams[2].state == "ejected" and s.failovers == 3
+                # The agent route's model calls take the same routing: the dead one is skipped.
+                before = [u.attempts for u in router.statistics().upstreams]
+                for _ in range(2):
+                    r = await raw_request(srv.port, "POST", "/agent/stream", json={"question": "Weather in Paris?"})
+                    assert terminal(r)[0] == "done", r.kinds
+                after = [u.attempts for u in router.statistics().upstreams]
+                assert after[2] == before[2] and sum(after) - sum(before) >= 4  # two steps per run at least
             # The agent library over the same router: every model call routed, the dead one skipped.
             async with AsyncExitStack() as stack:
                 backend = await stack.enter_async_context(open_router_backend(upstream_config(mocks)))

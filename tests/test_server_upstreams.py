@@ -1,5 +1,6 @@
 """The gateway over the upstream router (fake upstreams, over ASGI): every route routes the same way,
-all upstreams ejected is a fast 503 with Retry-After (streamed routes too, before their head),
+all upstreams ejected is a fast 503 with Retry-After (streamed routes and agent runs too, before
+their head),
 an unserved model is 404 model_not_found, /readyz with ready_requires_upstream, per-upstream /metrics.
 """
 
@@ -34,6 +35,8 @@ async def test_all_upstreams_ejected_is_a_fast_503_on_every_route(autojump_clock
         ("POST", "/v1/chat/completions", OA),
         ("POST", "/v1/chat/completions", {**OA, "stream": True}),
         ("POST", "/v1/embeddings", {"model": "m", "input": "x"}),
+        ("POST", "/agent/stream", Q),
+        ("POST", "/agent", Q),
     ):
         r = await request(gw, method, path, json=body)
         assert r.status == 503, (path, r.status, r.body)
@@ -55,6 +58,8 @@ async def test_all_upstreams_ejected_is_a_fast_503_on_every_route(autojump_clock
     await trio.sleep(7.0)
     r = await request(gw, "POST", "/chat/stream", json=Q)
     assert r.status == 200 and r.events[-1].event == "done"
+    r = await request(gw, "POST", "/agent/stream", json=Q)  # the agent's model calls: routed too
+    assert r.status == 200 and r.events[-1].event == "done", r.events[-1]
     r = await request(gw, "GET", "/readyz")
     assert r.status == 200
     assert gw.limits.statistics().in_flight == 0 and backend.statistics().in_flight == 0

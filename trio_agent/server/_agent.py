@@ -46,7 +46,7 @@ from ..agent import (
 )
 from ..config import ServerConfig, mcp_spec
 from ..errors import RequestValidationError, TrioAgentError, UpstreamError
-from ..llm import ChatBackend, ChatMessage
+from ..llm import ChatBackend, ChatMessage, upstream_unavailable
 from ._admission import Limits
 from ._chat import request_timeout_error
 from ._context import RequestContext
@@ -275,8 +275,11 @@ class AgentService:
             model_slot=self.limits.slot,
         )
 
-    def _admit(self, info: RequestContext) -> None:
-        refusal = self.limits.refuse_nowait(info.key_id)
+    def _admit(self, info: RequestContext, body: AgentBody) -> None:
+        # Every upstream ejected: a plain 503 now, not a run that fails at its first model call.
+        refusal = self.limits.refuse_nowait(info.key_id) or upstream_unavailable(
+            self.agent.backend, body.model
+        )
         if refusal is not None:
             self.metrics.count_run("refused")
             raise refusal
@@ -290,7 +293,7 @@ class AgentService:
         fmt = NativeFormat(info.request_id)
         failure: TrioAgentError | None = None
         with self.drain.track(self.config.request_timeout) as ctrl:
-            self._admit(info)
+            self._admit(info, body)
             ctrl.admitted = True
             out = Responder(self.streams, send, ctrl, info)
             async with trio.open_nursery() as nursery:
@@ -388,7 +391,7 @@ class AgentService:
         result: AgentResult | None = None
         failure: TrioAgentError | None = None
         with self.drain.track(self.config.request_timeout) as ctrl:
-            self._admit(info)
+            self._admit(info, body)
             ctrl.admitted = True
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_disconnect, receive, ctrl)
