@@ -203,3 +203,12 @@ def test_argument_fragments_join_back_and_response_formats() -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
     assert response_format_schema({"response_format": fmt}) == schema
     assert response_format_schema({"text": {"format": {"type": "json_schema", "schema": schema}}}) == schema
+
+
+def test_a_schemas_examples_are_what_the_mock_answers() -> None:
+    # The example tools give examples so that the built-in mock calls them with sensible
+    # arguments ("Paris", not a filler word).
+    schema = {"type": "string", "examples": ["Paris", "Oslo"]}
+    seen = {value_for_schema(schema, random.Random(seed)) for seed in range(20)}
+    assert seen == {"Paris", "Oslo"}
+    assert value_for_schema({"type": "string", "default": "Lima", "examples": ["Paris"]}, random.Random(0)) == "Lima"

@@ -79,7 +79,9 @@ def _evaluate(node: ast.AST) -> float | int:
 
 
 @tool
-def calculate(expression: str) -> float | int:
+def calculate(
+    expression: Annotated[str, Field(examples=["(3 + 4) * sqrt(16) / 2", "2 ** 10 - 24", "round(pi * 3 ** 2, 2)"])],
+) -> float | int:
     """Evaluate an arithmetic expression exactly and return the number.
 
     Supports + - * / // % **, parentheses, the constants pi and e, and the
@@ -104,7 +106,10 @@ def get_time() -> str:
 
 
 @tool
-async def get_weather(city: str, unit: Literal["celsius", "fahrenheit"] = "celsius") -> dict[str, Any]:
+async def get_weather(
+    city: Annotated[str, Field(examples=["Paris", "Oslo", "Tokyo", "Lima"])],
+    unit: Literal["celsius", "fahrenheit"] = "celsius",
+) -> dict[str, Any]:
     """Current weather for a city (a deterministic fake: the same city always gets the same weather).
 
     Args:

@@ -195,8 +195,8 @@ def json_reply(schema: Mapping[str, Any], rng: random.Random) -> str:
 def value_for_schema(schema: Mapping[str, Any], rng: random.Random) -> Any:
     """A JSON value valid against ``schema`` (see the module docstring for what is understood).
 
-    ``pattern`` and ``not`` are not understood; ``default`` is used when given
-    (a valid schema's default is assumed valid).
+    ``pattern`` and ``not`` are not understood; ``default`` is used when given, else one of ``examples``
+    (a valid schema's default and examples are assumed valid).
     """
     return _value(schema, schema, rng, 0)
 
@@ -230,6 +230,10 @@ def _value(schema: Any, root: Mapping[str, Any], rng: random.Random, depth: int)
         return rng.choice(schema["enum"])
     if "default" in schema:
         return schema["default"]
+    # A schema's own examples read as the model would answer (a valid schema's examples are
+    # assumed valid, like its default).
+    if isinstance(schema.get("examples"), list) and schema["examples"]:
+        return rng.choice(schema["examples"])
     for key in ("anyOf", "oneOf"):
         options = schema.get(key)
         if isinstance(options, list) and options:
