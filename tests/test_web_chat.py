@@ -192,11 +192,12 @@ def test_overload_shows_the_503_and_its_retry_time(browser: Any) -> None:
 
 
 def test_agent_mode_shows_each_tool_call_as_a_card(browser: Any, tmp_path: Path) -> None:
-    # The example tools: each step calls calculate (the mock's argument is not arithmetic:
-    # an error card) and get_time (a result card), twice, then the answer streams.
+    # Each step calls shout (a result card) and explode (an error card), twice, then the
+    # answer streams.
     proc, base = _start_gateway(
-        "--mock-ttft", "0.05", "--mock-itl", "0.01", "--mock-tool-calls", "2", "--mock-tool-rounds", "2"
-    )
+        "--no-example-tools", "--tools", "tests._server_agent_cards_tools",
+        "--mock-ttft", "0.05", "--mock-itl", "0.01", "--mock-tool-calls", "2", "--mock-tool-rounds", "2",
+    )  # fmt: skip
     try:
         page = browser.new_page(viewport={"width": 900, "height": 700})
         _ask(page, base, "What time is it?", agent=True)
@@ -205,11 +206,11 @@ def test_agent_mode_shows_each_tool_call_as_a_card(browser: Any, tmp_path: Path)
         assert len(cards) == 4
         states = [c.get_attribute("data-state") for c in cards]
         names = [c.query_selector(".name").text_content() for c in cards]  # type: ignore[union-attr]
-        assert names == ["calculate", "get_time", "calculate", "get_time"]
-        assert states == ["error", "result", "error", "result"]
+        assert names == ["shout", "explode", "shout", "explode"]
+        assert states == ["result", "error", "result", "error"]
         status = page.text_content(".turn .status") or ""
         assert status.startswith("done") and "3 steps" in status and "4 tool calls" in status
-        assert "get_time returned" in (page.text_content(".turn .a") or "")
+        assert "shout returned" in (page.text_content(".turn .a") or "")
         out = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOT") == "1" else tmp_path
         page.screenshot(path=str(out / "chat-agent.png"))
         page.close()
