@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,3 +120,44 @@ async def test_serve_http_accepts_a_burst_of_clients_in_one_pass() -> None:
                         break
                     await trio.sleep(0.01)
             assert listener.statistics().largest_pass >= 30  # at most 64 per pass
+
+
+class _ExhaustedSocket(socket.socket):
+    """A listening socket whose next ``fail`` accepts fail with ``EMFILE``."""
+
+    fail = 0
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self.fail:
+            self.fail -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+async def test_descriptor_exhaustion_is_one_warning_per_episode_with_backoff(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    sock = _ExhaustedSocket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    freed: list[int] = []
+    listener = DrainingListener(sock, on_exhausted=lambda: freed.append(1))
+    with caplog.at_level(logging.WARNING, logger="trio_agent.http"):
+        for episode in range(2):
+            sock.fail = 5
+            with burst(sock.getsockname()[1], 1):
+                started = trio.current_time()
+                stream = await listener.accept()
+                waited = trio.current_time() - started
+                await stream.aclose()
+            # Backoff doubles from 10 ms: 10 + 20 + 40 + 80 + 160 ms before the accept that works.
+            assert waited == pytest.approx(0.31, abs=0.005), episode
+            stats = listener.statistics()
+            assert not stats.exhausted
+    await listener.aclose()
+    assert (stats.exhausted_accepts, stats.exhaustion_episodes) == (10, 2)
+    assert len(freed) == 10  # each failure asked for an idle connection to be closed
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 4, messages  # a start and an end per episode
+    assert "Too many open files" in messages[0] and "5 accepts failed" in messages[1]
+    assert not any(r.exc_info for r in caplog.records)

@@ -83,6 +83,16 @@ def test_render_shows_loop_lag_and_connections_when_known() -> None:
     assert "trio_agent_loop_lag_peak_seconds 0.5" in lines
     assert "trio_agent_connections_open 3" in lines
     assert "trio_agent_connections_total 7" in lines
+    assert "trio_agent_connections_limit" not in text  # unbounded
+    conns.limit, conns.refused, conns.closed_at_once, conns.idle_closed = 10, 4, 1, 2
+    conns.accept_failures = 5
+    lines = m.render(STATS, draining=False, connections=conns).splitlines()
+    assert "trio_agent_connections_limit 10" in lines
+    assert "trio_agent_connections_idle 0" in lines
+    assert 'trio_agent_connections_refused_total{reason="limit"} 4' in lines
+    assert 'trio_agent_connections_refused_total{reason="limit_closed"} 1' in lines
+    assert 'trio_agent_connections_refused_total{reason="fd_exhausted"} 5' in lines
+    assert "trio_agent_connections_idle_closed_total 2" in lines
     assert 'trio_agent_shed_total{reason="loop_lag"} 2' in lines
     assert all(SAMPLE.match(line) for line in lines if not line.startswith("#"))
     # A monitor that is not running and a server that served no connection: no such lines.

@@ -32,6 +32,8 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("write_timeout", float, "seconds a write to a client may stall before the stream ends"),
     ("drain_timeout", float, "seconds in-flight streams get to finish on SIGTERM/SIGINT"),
     ("keep_alive_timeout", float, "seconds an idle connection, or one still sending its headers, stays open"),
+    ("max_connections", int, "client connections open at once (503 past it; default: from the descriptor limit)"),
+    ("tracemalloc_dir", str, "diagnostics: trace allocations, write a tracemalloc snapshot here on SIGUSR1"),
     ("per_key_max_concurrency", int, "concurrent requests per API key (429 past it)"),
     ("max_body_bytes", int, "largest request body (413 past it)"),
     ("max_header_bytes", int, "largest request head (431 past it)"),

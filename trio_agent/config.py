@@ -424,6 +424,13 @@ class ServerConfig:
     (docs/decisions/005). ``direct_writes`` lets a stream write its token
     events straight to the socket when it is free (HTTP/1.1 over TCP;
     docs/decisions/001); off, every write goes through ASGI.
+    ``max_connections`` bounds the client connections open at once (None:
+    derived from the file-descriptor limit, see
+    :func:`~trio_agent.server.default_max_connections`); past it the oldest
+    idle keep-alive connection is closed to make room, else the new one gets
+    a minimal 503 (docs/decisions/010). ``tracemalloc_dir`` set starts
+    :mod:`tracemalloc` with the server and writes a snapshot there on each
+    SIGUSR1 (a diagnostic for memory growth; it slows the server).
     ``upstream`` set means proxy to a real
     OpenAI-compatible API; ``None`` means answer from the built-in mock.
     ``ready_requires_upstream``: ``/readyz`` answers 503 while every upstream
@@ -470,6 +477,8 @@ class ServerConfig:
     batch_concurrency: int = 8
     access_log: bool = True
     direct_writes: bool = True
+    max_connections: int | None = None
+    tracemalloc_dir: str | None = None
     per_key_rate: float | None = None
     per_key_burst: int = 1
     redis_url: str | None = field(default=None, repr=False)
@@ -509,6 +518,7 @@ class ServerConfig:
         ):
             _positive(name, getattr(self, name))
         _positive("per_key_max_concurrency", self.per_key_max_concurrency)
+        _positive("max_connections", self.max_connections)
         _positive("per_key_rate", self.per_key_rate)
         _check(self.per_key_burst >= 1, f"per_key_burst must be >= 1, got {self.per_key_burst!r}")
         _check(

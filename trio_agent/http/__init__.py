@@ -12,7 +12,9 @@ of chat, admission or tools. One concept per module:
 * :class:`DrainingListener` (``_listener``): the accept queue drained in one
   pass (docs/decisions/008);
 * :class:`LeanTCPServer`, :class:`ConnectionCounter` (``_connection``): the
-  per-connection server (docs/decisions/002), with its idle timer (``_idle``);
+  per-connection server (docs/decisions/002), with its idle timer (``_idle``),
+  and the connection limit (docs/decisions/010);
+* :func:`raise_fd_limit`, :class:`FdLimit` (``_fdlimit``): the descriptor limit;
 * :data:`EarlyAnswer` (``_early``): whole answers from the request head;
 * :class:`DirectBody`, :func:`direct_body`, :func:`write_nowait`,
   :class:`ClientGoneError` (``_direct``): streamed bodies written straight to
@@ -30,9 +32,16 @@ internal has a contract test in tests/test_http_contracts.py.
 
 from ._bind import bind_sockets, format_address
 from ._config import LISTEN_BACKLOG, HTTPConfig
-from ._connection import ConnectionCounter, LeanTCPServer
+from ._connection import (
+    DEFAULT_REFUSAL,
+    ConnectionCounter,
+    ConnectionStatistics,
+    ConnectionVerdict,
+    LeanTCPServer,
+)
 from ._direct import ClientGoneError, DirectBody, direct_body, write_nowait
 from ._early import EarlyAnswer
+from ._fdlimit import FdLimit, current_fd_limit, raise_fd_limit
 from ._gc import gc_threshold
 from ._listener import DrainingListener, ListenerStatistics
 from ._receive import quick_receive, receive_nowait_of
@@ -41,9 +50,13 @@ from ._signals import set_after, watch_signals
 from ._transport import abort_transport
 
 __all__ = [
+    "DEFAULT_REFUSAL",
     "LISTEN_BACKLOG",
     "ClientGoneError",
     "ConnectionCounter",
+    "ConnectionStatistics",
+    "ConnectionVerdict",
+    "FdLimit",
     "DirectBody",
     "DrainingListener",
     "EarlyAnswer",
@@ -52,10 +65,12 @@ __all__ = [
     "ListenerStatistics",
     "abort_transport",
     "bind_sockets",
+    "current_fd_limit",
     "direct_body",
     "format_address",
     "gc_threshold",
     "quick_receive",
+    "raise_fd_limit",
     "receive_nowait_of",
     "serve_http",
     "set_after",

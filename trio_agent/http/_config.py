@@ -32,7 +32,8 @@ class HTTPConfig:
     idle connection, or one still sending its request head, stays open (it
     bounds slowloris heads too). ``max_header_bytes``: h11 answers 431 to a
     request head still incomplete past this size (None: Hypercorn's
-    default).
+    default). ``max_connections``: client connections open at once (None:
+    unbounded; see :class:`~trio_agent.http.ConnectionCounter`).
     """
 
     host: str = "127.0.0.1"
@@ -41,12 +42,15 @@ class HTTPConfig:
     graceful_timeout: float = 2.0
     keep_alive_timeout: float = 5.0
     max_header_bytes: int | None = None
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.backlog < 1:
             raise ConfigError(f"backlog must be >= 1, got {self.backlog}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ConfigError(f"max_connections must be >= 1, got {self.max_connections}")
 
 
 def hypercorn_config(config: HTTPConfig) -> HypercornConfig:

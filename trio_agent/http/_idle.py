@@ -44,11 +44,23 @@ class IdleTimer:
     turns idle, as with Hypercorn's timer. ``cancel`` ends the task when the
     connection is done (Hypercorn's task group waits for its tasks, and this
     one would otherwise wait forever).
+
+    ``on_change(idle)`` is told each turn idle (``True``) or busy
+    (``False``), synchronously; :meth:`expire` closes the connection now if
+    it is idle, else as soon as it turns idle.
     """
 
-    __slots__ = ("_cancelled", "_deadline", "_running", "_scope", "_terminated", "_timeout")
+    __slots__ = (
+        "_cancelled", "_deadline", "_on_change", "_running", "_scope", "_terminated", "_timeout",
+    )  # fmt: skip
 
-    def __init__(self, timeout: float, terminated: Terminated) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        terminated: Terminated,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._on_change = on_change
         self._timeout = timeout
         self._terminated = terminated
         self._deadline = math.inf
@@ -69,6 +81,8 @@ class IdleTimer:
     async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
         """Idle from now: run ``action`` after ``timeout`` unless :meth:`stop` comes first."""
         self._set_deadline(trio.current_time() + self._timeout)
+        if self._on_change is not None:
+            self._on_change(True)
         if not self._running and not self._cancelled:
             self._running = True
             task_group.spawn(self._watch, action)
@@ -76,6 +90,14 @@ class IdleTimer:
     async def stop(self) -> None:
         """Busy from now: no deadline until the next :meth:`restart`."""
         self._set_deadline(math.inf)
+        if self._on_change is not None:
+            self._on_change(False)
+
+    def expire(self) -> None:
+        """Close the connection now if it is idle, else when it next turns idle."""
+        self._timeout = 0.0
+        if self._deadline < math.inf:
+            self._set_deadline(trio.current_time())
 
     def cancel(self) -> None:
         """The connection is done: end the timer task without running its action."""

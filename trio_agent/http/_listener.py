@@ -12,13 +12,24 @@ previous one (docs/decisions/008).
 
 Invariant: :meth:`DrainingListener.accept` yields only when no accepted
 connection is waiting to be handed out.
+
+Descriptor exhaustion (``EMFILE``/``ENFILE``, or the kernel out of buffers)
+is an episode, not an error per retry: the first failed ``accept()`` logs
+one warning, the listener asks ``on_exhausted`` to free a descriptor (the
+server closes its oldest idle connection) and waits with a backoff from
+10 ms to 0.5 s before it tries again, the client waiting in the kernel's
+backlog meanwhile; the first success logs the end of the episode with the
+number of accepts that failed. The listening socket is never closed for it
+(trio's ``serve_listeners`` logs a traceback each 100 ms instead).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -28,6 +39,12 @@ __all__ = ["DrainingListener", "ListenerStatistics"]
 # Errors of accept(2) that concern one connection only (as trio's SocketListener).
 _IGNORABLE = {errno.ECONNABORTED, errno.EPERM, errno.EPROTO}
 _CLOSED = {errno.EBADF, errno.EINVAL, errno.ENOTSOCK}
+# Errors of accept(2) that mean the process or the system is out of descriptors or memory.
+_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_BACKOFF_MIN = 0.01
+_BACKOFF_MAX = 0.5
+
+logger = logging.getLogger("trio_agent.http")
 # Most connections taken in one pass: enough that a burst never waits behind busy streams for
 # more than a pass or two, few enough that a flood of new clients (each a task, a parse and
 # most likely a 503 under overload) cannot crowd out the streams already admitted.
@@ -37,18 +54,28 @@ _MAX_BATCH = 64
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ListenerStatistics:
     """``accepted`` connections so far, in ``passes`` wake-ups; ``largest_pass`` the most at once;
-    ``ready`` accepted but not yet handed out."""
+    ``ready`` accepted but not yet handed out; ``exhausted_accepts`` accepts that failed for
+    want of descriptors, in ``exhaustion_episodes``; ``exhausted`` True during one."""
 
     accepted: int
     passes: int
     largest_pass: int
     ready: int
+    exhausted_accepts: int = 0
+    exhaustion_episodes: int = 0
+    exhausted: bool = False
 
 
 class DrainingListener(trio.abc.Listener[trio.SocketStream]):
     """A listener that takes every queued connection at once (see the module docstring)."""
 
-    def __init__(self, sock: socket.socket, *, max_batch: int = _MAX_BATCH) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        max_batch: int = _MAX_BATCH,
+        on_exhausted: Callable[[], object] | None = None,
+    ) -> None:
         if sock.type != socket.SOCK_STREAM:
             raise ValueError("DrainingListener needs a SOCK_STREAM socket")
         sock.setblocking(False)
@@ -57,6 +84,12 @@ class DrainingListener(trio.abc.Listener[trio.SocketStream]):
         self._ready: deque[trio.SocketStream] = deque()
         self._accepted = self._passes = self._largest = 0
         self._closed = False
+        self._on_exhausted = on_exhausted
+        self._exhausted_accepts = self._episodes = 0
+        # During an episode: failed accepts in it, its start, the current backoff.
+        self._episode_failures = 0
+        self._episode_started = 0.0
+        self._backoff = 0.0
 
     @property
     def socket(self) -> socket.socket:
@@ -70,6 +103,9 @@ class DrainingListener(trio.abc.Listener[trio.SocketStream]):
             passes=self._passes,
             largest_pass=self._largest,
             ready=len(self._ready),
+            exhausted_accepts=self._exhausted_accepts,
+            exhaustion_episodes=self._episodes,
+            exhausted=self._episode_failures > 0,
         )
 
     def __repr__(self) -> str:
@@ -80,7 +116,10 @@ class DrainingListener(trio.abc.Listener[trio.SocketStream]):
         while not self._ready:
             if self._closed:
                 raise trio.ClosedResourceError("the listener is closed")
-            await trio.lowlevel.wait_readable(self._sock)
+            if self._backoff:
+                await trio.sleep(self._backoff)
+            else:
+                await trio.lowlevel.wait_readable(self._sock)
             self._drain()
         await trio.lowlevel.checkpoint_if_cancelled()
         return self._ready.popleft()
@@ -91,13 +130,20 @@ class DrainingListener(trio.abc.Listener[trio.SocketStream]):
             try:
                 conn, _ = self._sock.accept()
             except BlockingIOError:
+                # The backlog is empty: wait for the next client, not for a backoff.
+                self._backoff = 0.0
                 break
             except OSError as exc:
                 if exc.errno in _IGNORABLE:
                     continue
                 if exc.errno in _CLOSED:
                     raise trio.ClosedResourceError("the listener is closed") from None
+                if exc.errno in _EXHAUSTED:
+                    self._exhausted(exc)
+                    break
                 raise
+            if self._episode_failures:
+                self._recovered()
             conn.setblocking(False)
             self._ready.append(trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
             taken += 1
@@ -105,6 +151,31 @@ class DrainingListener(trio.abc.Listener[trio.SocketStream]):
             self._passes += 1
             self._accepted += taken
             self._largest = max(self._largest, taken)
+
+    def _exhausted(self, exc: OSError) -> None:
+        self._exhausted_accepts += 1
+        self._episode_failures += 1
+        if self._episode_failures == 1:
+            self._episodes += 1
+            self._episode_started = trio.current_time()
+            self._backoff = _BACKOFF_MIN
+            logger.warning(
+                "accept failed: %s; out of file descriptors, new connections wait in the "
+                "backlog (retrying every %g-%g s)",
+                exc.strerror or exc, _BACKOFF_MIN, _BACKOFF_MAX,
+            )  # fmt: skip
+        else:
+            self._backoff = min(max(self._backoff * 2, _BACKOFF_MIN), _BACKOFF_MAX)
+        if self._on_exhausted is not None:
+            self._on_exhausted()
+
+    def _recovered(self) -> None:
+        logger.warning(
+            "accept works again after %.1f s out of file descriptors (%d accepts failed)",
+            trio.current_time() - self._episode_started, self._episode_failures,
+        )  # fmt: skip
+        self._backoff = 0.0
+        self._episode_failures = 0
 
     async def aclose(self) -> None:
         """Close the listening socket and every connection accepted but not handed out."""

@@ -60,8 +60,14 @@ async def serve_http(
     ``task_status.started((host, port))`` reports the first bound address
     (port 0 picks a free one). ``on_listeners`` sees the listeners (for their
     statistics); connections are counted in ``counter``; ``early`` may answer
-    a request from its head, without calling the app.
+    a request from its head, without calling the app. ``config.max_connections``
+    (when set) becomes ``counter``'s limit; a listener out of descriptors
+    closes the oldest idle connection.
     """
+    if counter is None:
+        counter = ConnectionCounter()
+    if config.max_connections is not None:
+        counter.limit = config.max_connections
     owned = sockets is None
     if sockets is None:
         sockets = bind_sockets(config)
@@ -89,7 +95,9 @@ async def serve_http(
             raise
 
         async with trio.open_nursery() as server_nursery:
-            listeners = [DrainingListener(sock) for sock in sockets]
+            listeners = [
+                DrainingListener(sock, on_exhausted=counter.accept_failed) for sock in sockets
+            ]
             if on_listeners is not None:
                 on_listeners(listeners)
             for listener in listeners:

@@ -150,11 +150,30 @@ class GatewayMetrics:
                    [("", loop_lag.current)])
             metric("trio_agent_loop_lag_peak_seconds", "gauge", "The largest scheduler lag seen.",
                    [("", loop_lag.peak)])
-        if connections is not None and connections.opened:
+        # Shown for a server that serves connections (not for an app driven over ASGI alone).
+        if connections is not None and (connections.opened or connections.limit is not None):
+            conns = connections.statistics()
             metric("trio_agent_connections_open", "gauge", "Client connections open now.",
-                   [("", connections.open)])
+                   [("", conns.open)])
+            metric("trio_agent_connections_idle", "gauge",
+                   "Client connections open and idle (between requests) now.", [("", conns.idle)])
+            if conns.limit is not None:
+                metric("trio_agent_connections_limit", "gauge",
+                       "Client connections allowed open at once (max_connections).",
+                       [("", conns.limit)])
             metric("trio_agent_connections_total", "counter", "Client connections accepted.",
-                   [("", connections.opened)])
+                   [("", conns.opened)])
+            metric("trio_agent_connections_refused_total", "counter",
+                   "Client connections refused, by reason: limit (a 503, then closed), "
+                   "limit_closed (closed without an answer), fd_exhausted (accept failed for "
+                   "want of file descriptors; the client waited in the backlog).", [
+                       ('{reason="limit"}', conns.refused),
+                       ('{reason="limit_closed"}', conns.closed_at_once),
+                       ('{reason="fd_exhausted"}', conns.accept_failures),
+                   ])  # fmt: skip
+            metric("trio_agent_connections_idle_closed_total", "counter",
+                   "Idle keep-alive connections closed early to make room for new ones.",
+                   [("", conns.idle_closed)])
         metric("trio_agent_gc_collections_total", "counter",
                "Python garbage collections in this process, by generation.",
                [(f'{{generation="{i}"}}', s["collections"]) for i, s in enumerate(gc.get_stats())])

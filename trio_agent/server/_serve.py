@@ -41,7 +41,9 @@ from ..http import (
     HTTPConfig,
     abort_transport,
     bind_sockets,
+    current_fd_limit,
     gc_threshold,
+    raise_fd_limit,
     serve_http,
     set_after,
     watch_signals,
@@ -50,6 +52,7 @@ from ..llm import ChatBackend
 from ._admission import Limits
 from ._agent import open_gateway_agent
 from ._app import Gateway, create_app
+from ._connections import REFUSAL, max_connections_for
 
 __all__ = ["http_config", "open_backend", "run_workers", "serve", "worker_config"]
 
@@ -97,8 +100,11 @@ def upstream_for(config: ServerConfig) -> UpstreamConfig:
     return upstream
 
 
-def http_config(config: ServerConfig) -> HTTPConfig:
+def http_config(config: ServerConfig, *, nofile: int | None = None) -> HTTPConfig:
     """The HTTP layer's part of ``config``.
+
+    ``max_connections`` is ``config``'s, or derived from ``nofile`` (default:
+    the descriptor limit in force) when it is None (see ``_connections``).
 
     Open streams get ``drain_timeout`` and then a short grace for their last
     bytes. The keep-alive timer runs from accept until a whole request head
@@ -112,6 +118,9 @@ def http_config(config: ServerConfig) -> HTTPConfig:
         graceful_timeout=config.drain_timeout + _FLUSH_GRACE,
         keep_alive_timeout=config.keep_alive_timeout,
         max_header_bytes=config.max_header_bytes,
+        max_connections=max_connections_for(
+            config, current_fd_limit().soft if nofile is None else nofile
+        ),
     )
 
 
@@ -136,7 +145,9 @@ async def serve(
     youngest generation is ``config.gc_threshold`` (restored on return).
     """
     loop_lag = LoopLag()
-    http = http_config(config)
+    fd_limit = raise_fd_limit()
+    http = http_config(config, nofile=fd_limit.soft)
+    logger.info("%s; at most %d client connections", fd_limit, http.max_connections)
     with gc_threshold(config.gc_threshold):
         async with (
             _maybe_backend(config, backend) as be,
@@ -147,6 +158,7 @@ async def serve(
         ):
             app = create_app(config, backend=be, limits=limits, loop_lag=loop_lag, agent=agent)
             app.abort_transport = abort_transport
+            app.connections.refusal = REFUSAL
             if on_app is not None:
                 on_app(app)
             await _serve_app(
@@ -187,6 +199,10 @@ async def _serve_app(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(loop_lag.run)
+        if config.tracemalloc_dir is not None:
+            from ._memtrace import serve_memtrace
+
+            await nursery.start(serve_memtrace, config.tracemalloc_dir)
         if handle_signals:
             nursery.start_soon(watch_signals, shutdown_requested)
         if shutdown_trigger is not None:
