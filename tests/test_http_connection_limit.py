@@ -93,14 +93,18 @@ def test_a_closed_connection_leaves_the_idle_order() -> None:
     assert counter.statistics().idle == 0
 
 
-def test_a_failed_accept_is_counted_and_frees_the_oldest_idle() -> None:
+def test_a_failed_accept_is_counted_and_frees_an_eighth_of_the_idle_oldest_first() -> None:
     closed: list[str] = []
     counter = ConnectionCounter()
-    counter.mark(_Conn("a", closed), True)
-    counter.accept_failed()
-    counter.accept_failed()
-    assert closed == ["a"]
-    assert counter.statistics().accept_failures == 2
+    for i in range(17):
+        counter.mark(_Conn(str(i), closed), True)
+    assert counter.accept_failed() == 2
+    assert closed == ["0", "1"]
+    assert counter.accept_failed() == 1  # 15 idle: at least one
+    for _ in range(14):
+        counter.accept_failed()
+    assert counter.accept_failed() == 0  # none left
+    assert counter.statistics().accept_failures == 17
 
 
 def test_the_limit_must_be_positive() -> None:

@@ -141,7 +141,12 @@ async def test_descriptor_exhaustion_is_one_warning_per_episode_with_backoff(
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
     freed: list[int] = []
-    listener = DrainingListener(sock, on_exhausted=lambda: freed.append(1))
+
+    def free_nothing() -> int:
+        freed.append(1)
+        return 0
+
+    listener = DrainingListener(sock, on_exhausted=free_nothing)
     with caplog.at_level(logging.WARNING, logger="trio_agent.http"):
         for episode in range(2):
             sock.fail = 5

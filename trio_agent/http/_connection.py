@@ -162,10 +162,16 @@ class ConnectionCounter:
             return True
         return False
 
-    def accept_failed(self) -> None:
-        """An accept failed for want of descriptors: count it, free one (the oldest idle)."""
+    def accept_failed(self) -> int:
+        """An accept failed for want of descriptors: count it and close the oldest idle
+        connections (as nginx drains its reusable ones: an eighth of them, 1 to 32); how many."""
         self.accept_failures += 1
-        self.close_oldest_idle()
+        closed = 0
+        for _ in range(max(1, min(32, len(self._idle) // 8))):
+            if not self.close_oldest_idle():
+                break
+            closed += 1
+        return closed
 
     def admit(self) -> ConnectionVerdict:
         """The verdict for a connection just opened (already counted in ``open``)."""

@@ -15,11 +15,13 @@ connection is waiting to be handed out.
 
 Descriptor exhaustion (``EMFILE``/``ENFILE``, or the kernel out of buffers)
 is an episode, not an error per retry: the first failed ``accept()`` logs
-one warning, the listener asks ``on_exhausted`` to free a descriptor (the
-server closes its oldest idle connection) and waits with a backoff from
-10 ms to 0.5 s before it tries again, the client waiting in the kernel's
-backlog meanwhile; the first success logs the end of the episode with the
-number of accepts that failed. The listening socket is never closed for it
+one warning, the listener asks ``on_exhausted`` to free descriptors (the
+server closes its oldest idle connections; it returns how many) and waits
+before it tries again, 10 ms when some were freed, else a backoff doubling
+from 10 ms to 0.5 s, the client waiting in the kernel's
+backlog meanwhile; once the backlog is empty again (every waiting client
+got in) one more line ends the episode with the number of accepts that
+failed. The listening socket is never closed for it
 (trio's ``serve_listeners`` logs a traceback each 100 ms instead).
 """
 
@@ -74,7 +76,7 @@ class DrainingListener(trio.abc.Listener[trio.SocketStream]):
         sock: socket.socket,
         *,
         max_batch: int = _MAX_BATCH,
-        on_exhausted: Callable[[], object] | None = None,
+        on_exhausted: Callable[[], int] | None = None,
     ) -> None:
         if sock.type != socket.SOCK_STREAM:
             raise ValueError("DrainingListener needs a SOCK_STREAM socket")
@@ -130,8 +132,10 @@ class DrainingListener(trio.abc.Listener[trio.SocketStream]):
             try:
                 conn, _ = self._sock.accept()
             except BlockingIOError:
-                # The backlog is empty: wait for the next client, not for a backoff.
-                self._backoff = 0.0
+                # The backlog is empty: every waiting client got in, so an episode is over;
+                # wait for the next client, not for a backoff.
+                if self._episode_failures:
+                    self._recovered()
                 break
             except OSError as exc:
                 if exc.errno in _IGNORABLE:
@@ -142,8 +146,6 @@ class DrainingListener(trio.abc.Listener[trio.SocketStream]):
                     self._exhausted(exc)
                     break
                 raise
-            if self._episode_failures:
-                self._recovered()
             conn.setblocking(False)
             self._ready.append(trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
             taken += 1
@@ -166,12 +168,12 @@ class DrainingListener(trio.abc.Listener[trio.SocketStream]):
             )  # fmt: skip
         else:
             self._backoff = min(max(self._backoff * 2, _BACKOFF_MIN), _BACKOFF_MAX)
-        if self._on_exhausted is not None:
-            self._on_exhausted()
+        if self._on_exhausted is not None and self._on_exhausted():
+            self._backoff = _BACKOFF_MIN  # descriptors are being freed: try again soon
 
     def _recovered(self) -> None:
         logger.warning(
-            "accept works again after %.1f s out of file descriptors (%d accepts failed)",
+            "accept caught up after %.1f s short of file descriptors (%d accepts failed)",
             trio.current_time() - self._episode_started, self._episode_failures,
         )  # fmt: skip
         self._backoff = 0.0

@@ -8,8 +8,10 @@ opens, so the default client-connection limit leaves room for the rest
     max_connections = nofile - upstream pool - Redis - reserve
       upstream pool = UpstreamConfig.max_connections, else max_concurrency (0 with the mock)
       Redis         = 64 when redis_url is set (its client's pool and pub/sub), else 0
-      reserve       = max(64, nofile // 10)  (listening sockets, stdio, logs, MCP servers'
-                                             pipes and connections, files, a margin)
+      reserve       = max(192, nofile // 10)  (connections accepted in one pass before they
+                                              are counted (64), refused ones lingering for
+                                              their 503 (64), listening sockets, stdio, logs,
+                                              MCP servers' pipes and connections, a margin)
 
 and never below 16. A connection past the limit, when no idle connection can
 be closed to make room, gets :data:`REFUSAL`: a whole 503 written without
@@ -25,7 +27,7 @@ from ..config import ServerConfig
 __all__ = ["REFUSAL", "default_max_connections", "max_connections_for"]
 
 _REDIS_FDS = 64
-_RESERVE_MIN = 64
+_RESERVE_MIN = 192
 _FLOOR = 16
 
 _BODY = orjson.dumps({

@@ -147,7 +147,6 @@ async def serve(
     loop_lag = LoopLag()
     fd_limit = raise_fd_limit()
     http = http_config(config, nofile=fd_limit.soft)
-    logger.info("%s; at most %d client connections", fd_limit, http.max_connections)
     with gc_threshold(config.gc_threshold):
         async with (
             _maybe_backend(config, backend) as be,
@@ -162,8 +161,9 @@ async def serve(
             if on_app is not None:
                 on_app(app)
             await _serve_app(
-                app, config, http, sockets, loop_lag, task_status, shutdown_trigger, handle_signals
-            )
+                app, config, http, sockets, loop_lag, task_status, shutdown_trigger, handle_signals,
+                limits_line=f"{fd_limit}; at most {http.max_connections} client connections",
+            )  # fmt: skip
 
 
 async def _serve_app(
@@ -175,8 +175,13 @@ async def _serve_app(
     task_status: trio.TaskStatus[tuple[str, int]],
     shutdown_trigger: Callable[[], Awaitable[Any]] | None,
     handle_signals: bool,
+    *,
+    limits_line: str,
 ) -> None:
-    """Serve ``app`` until a signal or ``shutdown_trigger``, then drain it (the module's steps)."""
+    """Serve ``app`` until a signal or ``shutdown_trigger``, then drain it (the module's steps).
+
+    ``limits_line`` is logged once the socket is bound.
+    """
     stop_accepting = trio.Event()
     shutdown_requested = trio.Event()
     http_done = trio.Event()
@@ -208,6 +213,7 @@ async def _serve_app(
         if shutdown_trigger is not None:
             nursery.start_soon(set_after, shutdown_trigger, shutdown_requested)
         host, port = await nursery.start(run_http)
+        logger.info("%s", limits_line)
         task_status.started((host, port))
 
         await shutdown_requested.wait()
