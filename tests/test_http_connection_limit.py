@@ -143,3 +143,30 @@ async def test_close_at_once_sends_nothing() -> None:
         )
         assert await client.receive_some(4096) == b""
         await client.aclose()
+
+
+async def test_a_closed_connection_is_freed_without_the_cycle_collector() -> None:
+    """Closed connections must not wait for a full collection (rare under gc_threshold)."""
+    import gc
+
+    from tests._http import running_http
+    from trio_agent.http import HTTPConfig
+
+    with trio.fail_after(10):
+        async with running_http(HTTPConfig()) as srv:
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(10):
+                    stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+                    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 200")
+                    await stream.aclose()
+                for _ in range(200):  # the server's side of the last close, bounded
+                    if not srv.counter.open:
+                        break
+                    await trio.sleep(0.01)
+                await trio.sleep(0.05)
+                assert gc.collect() == 0
+            finally:
+                gc.enable()

@@ -292,6 +292,17 @@ class LeanTCPServer(TCPServer):
         finally:
             counter.open -= 1
             counter.forget(self._timer)
+            self._break_cycles()
+
+    def _break_cycles(self) -> None:
+        # The connection's objects refer to each other in cycles (the protocol holds this
+        # server's bound protocol_send, the idle timer its callback, the task group its tasks),
+        # which only a full collection frees; under gc_threshold (docs/decisions/005) that is
+        # rare, so closed connections piled up as garbage. Dropping the links here frees them
+        # by reference counting when the connection ends.
+        self._timer.detach()
+        self.__dict__.pop("_protocol", None)
+        self.__dict__.pop("_task_group", None)
 
     async def protocol_send(self, event: Any) -> None:
         if not isinstance(event, RawData):

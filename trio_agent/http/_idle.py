@@ -99,6 +99,10 @@ class IdleTimer:
         if self._deadline < math.inf:
             self._set_deadline(trio.current_time())
 
+    def detach(self) -> None:
+        """Stop telling ``on_change`` (the connection is done; drops the reference)."""
+        self._on_change = None
+
     def cancel(self) -> None:
         """The connection is done: end the timer task without running its action."""
         self._cancelled = True
