@@ -425,10 +425,10 @@ class ServerConfig:
     events straight to the socket when it is free (HTTP/1.1 over TCP;
     docs/decisions/001); off, every write goes through ASGI.
     ``max_connections`` bounds the client connections open at once (None:
-    derived from the file-descriptor limit, see
-    :func:`~trio_agent.server.default_max_connections`); past it the oldest
-    idle keep-alive connection is closed to make room, else the new one gets
-    a minimal 503 (docs/decisions/010). ``tracemalloc_dir`` set starts
+    the file-descriptor limit, raised to the hard limit at start, minus the
+    upstream pool, 64 for Redis when set, and ``max(192, limit // 10)``);
+    past it the oldest idle keep-alive connection is closed to make room,
+    else the new one gets a minimal 503 (docs/decisions/010). ``tracemalloc_dir`` set starts
     :mod:`tracemalloc` with the server and writes a snapshot there on each
     SIGUSR1 (a diagnostic for memory growth; it slows the server).
     ``upstream`` set means proxy to a real
