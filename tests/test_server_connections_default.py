@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trio_agent.config import ServerConfig, UpstreamConfig
+from trio_agent.config import ServerConfig, UpstreamConfig, parse_upstream_urls
 from trio_agent.server._connections import REFUSAL, default_max_connections, max_connections_for
 from trio_agent.server._serve import http_config
 
@@ -13,6 +13,9 @@ def test_the_default_leaves_room_for_the_upstream_pool_redis_and_a_reserve() -> 
     assert default_max_connections(ServerConfig(upstream=up, max_concurrency=300), 20000) == 17700
     sized = UpstreamConfig(base_url="http://u", max_connections=500)
     assert default_max_connections(ServerConfig(upstream=sized), 20000) == 17500
+    url, targets = parse_upstream_urls("http://a http://b")
+    two = UpstreamConfig(base_url=url, targets=targets)  # a pool each
+    assert default_max_connections(ServerConfig(upstream=two, max_concurrency=300), 20000) == 17400
     redis = ServerConfig(redis_url="redis://r")
     assert default_max_connections(redis, 20000) == 20000 - 64 - 2000
     assert default_max_connections(ServerConfig(), 1024) == 1024 - 192  # the reserve's floor

@@ -426,7 +426,7 @@ class ServerConfig:
     docs/decisions/001); off, every write goes through ASGI.
     ``max_connections`` bounds the client connections open at once (None:
     the file-descriptor limit, raised to the hard limit at start, minus the
-    upstream pool, 64 for Redis when set, and ``max(192, limit // 10)``);
+    upstream pools, 64 for Redis when set, and ``max(192, limit // 10)``);
     past it the oldest idle keep-alive connection is closed to make room,
     else the new one gets a minimal 503 (docs/decisions/010). ``tracemalloc_dir`` set starts
     :mod:`tracemalloc` with the server and writes a snapshot there on each

@@ -6,7 +6,8 @@ opens, so the default client-connection limit leaves room for the rest
 (docs/decisions/010)::
 
     max_connections = nofile - upstream pool - Redis - reserve
-      upstream pool = UpstreamConfig.max_connections, else max_concurrency (0 with the mock)
+      upstream pool = UpstreamConfig.max_connections, else max_concurrency, per upstream
+                      (each has its own pool; 0 with the mock)
       Redis         = 64 when redis_url is set (its client's pool and pub/sub), else 0
       reserve       = max(192, nofile // 10)  (connections accepted in one pass before they
                                               are counted (64), refused ones lingering for
@@ -51,7 +52,9 @@ def default_max_connections(config: ServerConfig, nofile: int) -> int:
     upstream = config.upstream
     pool = 0
     if upstream is not None:
-        pool = upstream.max_connections or config.max_concurrency
+        pool = (upstream.max_connections or config.max_concurrency) * len(
+            upstream.upstream_targets
+        )
     redis = _REDIS_FDS if config.redis_url is not None else 0
     reserve = max(_RESERVE_MIN, nofile // 10)
     return max(_FLOOR, nofile - pool - redis - reserve)
