@@ -47,6 +47,20 @@ class AgentResult:
     usage: UsageTotals
     events: tuple[AgentEvent, ...]
 
+    @classmethod
+    def from_events(cls, events: Sequence[AgentEvent]) -> AgentResult:
+        """The result of a run whose events (``Done`` last) were all collected."""
+        done = events[-1]
+        assert isinstance(done, Done), "a run that ends without an error ends with Done"
+        return cls(
+            answer=done.answer,
+            finish_reason=done.finish_reason,
+            steps=done.steps,
+            tool_calls=done.tool_calls,
+            usage=done.usage,
+            events=tuple(events),
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The body of ``POST /agent``: the answer, the summary, and every event in order."""
         return {
@@ -219,16 +233,7 @@ class Agent:
         async with self.run(messages, **kwargs) as stream:
             async for event in stream:
                 events.append(event)
-        done = events[-1]
-        assert isinstance(done, Done), "a run that ends without an error ends with Done"
-        return AgentResult(
-            answer=done.answer,
-            finish_reason=done.finish_reason,
-            steps=done.steps,
-            tool_calls=done.tool_calls,
-            usage=done.usage,
-            events=tuple(events),
-        )
+        return AgentResult.from_events(events)
 
 
 @asynccontextmanager

@@ -721,9 +721,7 @@ class _UpstreamStream:
         if self._closed:
             return
         self._closed = True
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
-            await self._raw.aclose()  # type: ignore[attr-defined]
-            await self._response.aclose()
+        await _close_response(self._raw, self._response)
 
 
 class _RelaySource:
@@ -797,9 +795,14 @@ class _RelaySource:
         if self._closed:
             return
         self._closed = True
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
-            await self._raw.aclose()  # type: ignore[attr-defined]
-            await self._response.aclose()
+        await _close_response(self._raw, self._response)
+
+
+async def _close_response(raw: AsyncIterator[bytes], response: httpx.Response) -> None:
+    """Close a streamed response's raw iterator, then the response, shielded with a short deadline."""
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
+        await raw.aclose()  # type: ignore[attr-defined]
+        await response.aclose()
 
 
 def _last_event_end(buf: bytes) -> int:

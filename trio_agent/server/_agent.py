@@ -431,16 +431,7 @@ class AgentService:
                     events.append(event)
         finally:
             self.metrics.cancelled(open_calls)
-        done = events[-1]
-        assert isinstance(done, Done), "a run that ends without an error ends with Done"
-        return AgentResult(
-            answer=done.answer,
-            finish_reason=done.finish_reason,
-            steps=done.steps,
-            tool_calls=done.tool_calls,
-            usage=done.usage,
-            events=tuple(events),
-        )
+        return AgentResult.from_events(events)
 
 
 def mcp_readiness(status: Mapping[str, Any]) -> dict[str, Any]:
