@@ -53,6 +53,7 @@ from ._context import RequestContext
 from ._drain import DISCONNECT, SHUTTING_DOWN, WRITE_STALLED, Drain, shutting_down_error
 from ._errors import internal_error, send_json
 from ._metrics import GatewayMetrics, Histogram
+from ._metrics_merge import format_value
 from ._stream import KEEPALIVE, NativeFormat, Responder, StreamService, finish, watch_disconnect
 from ._validation import parse_chat_body
 
@@ -211,7 +212,7 @@ class AgentMetrics:
         def metric(name: str, kind: str, help: str, samples: Sequence[tuple[str, float]]) -> None:
             lines.append(f"# HELP {name} {help}")
             lines.append(f"# TYPE {name} {kind}")
-            lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+            lines.extend(f"{name}{labels} {format_value(value)}" for labels, value in samples)
 
         metric("trio_agent_agent_runs_total", "counter", "Agent runs, by outcome.",
                [(f'{{outcome="{o}"}}', n) for o, n in sorted(self.runs.items())])

@@ -12,13 +12,17 @@ from __future__ import annotations
 import gc
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..concurrency import LoopLagStatistics
 from ..http import ConnectionCounter
 from ..llm import Usage
 from ._admission import AdmissionStatistics
+from ._metrics_merge import format_value
 from ._metrics_upstreams import upstream_metric_lines
+
+if TYPE_CHECKING:
+    from ._metrics_workers import HostMetrics
 
 __all__ = ["GatewayMetrics", "Histogram"]
 
@@ -85,6 +89,8 @@ class GatewayMetrics:
         self.queue_wait = Histogram("trio_agent_queue_wait_seconds", "Time spent waiting for admission.")
         self.ttft = Histogram("trio_agent_ttft_seconds", "Time from request to first token.")
         self.total = Histogram("trio_agent_request_seconds", "Time from request to last byte.")
+        # Set in each worker of run_workers: /metrics then answers the whole host's sums.
+        self.host: HostMetrics | None = None
 
     def count_response(self, route: str, status: int) -> None:
         key = (route, status)
@@ -118,7 +124,7 @@ class GatewayMetrics:
             lines.append(f"# HELP {name} {help}")
             lines.append(f"# TYPE {name} {kind}")
             for labels, value in samples:
-                lines.append(f"{name}{labels} {value:g}")
+                lines.append(f"{name}{labels} {format_value(value)}")
 
         metric("trio_agent_in_flight", "gauge", "Requests holding an admission lease.",
                [("", admission.in_flight)])

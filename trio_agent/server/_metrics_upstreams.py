@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ._metrics_merge import format_value
+
 __all__ = ["upstream_metric_lines"]
 
 _STATES = ("up", "ejected", "probing")
@@ -31,7 +33,7 @@ def upstream_metric_lines(backend_statistics: Any) -> Iterator[str]:
         yield f"# HELP {name} {help}"
         yield f"# TYPE {name} {kind}"
         for labels, value in samples:
-            yield f"{name}{labels} {value:g}"
+            yield f"{name}{labels} {format_value(value)}"
 
     names = [(f'upstream="{_escape(u.name)}"', u) for u in upstreams]
     yield from metric("trio_agent_upstream_in_flight", "gauge", "Calls open on each upstream now.",

@@ -26,7 +26,7 @@ from ._openapi import OPENAPI, openapi_for
 from ._router import ViewHandler
 from ._routes_chat import json_view
 
-__all__ = ["chat_page", "healthz", "metrics", "models", "openapi", "readyz"]
+__all__ = ["chat_page", "healthz", "metrics", "models", "openapi", "readyz", "render_metrics"]
 
 
 def healthz() -> ViewHandler:
@@ -75,6 +75,29 @@ def readyz(
     return handle
 
 
+def render_metrics(
+    gateway_metrics: GatewayMetrics,
+    limits: Limits,
+    drain: Drain,
+    backend: ChatBackend,
+    loop_lag: LoopLag,
+    connections: ConnectionCounter,
+    agents: AgentService | None = None,
+) -> str:
+    """This process's own Prometheus text (with ``--workers``, one worker's share of the host)."""
+    text = gateway_metrics.render(
+        limits.statistics(),
+        draining=drain.draining,
+        backend_statistics=backend.statistics(),
+        limits_status=limits.status(),
+        loop_lag=loop_lag.statistics(),
+        connections=connections,
+    )
+    if agents is not None:
+        text += agents.metrics.render(agents.agent)
+    return text
+
+
 def metrics(
     gateway_metrics: GatewayMetrics,
     limits: Limits,
@@ -84,18 +107,20 @@ def metrics(
     connections: ConnectionCounter,
     agents: AgentService | None = None,
 ) -> ViewHandler:
+    """``/metrics``: this process's text, or the whole host's when it is one of several workers
+    (``gateway_metrics.host``, set by ``run_workers``' workers; docs/decisions/013)."""
+    render = functools.partial(
+        render_metrics, gateway_metrics, limits, drain, backend, loop_lag, connections, agents
+    )
+
     async def handle(ctx: RequestContext) -> Response:
-        text = gateway_metrics.render(
-            limits.statistics(),
-            draining=drain.draining,
-            backend_statistics=backend.statistics(),
-            limits_status=limits.status(),
-            loop_lag=loop_lag.statistics(),
-            connections=connections,
-        )
-        if agents is not None:
-            text += agents.metrics.render(agents.agent)
-        return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
+        host = gateway_metrics.host
+        text = render() if host is None else await host.scrape()
+        response = Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
+        if host is not None:
+            # Which worker summed this answer (the sums are the same whichever did).
+            response.headers["X-Trio-Agent-Worker"] = str(host.peers.index)
+        return response
 
     return handle
 

@@ -16,7 +16,10 @@ runs Hypercorn's trio worker with a shutdown trigger, and reports the bound
 With ``workers > 1``, :func:`run_workers` binds the socket once in the parent
 and starts that many processes, each its own trio run serving the shared
 socket. Each worker gets ``max_concurrency // workers`` (at least 1) and
-``max_queued // workers`` of the admission limits, so the totals hold.
+``max_queued // workers`` of the admission limits, so the totals hold. The
+workers answer each other's metrics over unix sockets in a private directory
+of the run, so one scrape of ``/metrics`` reports the whole host
+(``_metrics_workers``, docs/decisions/013).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -53,6 +58,8 @@ from ._admission import Limits
 from ._agent import open_gateway_agent
 from ._app import Gateway, create_app
 from ._connections import REFUSAL, max_connections_for
+from ._metrics_workers import HostMetrics, WorkerPeers
+from ._routes_info import render_metrics
 
 __all__ = ["http_config", "open_backend", "run_workers", "serve", "worker_config"]
 
@@ -133,6 +140,7 @@ async def serve(
     sockets: Sequence[socket.socket] | None = None,
     backend: ChatBackend | None = None,
     on_app: Callable[[Gateway], None] | None = None,
+    peers: WorkerPeers | None = None,
 ) -> None:
     """Serve the gateway until SIGTERM/SIGINT or ``shutdown_trigger``, then drain and return.
 
@@ -143,6 +151,8 @@ async def serve(
     ``config`` would open (the caller then owns it); ``on_app`` sees the app
     once it is built. While it runs, Python's collector threshold for its
     youngest generation is ``config.gc_threshold`` (restored on return).
+    ``peers`` makes this process one worker of several (:func:`run_workers`):
+    it answers the others' metrics requests, and its ``/metrics`` the host's.
     """
     loop_lag = LoopLag()
     fd_limit = raise_fd_limit()
@@ -158,6 +168,11 @@ async def serve(
             app = create_app(config, backend=be, limits=limits, loop_lag=loop_lag, agent=agent)
             app.abort_transport = abort_transport
             app.connections.refusal = REFUSAL
+            if peers is not None:
+                app.metrics.host = HostMetrics(peers, render=partial(
+                    render_metrics, app.metrics, app.limits, app.drain, app.backend,
+                    app.loop_lag, app.connections, app.agents,
+                ))  # fmt: skip
             if on_app is not None:
                 on_app(app)
             await _serve_app(
@@ -212,6 +227,9 @@ async def _serve_app(
             nursery.start_soon(watch_signals, shutdown_requested)
         if shutdown_trigger is not None:
             nursery.start_soon(set_after, shutdown_trigger, shutdown_requested)
+        if app.metrics.host is not None:
+            # Listening before this worker serves: a scrape it can take, its peers can too.
+            await nursery.start(app.metrics.host.serve)
         host, port = await nursery.start(run_http)
         logger.info("%s", limits_line)
         task_status.started((host, port))
@@ -277,24 +295,32 @@ def worker_config(config: ServerConfig) -> ServerConfig:
     )
 
 
-def _worker_main(config: ServerConfig, sockets: list[socket.socket]) -> None:
+def _worker_main(config: ServerConfig, sockets: list[socket.socket], peers: WorkerPeers) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    trio.run(partial(serve, config, sockets=sockets))
+    trio.run(partial(serve, config, sockets=sockets, peers=peers))
 
 
 def run_workers(config: ServerConfig, *, on_bound: Callable[[str, int], None] | None = None) -> int:
     """Bind once, run ``config.workers`` processes on the shared socket; forward SIGTERM/SIGINT.
 
-    Returns 0 when every worker exited 0 (after its own drain), else 1.
+    Returns 0 when every worker exited 0 (after its own drain), else 1. The
+    workers' metrics sockets live in a directory of this run (mode 0700),
+    removed on return.
     """
     sockets = bind_sockets(http_config(config))
     host, port = sockets[0].getsockname()[:2]
     share = worker_config(config)
     ctx = multiprocessing.get_context("spawn")
+    # Short (unix socket paths are limited to about 100 bytes), private to this user.
+    peer_dir = tempfile.mkdtemp(prefix="trio-agent-")
     procs = [
-        ctx.Process(target=_worker_main, args=(share, sockets), daemon=False)
-        for _ in range(config.workers)
+        ctx.Process(
+            target=_worker_main,
+            args=(share, sockets, WorkerPeers(directory=peer_dir, index=i, count=config.workers)),
+            daemon=False,
+        )
+        for i in range(config.workers)
     ]
     for proc in procs:
         proc.start()
@@ -315,6 +341,7 @@ def run_workers(config: ServerConfig, *, on_bound: Callable[[str, int], None] | 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        shutil.rmtree(peer_dir, ignore_errors=True)
     return 0 if all(p.exitcode == 0 for p in procs) else 1
 
 
