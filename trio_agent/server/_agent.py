@@ -266,6 +266,15 @@ class AgentService:
         self.metrics = AgentMetrics()
 
     def _run(self, body: AgentBody) -> Any:
+        model = self._model(body)
+
+        @asynccontextmanager
+        async def model_slot() -> AsyncIterator[object]:
+            # The run's upstream slot, and each model call measured inside it (the wait for
+            # the slot is not the call's duration).
+            async with self.limits.slot() as lease, self.gateway_metrics.genai.call("chat", model):
+                yield lease
+
         return self.agent.run(
             body.messages,
             tools=body.tools,
@@ -273,8 +282,24 @@ class AgentService:
             model=body.model,
             max_tokens=body.max_tokens,
             temperature=body.temperature,
-            model_slot=self.limits.slot,
+            model_slot=model_slot,
         )
+
+    def _model(self, body: AgentBody) -> str:
+        return body.model or self.agent.backend.model
+
+    def _observer(self, body: AgentBody) -> Callable[[AgentEvent, dict[str, str]], None]:
+        """The agent metrics' ``observe``, and each step's tokens into the GenAI usage histogram."""
+        observe = self.metrics.observe
+        genai = self.gateway_metrics.genai
+        model = self._model(body)
+
+        def observe_event(event: AgentEvent, open_calls: dict[str, str]) -> None:
+            observe(event, open_calls)
+            if isinstance(event, StepEnd) and (event.usage.prompt_tokens or event.usage.completion_tokens):
+                genai.record_usage("chat", model, event.usage.prompt_tokens, event.usage.completion_tokens)
+
+        return observe_event
 
     def _admit(self, info: RequestContext, body: AgentBody) -> None:
         # Every upstream ejected: a plain 503 now, not a run that fails at its first model call.
@@ -345,7 +370,7 @@ class AgentService:
 
         async def take() -> None:
             nonlocal done
-            observe = self.metrics.observe
+            observe = self._observer(body)
             try:
                 async with send, self._run(body) as events:
                     async for event in events:
@@ -425,10 +450,11 @@ class AgentService:
     async def _collect(self, body: AgentBody) -> AgentResult:
         events: list[AgentEvent] = []
         open_calls: dict[str, str] = {}
+        observe = self._observer(body)
         try:
             async with self._run(body) as stream:
                 async for event in stream:
-                    self.metrics.observe(event, open_calls)
+                    observe(event, open_calls)
                     events.append(event)
         finally:
             self.metrics.cancelled(open_calls)

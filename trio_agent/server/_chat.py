@@ -123,8 +123,9 @@ class ChatService:
             usage: Usage | None = None
             finish: str | None = None
             calls: ToolCallAssembler | None = None
+            model = request.model or self._backend.model
             try:
-                async with self._backend.stream_chat(request) as chunks:
+                async with metrics.genai.call("chat", model) as call, self._backend.stream_chat(request) as chunks:
                     async for chunk in chunks:
                         if chunk.delta:
                             if first_at is None:
@@ -140,6 +141,7 @@ class ChatService:
                             finish = chunk.finish_reason
                         if chunk.usage is not None:
                             usage = chunk.usage
+                    call.finish(usage)
                 if calls is not None:
                     calls.finish()
             except UpstreamError as exc:
@@ -183,7 +185,9 @@ class ChatService:
                 ctrl.admitted = True
                 metrics.queue_wait.observe(lease.queued)
                 try:
-                    completion = await self._backend.complete_chat(request)
+                    async with metrics.genai.call("chat", request.model or self._backend.model) as call:
+                        completion = await self._backend.complete_chat(request)
+                        call.finish(completion.usage)
                 except UpstreamError as exc:
                     metrics.count_upstream_error(exc.code)
                     raise

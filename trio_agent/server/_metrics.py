@@ -18,6 +18,7 @@ from ..concurrency import LoopLagStatistics
 from ..http import ConnectionCounter
 from ..llm import Usage
 from ._admission import AdmissionStatistics
+from ._metrics_genai import GenAIMetrics
 from ._metrics_merge import format_value
 from ._metrics_upstreams import upstream_metric_lines
 
@@ -89,6 +90,8 @@ class GatewayMetrics:
         self.queue_wait = Histogram("trio_agent_queue_wait_seconds", "Time spent waiting for admission.")
         self.ttft = Histogram("trio_agent_ttft_seconds", "Time from request to first token.")
         self.total = Histogram("trio_agent_request_seconds", "Time from request to last byte.")
+        # Per model call, in the OpenTelemetry GenAI conventions' names (_metrics_genai).
+        self.genai = GenAIMetrics()
         # Set in each worker of run_workers: /metrics then answers the whole host's sums.
         self.host: HostMetrics | None = None
 
@@ -248,6 +251,7 @@ class GatewayMetrics:
                [("", self.direct_token_events)])
         for hist in (self.queue_wait, self.ttft, self.total):
             lines.extend(hist.render())
+        lines.extend(self.genai.render())
         lines.append("")
         return "\n".join(lines)
 

@@ -34,6 +34,9 @@ from ._stream import Responder, StreamService, finish, watch_disconnect
 
 __all__ = ["RelayService"]
 
+# The GenAI operation name of each relayed route (gen_ai.operation.name).
+_OPERATIONS = {"/embeddings": "embeddings", "/completions": "text_completion", "/responses": "chat"}
+
 logger = logging.getLogger("trio_agent.server")
 
 
@@ -66,8 +69,8 @@ class RelayService:
         self._streams = streams
         self._backend = backend
 
-    async def serve(self, call: Call, path: str, body: bytes, *, stream: bool) -> None:
-        """Relay ``POST {path}`` with ``body``; every path ends with one terminal answer."""
+    async def serve(self, call: Call, path: str, body: bytes, *, stream: bool, model: str = "") -> None:
+        """Relay ``POST {path}`` with ``body`` (for ``model``); every path ends with one terminal answer."""
         svc = self._streams
         info = call.ctx
         frames = _Frames(info.request_id, event=path.endswith("/responses"))
@@ -85,7 +88,7 @@ class RelayService:
                     async with svc.limits.lease(info.key_id) as lease:
                         ctrl.admitted = True
                         svc.metrics.queue_wait.observe(lease.queued)
-                        await self._relay(out, frames, path, body, stream)
+                        await self._relay(out, frames, path, body, stream, model)
                 except TrioAgentError as exc:
                     if isinstance(exc, UpstreamError):
                         svc.metrics.count_upstream_error(exc.code)
@@ -99,11 +102,15 @@ class RelayService:
         await finish(svc, out, ctrl, frames, refused)
 
     async def _relay(
-        self, out: Responder, frames: _Frames, path: str, body: bytes, stream: bool
+        self, out: Responder, frames: _Frames, path: str, body: bytes, stream: bool, model: str
     ) -> None:
         info: RequestContext = out.info
         metrics = self._streams.metrics
-        async with self._backend.open_relay(path, body, stream=stream) as relay:
+        operation = _OPERATIONS.get(path, "chat")
+        async with (
+            metrics.genai.call(operation, model) as call,
+            self._backend.open_relay(path, body, stream=stream) as relay,
+        ):
             if relay.first_byte_at is not None:
                 metrics.ttft.observe(relay.first_byte_at - info.started_at)
             headers = [(b"content-type", relay.content_type.encode("latin-1"))]
@@ -111,6 +118,7 @@ class RelayService:
                 await out.start(relay.status, headers)
                 await out.write(relay.body)
                 self._done(out, relay.usage)
+                call.finish(relay.usage, None if relay.status < 400 else info.outcome)
                 return
             await out.start(relay.status, [*headers, (b"cache-control", b"no-store")])
             metrics.streams_started += 1
@@ -122,11 +130,13 @@ class RelayService:
                 if isinstance(exc, UpstreamError):
                     metrics.count_upstream_error(exc.code)
                 info.outcome = exc.code
+                call.finish(relay.usage, exc)
                 await out.write(frames.error(exc))
                 out.terminal_sent = True
                 return
             metrics.streams_done += 1
             self._done(out, relay.usage)
+            call.finish(relay.usage, None if relay.status < 400 else info.outcome)
 
     def _done(self, out: Responder, usage: Usage | None) -> None:
         metrics = self._streams.metrics

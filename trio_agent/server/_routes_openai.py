@@ -82,7 +82,7 @@ def relay(path: str, body: BodyReader, relays: RelayService, backend: ChatBacken
         stream, model = parse_relay_body(doc, config)
         if model is None:  # the one field the gateway owns: the default model
             raw = orjson.dumps({**doc, "model": backend.model})
-        await relays.serve(call, path, raw, stream=stream)
+        await relays.serve(call, path, raw, stream=stream, model=model or backend.model)
 
     return handle
 

@@ -816,9 +816,11 @@ class StreamService:
                         pipe = _TokenPipe(out, fmt, svc.metrics)
                         # The stream nursery: the upstream reader ends (its response closed,
                         # however the request ends) before the slot is given back.
-                        async with trio.open_nursery() as stream:
+                        model = request.model or svc.backend.model
+                        async with svc.metrics.genai.call("chat", model) as call, trio.open_nursery() as stream:
                             stream.start_soon(_produce, svc, request, info, pipe)
                             refused = await _write_stream(svc, out, pipe, lease, request)
+                            call.finish(pipe.usage, pipe.failure)
                 except TrioAgentError as exc:
                     if ctrl.admitted:
                         raise
