@@ -25,6 +25,9 @@ from trio_agent.server._metrics_merge import sample_values
 pytestmark = pytest.mark.e2e
 
 _CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+_DURATION = "gen_ai_client_operation_duration_seconds"
+_TOKENS = "gen_ai_client_token_usage"
+_MOCK = 'gen_ai_operation_name="chat",gen_ai_request_model="mock-llm"'
 
 
 @asynccontextmanager
@@ -110,16 +113,29 @@ async def test_one_scrape_counts_every_request_of_the_host_whichever_worker_take
                 assert values["trio_agent_max_concurrency"] == 50  # the host's cap, split in two
                 assert values["trio_agent_in_flight"] == 0
                 assert values["trio_agent_workers"] == 2 and values["trio_agent_workers_reporting"] == 2
+                # The GenAI series add up too: one chat call per request, 4 tokens each.
+                assert values[f'{_DURATION}_count{{{_MOCK},outcome="ok"}}'] == 20, worker
+                assert values[f'{_TOKENS}_sum{{{_MOCK},gen_ai_token_type="output"}}'] == 80, worker
 
-            # A worker dies: the other answers at once, says whose numbers it holds.
+            # A worker stops (its loop stuck): the other answers within the peer timeout, partial.
             pids = _worker_pids(proc.pid)
             assert len(pids) == 2
-            os.kill(pids[1], signal.SIGKILL)
-            with trio.fail_after(5):
+            os.kill(pids[1], signal.SIGSTOP)
+            with trio.fail_after(10):
                 while True:
+                    started = trio.current_time()
                     worker, values = await _scrape(url)
                     if values["trio_agent_workers_reporting"] == 1:
                         break
+            assert trio.current_time() - started < 6  # the 2 s peer timeout, on a busy machine
+
+            # It dies: the other answers at once, and says whose numbers it holds.
+            os.kill(pids[1], signal.SIGKILL)
+            with trio.fail_after(5):
+                started = trio.current_time()
+                worker, values = await _scrape(url)
+            assert trio.current_time() - started < 1.5  # refused at once, no timeout to wait
+            assert values["trio_agent_workers_reporting"] == 1
             assert values[f'trio_agent_worker_up{{worker="{worker}"}}'] == 1
             assert values[f'trio_agent_worker_up{{worker="{1 - int(worker)}"}}'] == 0
             assert values['trio_agent_responses_total{route="/chat",status="200"}'] <= 10
