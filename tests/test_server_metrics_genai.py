@@ -76,7 +76,7 @@ async def test_every_end_of_a_call_has_its_outcome(autojump_clock: trio.testing.
         with genai.call("chat", "m"):
             raise RuntimeError("a bug")
     with genai.call("chat", "m") as call:  # a stream that ended with an error event, not raised
-        call.finish(None, UpstreamError("cut", code="upstream_disconnected"))
+        call.finish(None, UpstreamError("cut", code="upstream_stream_error"))
     with trio.move_on_after(1.0):  # cancelled inside a nursery: an exception group of Cancelled
         async with genai.call("chat", "m"), trio.open_nursery() as nursery:
             nursery.start_soon(trio.sleep_forever)
@@ -87,7 +87,7 @@ async def test_every_end_of_a_call_has_its_outcome(autojump_clock: trio.testing.
     assert v[f'{DURATION}_sum{{{base},outcome="cancelled",error_type="cancelled"}}'] == 3.0
     assert v[f'{DURATION}_count{{{base},outcome="cancelled",error_type="cancelled"}}'] == 2
     assert v[f'{DURATION}_count{{{base},outcome="error",error_type="{OTHER}"}}'] == 1
-    assert v[f'{DURATION}_count{{{base},outcome="error",error_type="upstream_disconnected"}}'] == 1
+    assert v[f'{DURATION}_count{{{base},outcome="error",error_type="upstream_stream_error"}}'] == 1
     assert not any(k.startswith(TOKENS) for k in v)  # no usage reported, none recorded
 
 
