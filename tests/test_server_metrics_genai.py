@@ -176,3 +176,19 @@ async def test_each_route_that_calls_a_model_records_it_in_the_scrape() -> None:
     assert f'{TOKENS}_count{{{emb},gen_ai_token_type="output"}}' not in v
     # The existing series are still there, beside them.
     assert v['trio_agent_responses_total{route="/chat/stream",status="200"}'] == 1
+
+
+@pytest.mark.e2e
+async def test_a_stream_that_fails_midway_records_the_error_the_client_got() -> None:
+    config = ServerConfig(
+        port=0, access_log=False, mock=MockLLMConfig(ttft=0, itl=0, tokens=8, fail_after_tokens=2)
+    )
+    with trio.fail_after(30):
+        async with running_gateway(config) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+            r = await client.post("/chat/stream", json={"messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200
+            code = re.findall(r'"code":"([a-z_]+)"', r.text.split("event: error", 1)[1])[0]
+            v = sample_values((await client.get("/metrics")).text)
+    key = f'{DURATION}_count{{gen_ai_operation_name="chat",gen_ai_request_model="mock-llm",outcome="error",error_type="{code}"}}'
+    assert v[key] == 1
+    assert not any(k.startswith(f"{DURATION}_count") and 'outcome="ok"' in k for k in v)
