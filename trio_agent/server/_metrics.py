@@ -87,13 +87,13 @@ class GatewayMetrics:
         self.direct_token_events = 0
         self.streams_started = 0
         self.streams_done = 0
-        self.queue_wait = Histogram("trio_agent_queue_wait_seconds", "Time spent waiting for admission.")
-        self.ttft = Histogram("trio_agent_ttft_seconds", "Time from request to first token.")
-        self.total = Histogram("trio_agent_request_seconds", "Time from request to last byte.")
         # Per model call, in the OpenTelemetry GenAI conventions' names (_metrics_genai).
         self.genai = GenAIMetrics()
         # Set in each worker of run_workers: /metrics then answers the whole host's sums.
         self.host: HostMetrics | None = None
+        self.queue_wait = Histogram("trio_agent_queue_wait_seconds", "Time spent waiting for admission.")
+        self.ttft = Histogram("trio_agent_ttft_seconds", "Time from request to first token.")
+        self.total = Histogram("trio_agent_request_seconds", "Time from request to last byte.")
 
     def count_response(self, route: str, status: int) -> None:
         key = (route, status)

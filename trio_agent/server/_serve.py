@@ -168,13 +168,13 @@ async def serve(
             app = create_app(config, backend=be, limits=limits, loop_lag=loop_lag, agent=agent)
             app.abort_transport = abort_transport
             app.connections.refusal = REFUSAL
+            if on_app is not None:
+                on_app(app)
             if peers is not None:
                 app.metrics.host = HostMetrics(peers, render=partial(
                     render_metrics, app.metrics, app.limits, app.drain, app.backend,
                     app.loop_lag, app.connections, app.agents,
                 ))  # fmt: skip
-            if on_app is not None:
-                on_app(app)
             await _serve_app(
                 app, config, http, sockets, loop_lag, task_status, shutdown_trigger, handle_signals,
                 limits_line=f"{fd_limit}; at most {http.max_connections} client connections",
