@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..concurrency import LoopLagStatistics
 from ..http import ConnectionCounter
@@ -21,9 +21,7 @@ from ._admission import AdmissionStatistics
 from ._metrics_genai import GenAIMetrics
 from ._metrics_merge import format_value
 from ._metrics_upstreams import upstream_metric_lines
-
-if TYPE_CHECKING:
-    from ._metrics_workers import HostMetrics
+from ._metrics_workers import HostMetrics
 
 __all__ = ["GatewayMetrics", "Histogram"]
 
