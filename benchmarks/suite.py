@@ -8,6 +8,10 @@ so the server's CPU and memory are measured. Scenarios, in order:
 
 * ``c10``, ``c100``, ``c1000``: closed loop at that concurrency, admission
   wide open (nothing is shed);
+* ``seed100``, ``seed1000``: the same with the seed demo's own mock (no ttft,
+  itl 0.01 s, 64 tokens), against ``seed_demo`` (``benchmarks/baseline_seed``:
+  the seed's FastAPI ``StreamingResponse`` as written) as well: the server CPU
+  per completed request and per event, trio_agent against the 20-line design;
 * ``saturation``: a closed-loop concurrency sweep; the best goodput seen
   over it and the runs above is the server's capacity;
 * ``overload``: open loop (Poisson) at 5x that capacity (the best goodput,
@@ -49,6 +53,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,6 +83,10 @@ STARTUP_TIMEOUT = 30.0
 _URL = re.compile(r"https?://[0-9a-zA-Z.\[\]:-]+:(\d+)")
 
 
+# The seed demo's mock: a token every 10 ms, 64 of them, no first-token delay (issue 20).
+SEED_MOCK = (0.0, 0.01, 64)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerArgs:
     """How a gateway is started for one scenario."""
@@ -90,17 +99,12 @@ class ServerArgs:
     # trio_agent's CPU-lag shedding (--max-loop-lag): 0 = off, as nothing may be shed when
     # admission is wide open; None = the server's default (the overload run).
     max_loop_lag: float | None = 0.0
+    mock: tuple[float, float, int] = (MOCK_TTFT, MOCK_ITL, MOCK_TOKENS)  # ttft, itl, tokens
 
 
-def _mock_flags() -> list[str]:
-    return [
-        "--mock-ttft",
-        str(MOCK_TTFT),
-        "--mock-itl",
-        str(MOCK_ITL),
-        "--mock-tokens",
-        str(MOCK_TOKENS),
-    ]
+def _mock_flags(a: ServerArgs) -> list[str]:
+    ttft, itl, tokens = a.mock
+    return ["--mock-ttft", str(ttft), "--mock-itl", str(itl), "--mock-tokens", str(tokens)]
 
 
 def trio_agent_command(a: ServerArgs) -> list[str]:
@@ -109,7 +113,7 @@ def trio_agent_command(a: ServerArgs) -> list[str]:
         "--max-concurrency", str(a.max_concurrency), "--max-queued", str(a.max_queued),
         "--max-queue-wait", str(a.max_queue_wait), "--request-timeout", str(a.request_timeout),
         *(["--max-loop-lag", str(a.max_loop_lag)] if a.max_loop_lag is not None else []),
-        "--gc-threshold", str(GC_THRESHOLD), "--no-access-log", *_mock_flags(),
+        "--gc-threshold", str(GC_THRESHOLD), "--no-access-log", *_mock_flags(a),
         *(["--upstream-url", a.upstream_url] if a.upstream_url else []),
     ]  # fmt: skip
 
@@ -118,9 +122,15 @@ def baseline_command(a: ServerArgs) -> list[str]:
     return [
         PY, "-m", "benchmarks.baseline_asyncio", "--host", "127.0.0.1", "--port", "0",
         "--max-concurrency", str(a.max_concurrency), "--max-queued", str(a.max_queued),
-        "--gc-threshold", str(GC_THRESHOLD), *_mock_flags(),
+        "--gc-threshold", str(GC_THRESHOLD), *_mock_flags(a),
         *(["--upstream-url", a.upstream_url] if a.upstream_url else []),
     ]  # fmt: skip
+
+
+def seed_command(a: ServerArgs) -> list[str]:
+    # As the seed runs it: no admission, no proxy, Python's own GC settings.
+    return [PY, "-m", "benchmarks.baseline_seed", "--host", "127.0.0.1", "--port", "0",
+            *_mock_flags(a)]  # fmt: skip
 
 
 def mock_llm_command(*extra: str) -> list[str]:
@@ -245,7 +255,11 @@ AGENT_SERVERS: dict[str, Callable[[AgentArgs], list[str] | str]] = {
 SERVERS: dict[str, tuple[Callable[[ServerArgs], list[str]], str]] = {
     "trio_agent": (trio_agent_command, "trio-agent"),
     "asyncio_baseline": (baseline_command, "trio-agent"),
+    "seed_demo": (seed_command, "trio-agent"),
 }
+# Servers that only stream from their own mock with admission wide open: the closed loops
+# (c*, seed*, saturation) only, not overload (no admission to set) nor proxy.
+MOCK_ONLY = {"seed_demo"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,9 +279,11 @@ QUICK = Timing(warmup=1.0, duration=3.0, sweep=(50, 400))
 
 class Suite:
     def __init__(
-        self, servers: Sequence[str], timing: Timing, log_dir: Path, only: set[str] | None
+        self, servers: Sequence[str], timing: Timing, log_dir: Path, only: set[str] | None,
+        pin: int = 0,
     ) -> None:
         self.servers = servers
+        self.pin = pin  # CPUs to pin over (server on 0, generator on the rest); 0 = no pinning
         self.timing = timing
         self.log_dir = log_dir
         self.only = only
@@ -308,7 +324,8 @@ class Suite:
         raise RuntimeError(f"server printed no URL within {STARTUP_TIMEOUT} s; see {log_path}")
 
     def bench(
-        self, name: str, url: str, api: str, pid: int, args: list[str], points: int = 1
+        self, name: str, url: str, api: str, pid: int, args: list[str], points: int = 1,
+        pin: bool = False,
     ) -> list[dict[str, Any]]:
         """Run ``trio-agent bench`` in its own process; return its runs."""
         t = self.timing
@@ -319,6 +336,8 @@ class Suite:
             "--request-timeout", "60", "--slo-ttft", str(SLO_TTFT), "--slo-tpot", str(SLO_TPOT),
             "--label", name, "--json", str(out), "--no-progress", *args,
         ]  # fmt: skip
+        if pin:
+            command = self.pinned(command, generator=True)
         log_path = self.log_dir / f"{name}.bench.txt"
         with open(log_path, "w") as log:
             subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, check=True,
@@ -358,15 +377,17 @@ class Suite:
                 if good > best[0]:
                     capacity[server] = (good, run["config"]["concurrency"])
 
-    def run_closed(self, concurrency: int) -> None:
-        scenario = f"c{concurrency}"
+    def run_closed(self, concurrency: int, *, seed: bool = False) -> None:
+        scenario = f"{'seed' if seed else 'c'}{concurrency}"
         if not self.wanted(scenario):
             return
-        for server in self.chat_servers():
+        args = ServerArgs(mock=SEED_MOCK) if seed else ServerArgs()
+        for server in self.chat_servers(mock_only=True):
             build, api = SERVERS[server]
-            with self.process(f"{scenario}-{server}", build(ServerArgs())) as (url, pid):
+            with self.process(f"{scenario}-{server}", self.pinned(build(args))) as (url, pid):
                 runs = self.bench(
-                    f"{scenario}-{server}", url, api, pid, ["--concurrency", str(concurrency)]
+                    f"{scenario}-{server}", url, api, pid, ["--concurrency", str(concurrency)],
+                    pin=True,
                 )
             self.record(scenario, server, runs)
 
@@ -374,13 +395,13 @@ class Suite:
         if not self.wanted("saturation"):
             return
         sweep = ",".join(str(c) for c in self.timing.sweep)
-        for server in self.chat_servers():
+        for server in self.chat_servers(mock_only=True):
             build, api = SERVERS[server]
             name = f"saturation-{server}"
-            with self.process(name, build(ServerArgs())) as (url, pid):
+            with self.process(name, self.pinned(build(ServerArgs()))) as (url, pid):
                 plots = self.log_dir / "plots" / name
                 args = ["--sweep", f"concurrency={sweep}", "--plot-dir", str(plots)]
-                runs = self.bench(name, url, api, pid, args, points=len(self.timing.sweep))
+                runs = self.bench(name, url, api, pid, args, points=len(self.timing.sweep), pin=True)
             self.record("saturation", server, runs)
 
     @contextmanager
@@ -438,8 +459,17 @@ class Suite:
 
     # -- agent scenarios -------------------------------------------------------------------
 
-    def chat_servers(self) -> list[str]:
-        return [s for s in self.servers if s in SERVERS]
+    def chat_servers(self, *, mock_only: bool = False) -> list[str]:
+        """The chat servers asked for; those in MOCK_ONLY only when ``mock_only`` scenarios."""
+        return [s for s in self.servers if s in SERVERS and (mock_only or s not in MOCK_ONLY)]
+
+    def pinned(self, command: list[str], generator: bool = False) -> list[str]:
+        """``command`` under ``taskset`` with ``--pin``: the server on CPU 0, the generator on
+        the others, so neither takes the other's core (the CPU figures stay comparable)."""
+        if not self.pin:
+            return command
+        cpus = f"1-{self.pin - 1}" if generator else "0"
+        return ["taskset", "-c", cpus, *command]
 
     def agent_servers(self) -> list[str]:
         return [s for s in self.servers if s in AGENT_SERVERS]
@@ -658,6 +688,51 @@ def agent_goals(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def server_cpu_per_event(r: dict[str, Any]) -> float | None:
+    """Server CPU µs per SSE event in the window: a token event each, and per completed
+    request its ``thinking`` and ``done`` (every server here sends one event per token)."""
+    m, srv = r["metrics"], r["server"] or {}
+    cpu = srv.get("cpu") or {}
+    total = (cpu.get("user") or 0.0) + (cpu.get("system") or 0.0)
+    events = m["delivered_tokens"] + 2 * m["completed"]
+    return total * 1e6 / events if srv and events else None
+
+
+def cpu_markdown(results: list[dict[str, Any]]) -> list[str]:
+    """Server CPU per completed request and per event in the closed loops, each server against
+    ``seed_demo`` in the same scenario (issue 20: trio_agent at most 1.0x)."""
+    closed = [r for r in results if re.fullmatch(r"(c|seed)\d+", r["scenario"])]
+    if not closed:
+        return []
+    seed = {r["scenario"]: r for r in closed if r["server_name"] == "seed_demo"}
+    lines = [
+        "",
+        "## Server CPU per completed request (closed loops)",
+        "",
+        "| scenario | server | load | req/s | srv CPU µs/request | srv CPU µs/event | x seed_demo |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in closed:
+        srv = r["server"] or {}
+        per_request = srv.get("cpu_ms_per_request_total")
+        us = None if per_request is None else per_request * 1000
+        base = seed.get(r["scenario"])
+        base_ms = (base["server"] or {}).get("cpu_ms_per_request_total") if base else None
+        lines.append(
+            f"| {r['scenario']} | {r['server_name']} | c={r['config']['concurrency']} "
+            f"| {r['metrics']['request_throughput']:.1f} | {_num(us, '.0f')} "
+            f"| {_num(server_cpu_per_event(r))} | {_ratio(per_request, base_ms)} |"
+        )
+    lines += [
+        "",
+        "µs/event counts a token event per delivered token and the `thinking` and `done` of "
+        "each completed request; `seed*` scenarios use the seed demo's mock (no ttft, itl "
+        f"{SEED_MOCK[1]} s, {SEED_MOCK[2]} tokens).",
+        "",
+    ]
+    return lines
+
+
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"# Benchmark results {meta['date']}",
@@ -707,7 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(chat scenarios: {', '.join(SERVERS)}; agent scenarios: {', '.join(AGENT_SERVERS)})",
     )
     parser.add_argument(
-        "--only", help="comma-separated scenarios: c10,c100,c1000,saturation,overload,"
+        "--only", help="comma-separated scenarios: c10,c100,c1000,seed100,seed1000,saturation,overload,"
         "proxy64,proxy100,proxy400,proxy1000,proxy-overload,proxy-tools100,agent10,agent100,agent-mcp10,"
         "agent-mcp100,agent-disconnect"
     )
@@ -715,6 +790,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick", action="store_true", help="short runs, for a smoke test of the suite"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument(
+        "--pin", action="store_true", help="closed loops: each server on CPU 0 and the load "
+        "generator on the other CPUs (taskset; needs 2 CPUs or more)",
+    )
     args = parser.parse_args(argv)
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = [s for s in servers if s not in known]
@@ -724,12 +803,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     log_dir = Path(tempfile.mkdtemp(prefix=f"trio-agent-bench-{date}-"))
     only = {s.strip() for s in args.only.split(",")} if args.only else None
-    suite = Suite(servers, timing, log_dir, only)
+    pin = 0
+    if args.pin:
+        if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+            parser.error("--pin needs taskset and at least 2 CPUs")
+        pin = os.cpu_count() or 1
+    suite = Suite(servers, timing, log_dir, only, pin)
     started = time.monotonic()
     print(f"benchmark suite: servers {', '.join(servers)}; logs in {log_dir}", flush=True)
     try:
         for c in (10, 100, 1000):
             suite.run_closed(c)
+        for c in (100, 1000):
+            suite.run_closed(c, seed=True)
         suite.run_saturation()
         suite.run_overload()
         for streams in (64, 100, 400, 1000):
@@ -765,7 +851,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             + "\n"
         )
         md_path.write_text(
-            markdown(suite.results, meta) + "\n".join(agent_markdown(suite.agent_results))
+            markdown(suite.results, meta)
+            + "\n".join(cpu_markdown(suite.results))
+            + "\n".join(agent_markdown(suite.agent_results))
         )
         print(
             f"\nsuite took {meta['elapsed']:.0f} s\nresults: {json_path}\n         {md_path}\nlogs:    {log_dir}"
