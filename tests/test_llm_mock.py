@@ -103,6 +103,26 @@ async def test_complete_chat_and_models(autojump_clock: trio.testing.MockClock) 
     assert await llm.list_models() == ["mock-llm"]
 
 
+async def test_receive_nowait_hands_over_a_first_token_due_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # No first-token delay: the role chunk and the first token are there when the stream
+    # opens, so the gateway writes them without waiting a scheduler pass in __anext__.
+    llm = MockLLM(pacing_resolution=0, ttft=0.0, itl=0.01, tokens=3, seed=2)
+    async with llm.stream_chat(ChatRequest.from_question("hi")) as chunks:
+        ready = drain_ready(chunks)
+        assert len(ready) == 2 and ready[0].delta == ""  # the role, then token 0
+        assert trio.current_time() == 0
+        rest = [c async for c in chunks]
+    assert len([c for c in ready + rest if c.delta]) == 3
+    # An injected failure before the first token stays __anext__'s to raise.
+    llm = MockLLM(pacing_resolution=0, ttft=0.0, tokens=3, fail_before_first=True)
+    async with llm.stream_chat(ChatRequest.from_question("hi")) as chunks:
+        assert drain_ready(chunks) == []
+        with pytest.raises(UpstreamStatusError):
+            await chunks.__anext__()
+
+
 async def test_receive_nowait_hands_over_only_tokens_already_due(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -665,3 +665,65 @@ async def test_a_lagging_scheduler_gets_new_requests_a_503_and_streams_keep_goin
         assert r.status == 200 and r.events[-1].event == "done"
         nursery.cancel_scope.cancel()
     assert gw.limits.statistics().in_flight == 0 and llm.statistics().active == 0
+
+
+class _Passes(trio.abc.Instrument):
+    """Counts the scheduler's passes (one I/O check each)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.count += 1
+
+
+class _SocketLikeExchange(Exchange):
+    """An exchange whose sends never yield, as a write to a socket with room does not; it notes
+    the pass (counted from the app's start) in which each kind of event was first sent."""
+
+    def __init__(self, passes: _Passes, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.passes = passes
+        self.start_pass = 0
+        self.sent_in: dict[str, int] = {}
+
+    async def run(self) -> None:
+        self.start_pass = self.passes.count
+        await super().run()
+
+    async def _send(self, message: dict[str, object]) -> None:
+        body = message.get("body")
+        if isinstance(body, bytes):
+            for line in body.split(b"\n"):
+                if line.startswith(b"event: "):
+                    kind = line[7:].decode()
+                    self.sent_in.setdefault(kind, self.passes.count - self.start_pass)
+        self._tx.send_nowait(message)
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+
+async def test_a_first_token_due_at_once_is_written_one_pass_after_the_head(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Under load every scheduler pass is long (each busy stream takes its turn in it), so each
+    # pass between a request and its first token is time to first token (docs/decisions/015):
+    # the request's task sends the head and takes the first token itself; the writer task
+    # started beside it sends what this harness cannot write directly, one pass later.
+    from trio_agent.llm import MockLLM
+
+    llm = MockLLM(ttft=0.0, itl=0.01, tokens=4, seed=1, pacing_resolution=0)
+    gw = create_app(ServerConfig(max_loop_lag=0), backend=llm)
+    passes = _Passes()
+    trio.lowlevel.add_instrument(passes)
+    try:
+        async with trio.open_nursery() as nursery:
+            ex = _SocketLikeExchange(passes, gw, "POST", "/chat/stream", json=Q)
+            ex.start(nursery)
+            events = await ex.events()
+    finally:
+        trio.lowlevel.remove_instrument(passes)
+    assert kinds(events) == ["thinking", "token", "token", "token", "token", "done"]
+    assert ex.sent_in["thinking"] == 0
+    assert ex.sent_in["token"] == 1
+    stats = gw.limits.statistics()
+    assert (stats.in_flight, stats.queued, llm.statistics().active, gw.drain.active) == (0, 0, 0, 0)

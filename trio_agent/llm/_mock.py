@@ -364,16 +364,17 @@ class _MockStream:
         return self._ready.pop(0)
 
     def receive_nowait(self) -> ChatChunk:
-        """The next chunk if it is already due (the caller fell behind), else ``trio.WouldBlock``.
+        """The next chunk if it is already due (the caller fell behind, or the first token
+        comes at once), else ``trio.WouldBlock``.
 
-        Ends, faults and the first unit are left to ``__anext__``.
+        Ends and faults are left to ``__anext__``.
         """
         if self._ready:
             return self._ready.pop(0)
         cfg, i = self._cfg, self._i
         if (
             self._done
-            or i == 0
+            or (i == 0 and cfg.fail_before_first)
             or i >= self._limit
             or i == cfg.fail_after_tokens
             or i == cfg.stall_after_tokens

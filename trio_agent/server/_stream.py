@@ -647,6 +647,18 @@ async def _produce(svc: StreamService, request: ChatRequest, info: RequestContex
     try:
         async with svc.backend.stream_chat(request) as chunks:
             ready = getattr(chunks, "receive_nowait", None)
+            if ready is not None:
+                # A first chunk that is there already (due at once) goes out in this task's
+                # first step: waiting for it in __anext__ would cost one more scheduler pass,
+                # and under load a pass is long (docs/decisions/015).
+                try:
+                    first = ready()
+                except trio.WouldBlock:
+                    pass
+                else:
+                    pipe.offer_all(first, ready)
+                    if pipe.full:
+                        await pipe.wait_for_room()
             async for chunk in chunks:
                 # The backend's own wait was this iteration's checkpoint. Chunks that
                 # are already there (the server fell behind) go out with it as one event.
@@ -666,6 +678,16 @@ async def _produce(svc: StreamService, request: ChatRequest, info: RequestContex
         pipe.close(internal_error())
 
 
+async def _begin_stream(svc: StreamService, out: Responder, pipe: _TokenPipe, lease: Lease, model: str) -> None:
+    """The response head and the format's first event (``thinking``)."""
+    await out.start()
+    svc.metrics.streams_started += 1
+    begin = pipe.fmt.begin(lease, model)
+    if begin:
+        await out.write(begin)
+    pipe.last_write_at = trio.current_time()
+
+
 async def _write_stream(
     svc: StreamService,
     out: Responder,
@@ -673,7 +695,8 @@ async def _write_stream(
     lease: Lease,
     request: ChatRequest,
 ) -> TrioAgentError | None:
-    """The writer: head and thinking event, then whatever the producer could not send, then the end.
+    """The writer: the head (unless sent already), then whatever the producer could not send,
+    then the end.
 
     Returns the failure that ended a relayed stream before its head (to be
     answered as a plain JSON error), else None.
@@ -682,19 +705,15 @@ async def _write_stream(
     metrics = svc.metrics
     fmt = pipe.fmt
     model = request.model or svc.backend.model
-    if pipe.relay:
-        # The head waits for the upstream's first chunk: a failure before it (after the
-        # backend's retries) is still a plain JSON error with its own status.
-        while not pipe.pending and not pipe.closed:
-            await pipe.wait()
-        if not pipe.pending and pipe.failure is not None:
-            return pipe.failure
-    await out.start()
-    metrics.streams_started += 1
-    begin = fmt.begin(lease, model)
-    if begin:
-        await out.write(begin)
-    pipe.last_write_at = trio.current_time()
+    if not out.started:
+        if pipe.relay:
+            # The head waits for the upstream's first chunk: a failure before it (after the
+            # backend's retries) is still a plain JSON error with its own status.
+            while not pipe.pending and not pipe.closed:
+                await pipe.wait()
+            if not pipe.pending and pipe.failure is not None:
+                return pipe.failure
+        await _begin_stream(svc, out, pipe, lease, model)
     keepalive_interval = svc.config.keepalive_interval
     while True:
         # The keepalive deadline is armed from the last write, and re-armed only
@@ -814,13 +833,28 @@ class StreamService:
                         ctrl.admitted = True
                         svc.metrics.queue_wait.observe(lease.queued)
                         pipe = _TokenPipe(out, fmt, svc.metrics)
-                        # The stream nursery: the upstream reader ends (its response closed,
-                        # however the request ends) before the slot is given back.
                         model = request.model or svc.backend.model
-                        async with svc.metrics.genai.call("chat", model) as call, trio.open_nursery() as stream:
-                            stream.start_soon(_produce, svc, request, info, pipe)
-                            refused = await _write_stream(svc, out, pipe, lease, request)
+                        if not pipe.relay:
+                            # The head and the thinking event from this task, in the pass the
+                            # request arrived in; the direct path is then free for the reader.
+                            await _begin_stream(svc, out, pipe, lease, model)
+                            pipe.writing = False
+                        ended: list[TrioAgentError | None] = [None]
+
+                        async def write() -> None:
+                            ended[0] = await _write_stream(svc, out, pipe, lease, request)
+
+                        # The stream nursery: the upstream reader ends (its response closed,
+                        # however the request ends) before the slot is given back. The reader
+                        # runs in this task and the writer in a new one, not the other way
+                        # round: a first token that is there at once goes out in this pass,
+                        # not two passes later, and under load a pass is long (docs/decisions/015).
+                        async with svc.metrics.genai.call("chat", model) as call:
+                            async with trio.open_nursery() as stream:
+                                stream.start_soon(write)
+                                await _produce(svc, request, info, pipe)
                             call.finish(pipe.usage, pipe.failure)
+                        refused = ended[0]
                 except TrioAgentError as exc:
                     if ctrl.admitted:
                         raise
