@@ -8,6 +8,7 @@ import trio.testing
 
 from tests._fakes import make_gateway
 from trio_agent.concurrency import LoopLag
+from trio_agent.config import ServerConfig
 from trio_agent.errors import KeyLimitError, OverloadedError
 from trio_agent.server import Admission, Lease, Limits
 
@@ -359,6 +360,48 @@ async def test_loop_lag_leaves_queued_requests_their_place(
         nursery.cancel_scope.cancel()
     assert adm.statistics().shed_loop_lag == 0
     assert_idle(adm)
+
+
+async def test_loop_lag_refusals_are_logged_once_per_episode(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The rule overrides max_concurrency and max_queued: an operator must be able to see why,
+    # without a line per refused request (docs/decisions/015).
+    lag = LoopLag(interval=0.01)
+    adm = make(max_concurrency=4, max_queued=8, loop_lag=lag, max_loop_lag=0.1)
+    caplog.set_level("WARNING", logger="trio_agent.server")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lag.run)
+        await trio.sleep(0.1)
+        async with adm.lease():
+            await _lagging(autojump_clock, lag)
+            for _ in range(5):
+                assert isinstance(adm.refuse_nowait(), OverloadedError)
+            lines = [r.getMessage() for r in caplog.records]
+            assert len(lines) == 1
+            assert "refusing new requests with 503" in lines[0]
+            assert "1 of max_concurrency 4 slots held" in lines[0]
+            assert "0 of max_queued 8" in lines[0] and "max_loop_lag 100 ms" in lines[0]
+            await trio.sleep(1.0)  # the loop keeps up again
+            assert adm.refuse_nowait() is None
+            assert adm.refuse_nowait() is None
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 2
+        assert lines[1] == "admitting again: 5 request(s) refused over 1.0 s while the scheduler lagged"
+        # A second episode is logged again.
+        async with adm.lease():
+            await _lagging(autojump_clock, lag)
+            assert isinstance(adm.refuse_nowait(), OverloadedError)
+        assert len(caplog.records) == 3
+        nursery.cancel_scope.cancel()
+    assert adm.statistics().shed_loop_lag == 6
+    assert_idle(adm)
+
+
+def test_loop_lag_is_opt_in() -> None:
+    # Off unless asked for: a refusal past the operator's limits is a choice (docs/decisions/015).
+    assert ServerConfig().max_loop_lag == 0
+    assert Admission.from_config(ServerConfig(), loop_lag=LoopLag()).refuse_if_lagging(in_flight=50) is None
 
 
 def test_loop_lag_without_a_monitor_or_limit_never_refuses() -> None:

@@ -25,7 +25,8 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("max_queued", int, "requests that may wait for admission past the cap"),
     ("max_queue_wait", float, "seconds a request may wait for admission before 503"),
     ("queue_lifo_after", float, "seconds the queue stays non-empty before the newest waiter goes first (0: FIFO)"),
-    ("max_loop_lag", float, "seconds the scheduler may run behind before new requests get 503 (0: off)"),
+    ("max_loop_lag", float, "seconds the scheduler may run behind before new requests get 503, "
+     "free slots or not (0: off; opt-in, e.g. 0.075)"),
     ("gc_threshold", int, "Python's youngest-generation GC threshold while serving (0: Python's own)"),
     ("request_timeout", float, "seconds for a whole request: queue wait and upstream"),
     ("keepalive_interval", float, "seconds of stream silence before an SSE keepalive comment"),

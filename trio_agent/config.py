@@ -411,11 +411,15 @@ class ServerConfig:
     requests or still sending its request head (a
     slowloris client); a slow body is bounded by ``request_timeout`` (408).
     A request head over ``max_header_bytes`` gets 431, a body over
-    ``max_body_bytes`` 413. ``max_loop_lag`` (seconds, 0 = off) refuses new
-    requests with 503 at once while the process's trio scheduler runs
-    further behind than that (see :class:`~trio_agent.concurrency.LoopLag`,
+    ``max_body_bytes`` 413. ``max_loop_lag`` (seconds; 0, the default, = off)
+    refuses new requests with 503 at once while the process's trio scheduler
+    runs further behind than that, however many slots ``max_concurrency``
+    and ``max_queued`` leave free (see :class:`~trio_agent.concurrency.LoopLag`,
     docs/decisions/007): the CPU is full and admitting more would slow every
-    stream already running. ``gc_threshold`` is Python's collector threshold for its
+    stream already running. It is opt-in because it overrides those limits and
+    helps only when refused clients go away (open-loop arrivals); clients that
+    come straight back get slower service (docs/decisions/015). Each episode of
+    such refusals is logged once, with the lag, when it starts and when it ends. ``gc_threshold`` is Python's collector threshold for its
     youngest generation while :func:`~trio_agent.serve` runs (Python's
     default is 700; 0 leaves the collector as it is): streaming allocates
     a few container objects per token, so at the default the collector runs
@@ -458,7 +462,7 @@ class ServerConfig:
     max_queued: int = 100
     max_queue_wait: float = 5.0
     queue_lifo_after: float = 0.1
-    max_loop_lag: float = 0.075
+    max_loop_lag: float = 0.0
     gc_threshold: int = 50_000
     request_timeout: float = 120.0
     keepalive_interval: float = 15.0

@@ -22,6 +22,7 @@ Redis-backed) implementation can replace the in-process :class:`Admission`.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,8 @@ import trio
 from ..concurrency._lag import LoopLag
 from ..config import ServerConfig
 from ..errors import AdmissionError, KeyLimitError, OverloadedError
+
+logger = logging.getLogger("trio_agent.server")
 
 __all__ = [
     "Admission",
@@ -233,7 +236,10 @@ class Admission:
     slow down. Queued requests keep their place. The rule stands aside while
     fewer than a tenth of the slots (at least one) are held: the lag then
     comes from refusing itself, and refusing everything would serve nothing
-    (docs/decisions/007).
+    (docs/decisions/007). Such refusals override ``max_concurrency`` and
+    ``max_queued``, so each episode is logged once as it starts (the lag, the
+    slots held and free) and once as it ends (how many were refused, for how
+    long), not per refusal (docs/decisions/015).
     """
 
     def __init__(
@@ -256,6 +262,8 @@ class Admission:
         self._loop_lag = loop_lag if max_loop_lag is not None else None
         self._max_loop_lag = max_loop_lag if max_loop_lag is not None else 0.0
         self._shed_loop_lag = 0
+        # The current episode of loop-lag refusals: its start (trio time) and count; None: none.
+        self._lag_episode: tuple[float, int] | None = None
         self._limiter = trio.CapacityLimiter(max_concurrency)
         if lifo_after is not None and lifo_after < 0:
             raise ValueError("lifo_after must be >= 0 (or None)")
@@ -370,18 +378,41 @@ class Admission:
         Never while fewer than a tenth of ``max_concurrency`` (at least one) leases are
         held: ``in_flight`` of them, by default this admission's own.
         """
-        if self._loop_lag is None or not self._loop_lag.overloaded(self._max_loop_lag):
+        if self._loop_lag is None:
             return None
         held = int(self._limiter.borrowed_tokens) if in_flight is None else in_flight
-        if held < max(1, self.max_concurrency // 10):
+        if not self._loop_lag.overloaded(self._max_loop_lag) or held < max(1, self.max_concurrency // 10):
+            if self._lag_episode is not None:
+                self._end_lag_episode()
             return None
         self._shed_loop_lag += 1
         lag = self._loop_lag.current
+        episode = self._lag_episode
+        if episode is None:
+            self._lag_episode = (trio.current_time(), 1)
+            logger.warning(
+                "refusing new requests with 503: the scheduler is %.0f ms behind (max_loop_lag "
+                "%.0f ms) with %d of max_concurrency %d slots held and %d of max_queued %d "
+                "waiting; logged once until it stops (max_loop_lag 0 turns this off)",
+                lag * 1000, self._max_loop_lag * 1000, held, self.max_concurrency,
+                self._queued, self._max_queued,
+            )  # fmt: skip
+        else:
+            self._lag_episode = (episode[0], episode[1] + 1)
         return OverloadedError(
             f"server overloaded: the CPU is {lag * 1000:.0f} ms behind "
             f"(max {self._max_loop_lag * 1000:.0f} ms)",
             retry_after=_RETRY_AFTER_MIN,
         )
+
+    def _end_lag_episode(self) -> None:
+        assert self._lag_episode is not None
+        started, refused = self._lag_episode
+        self._lag_episode = None
+        logger.warning(
+            "admitting again: %d request(s) refused over %.1f s while the scheduler lagged",
+            refused, trio.current_time() - started,
+        )  # fmt: skip
 
     def _key_at_cap(self, key: str | None) -> bool:
         return key is not None and self._per_key is not None and self._keys.get(key, 0) >= self._per_key
