@@ -71,10 +71,14 @@ async def test_mcp_tools_are_listed_called_and_report_progress_and_errors(tmp_pa
             result = await agent.complete("go")
             s = agent.statistics()
             assert (s.running_tools, s.queued_tools, s.per_mcp_server["rec"].borrowed_tokens) == (0, 0, 0)
-    contents = {e.call_id: e.content for e in result.events if isinstance(e, ToolResult)}
-    assert contents == {"e": "hello", "s": "slept 0.2"}
-    [error] = [e for e in result.events if isinstance(e, ToolError)]
-    assert (error.call_id, error.kind, error.message) == ("f", "error", "Error executing tool fail: no such file")
+    # Every call's outcome in one comparison, so a failure shows what each call ended with.
+    outcomes = {e.call_id: ("ok", e.content) for e in result.events if isinstance(e, ToolResult)}
+    outcomes |= {e.call_id: (e.kind, e.message) for e in result.events if isinstance(e, ToolError)}
+    assert outcomes == {
+        "e": ("ok", "hello"),
+        "s": ("ok", "slept 0.2"),
+        "f": ("error", "Error executing tool fail: no such file"),
+    }
     progress = [e for e in result.events if isinstance(e, ToolProgress)]
     assert [(p.call_id, p.progress, p.total, p.message) for p in progress] == [("s", 0, 0.2, "started")]
 
@@ -243,3 +247,18 @@ async def test_a_server_that_never_answers_is_down_after_the_connect_deadline() 
             status = agent.mcp_status()["mute"]
     assert 1.0 <= waited < 10
     assert not status.up and status.error == "no answer within 1 s"
+
+
+async def test_a_healthy_session_outlives_many_liveness_rounds(tmp_path: Path) -> None:
+    # A modern (2026-07-28) server has no ``ping``: a probe that used it ended the
+    # session at every round, and a call running then failed with "closed the connection".
+    record = tmp_path / "record.txt"
+    backend = answer_after(one_call(0, "s", "slow", {"seconds": 1.5, "tag": "long"}))
+    with trio.fail_after(30):
+        async with open_agent(backend, mcp={"rec": spec(record)}, config=FAST) as agent:
+            result = await agent.complete("go")  # 1.5 s of call: five probe rounds at 0.3 s
+            await trio.sleep(0.5)
+            status = agent.mcp_status()["rec"]
+    outcomes = {e.call_id: e.content for e in result.events if isinstance(e, ToolResult)}
+    assert outcomes == {"s": "slept 1.5"}
+    assert (status.up, status.connects, status.error) == (True, 1, None)

@@ -4,8 +4,8 @@ Each server has one supervisor task in :func:`open_agent`'s lifespan nursery.
 The supervisor opens the session and closes it in that same task (an anyio
 session entered in one task and left in another is the "cancel scope in a
 different task" failure other frameworks hit), lists the server's tools, then
-watches the session: a call that finds the connection closed, or a ping that
-fails, ends it; the supervisor closes it and reconnects with a doubling delay.
+watches the session: a call that finds the connection closed, or a liveness
+probe that fails (:func:`_probe`), ends it; the supervisor closes it and reconnects with a doubling delay.
 While a server is down its tools stay offered and each call is a tool error,
 so the model learns it and the run goes on.
 
@@ -35,6 +35,7 @@ import trio
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from ..errors import ConfigError
 from ._config import AgentConfig
@@ -265,9 +266,24 @@ class _Connection:
                 return
             try:
                 with trio.fail_after(self.config.mcp_connect_timeout):
-                    await client.send_ping()
+                    await _probe(client)
             except Exception:
                 return
+
+
+async def _probe(client: Client) -> None:
+    """One liveness round trip on the session; raises if the server does not answer it.
+
+    The 2026-07-28 protocol removed ``ping`` (a modern server answers it "Method
+    not found", which would end a healthy session at every round):
+    ``server/discover`` at the negotiated version is its cheapest request. A
+    session that made the initialize handshake speaks a version with ``ping``.
+    """
+    version = client.protocol_version
+    if version in HANDSHAKE_PROTOCOL_VERSIONS:
+        await client.session.send_ping()  # the session's method: the Client's warns it is legacy
+    else:
+        await client.session.send_discover(version)
 
 
 async def _list_all(client: Client) -> list[mcp_types.Tool]:
