@@ -50,6 +50,10 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("redis_key_prefix", str, "prefix of the Redis keys (one per deployment)"),
     ("redis_poll_interval", float, "seconds between polls of a waiter (pub/sub wakes it sooner)"),
     ("redis_local_share", int, "slots this process uses while Redis is down (fail_open)"),
+    ("otlp_endpoint", str, "trace requests and agent runs: export spans over OTLP/HTTP to this collector "
+     "(e.g. http://localhost:4318; default: OTEL_EXPORTER_OTLP_ENDPOINT, else off)"),
+    ("trace_queue_size", int, "finished spans that may wait for export (more are dropped and counted)"),
+    ("trace_export_timeout", float, "seconds one span export may take before it is given up"),
 )
 
 
@@ -102,6 +106,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="write streamed tokens straight to the socket when it is free "
         f"[default: {defaults.direct_writes}; env TRIO_AGENT_DIRECT_WRITES]",
+    )
+    p.add_argument(
+        "--trace-content",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record prompts and completions in the spans (with --otlp-endpoint) "
+        f"[default: {defaults.trace_content}; env TRIO_AGENT_TRACE_CONTENT]",
     )
     p.add_argument(
         "--upstream-url",
@@ -228,6 +239,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     server = {name: getattr(args, name) for name, _, _ in _SERVE_FLAGS}
     server["access_log"] = args.access_log
     server["direct_writes"] = args.direct_writes
+    server["trace_content"] = args.trace_content
     if args.api_keys is not None:
         server["api_keys"] = frozenset(args.api_keys)
     if args.cors_origins is not None:

@@ -49,9 +49,11 @@ from ..llm import (
     ToolCall,
     ToolCallAssembler,
     Usage,
+    stream_chat_traced,
     upstream_unavailable,
 )
 from ..sse import encode_comment, encode_event
+from ..tracing import current_tracer
 from ._admission import Lease, Limits
 from ._chat import (
     ChatResult,
@@ -645,7 +647,7 @@ class _TokenPipe:
 async def _produce(svc: StreamService, request: ChatRequest, info: RequestContext, pipe: _TokenPipe) -> None:
     """The upstream reader of an admitted stream: backend chunks into ``pipe``, then close it."""
     try:
-        async with svc.backend.stream_chat(request) as chunks:
+        async with stream_chat_traced(svc.backend, request) as chunks:
             ready = getattr(chunks, "receive_nowait", None)
             async for chunk in chunks:
                 # The backend's own wait was this iteration's checkpoint. Chunks that
@@ -794,6 +796,7 @@ class StreamService:
         svc = self
         out: Responder | None = None
         refused: TrioAgentError | None = None
+        tracer = current_tracer()
         with svc.drain.track(svc.config.request_timeout) as ctrl:
             # Refused at once (queue full, key at its cap, every upstream ejected): a plain
             # 503/429, no stream set up.
@@ -801,6 +804,8 @@ class StreamService:
                 svc.backend, request.model
             )
             if refusal is not None:
+                if tracer is not None:
+                    tracer.admission(queued=0.0, outcome=refusal.code)
                 raise refusal
             out = Responder(svc, send, ctrl, info)
             async with trio.open_nursery() as nursery:
@@ -813,6 +818,8 @@ class StreamService:
                     async with svc.limits.lease(info.key_id) as lease:
                         ctrl.admitted = True
                         svc.metrics.queue_wait.observe(lease.queued)
+                        if tracer is not None:
+                            tracer.admission(queued=lease.queued, outcome="admitted")
                         pipe = _TokenPipe(out, fmt, svc.metrics)
                         # The stream nursery: the upstream reader ends (its response closed,
                         # however the request ends) before the slot is given back.
@@ -824,6 +831,8 @@ class StreamService:
                 except TrioAgentError as exc:
                     if ctrl.admitted:
                         raise
+                    if tracer is not None:
+                        tracer.admission(queued=getattr(exc, "waited", None) or 0.0, outcome=exc.code)
                     refused = exc
                 nursery.cancel_scope.cancel()
         await finish(svc, out, ctrl, fmt, refused)
