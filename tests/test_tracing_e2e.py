@@ -11,14 +11,18 @@ is the chat span's), a client that leaves (cancelled), a dead collector
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import socket
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from tests._agent_fakes import ScriptedLLM, finish, one_call, text
 from tests._mock_server import serving_mock_llm
 from tests._otlp_receiver import (
     KIND_CLIENT,
@@ -182,3 +186,69 @@ async def test_a_dead_collector_costs_requests_nothing_and_drops_are_counted() -
                     await trio.sleep(0.1)
             assert _metric(text, "trio_agent_trace_spans_exported_total") == 0
             assert _metric(text, 'trio_agent_trace_spans_dropped_total{reason="queue_full"}') == 0
+
+
+class _ScriptedBackend(ScriptedLLM):
+    def statistics(self) -> None:
+        return None
+
+
+async def test_an_agent_run_nests_steps_model_calls_and_parallel_tools() -> None:
+    llm = _ScriptedBackend(
+        [
+            [
+                *one_call(0, "c1", "nap", {"seconds": 0.3, "tag": "a"}),
+                *one_call(1, "c2", "nap", {"seconds": 0.3, "tag": "b"}),
+                finish("tool_calls"),
+            ],
+            [text("both napped"), finish("stop")],
+        ]
+    )
+    with receiving_otlp() as rx, trio.fail_after(60):
+        config = ServerConfig(
+            port=0, access_log=False, otlp_endpoint=rx.url, example_tools=False, tools=("tests._tracing_tools",)
+        )
+        async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+            response = await client.post("/agent", json={"messages": [{"role": "user", "content": "nap twice"}]})
+            assert response.status_code == 200, response.text
+            assert response.json()["answer"] == "both napped"
+        await rx.wait_for(_has("POST /agent", "invoke_agent", "step 1", "step 2"))
+    server, run = rx.one("POST /agent"), rx.one("invoke_agent")
+    assert run.parent_span_id == server.span_id and run.status_code == STATUS_UNSET
+    assert run.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert run.attributes["gen_ai.usage.input_tokens"] == 20 and run.attributes["trio_agent.agent.steps"] == 2
+    step1, step2 = rx.one("step 1"), rx.one("step 2")
+    assert step1.parent_span_id == run.span_id and step2.parent_span_id == run.span_id
+    assert step1.end_ns <= step2.start_ns
+    chats = rx.named("chat scripted")
+    assert sorted(c.parent_span_id for c in chats) == sorted([step1.span_id, step2.span_id])
+    tools = sorted(rx.named("execute_tool nap"), key=lambda s: s.attributes["gen_ai.tool.call.id"])
+    assert [t.attributes["gen_ai.tool.call.id"] for t in tools] == ["c1", "c2"]
+    for t in tools:
+        # Children of their step (not of the model call they were started during).
+        assert t.parent_span_id == step1.span_id
+        assert t.attributes["gen_ai.tool.name"] == "nap"
+        assert t.attributes["trio_agent.tool.outcome"] == "result"
+        assert t.attributes["trio_agent.tool.queued_ms"] >= 0
+        assert step1.start_ns <= t.start_ns and t.end_ns <= step1.end_ns
+    a, b = tools
+    assert a.start_ns < b.end_ns and b.start_ns < a.end_ns, "parallel tool calls overlap in time"
+
+
+async def test_an_mcp_tool_call_carries_its_spans_traceparent() -> None:
+    server_script = Path(__file__).parent / "mcp_servers" / "recording_server.py"
+    llm = _ScriptedBackend(
+        [[*one_call(0, "c1", "traceparent", {}), finish("tool_calls")], [text("ok"), finish("stop")]]
+    )
+    with receiving_otlp() as rx, trio.fail_after(60):
+        config = ServerConfig(
+            port=0, access_log=False, otlp_endpoint=rx.url, example_tools=False,
+            mcp=(f"rec={shlex.join([sys.executable, str(server_script)])}",),
+        )  # fmt: skip
+        async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+            response = await client.post("/agent", json={"messages": [{"role": "user", "content": "trace"}]})
+            assert response.status_code == 200, response.text
+            (result,) = [e for e in response.json()["events"] if e["type"] == "tool_result"]
+        await rx.wait_for(_has("execute_tool traceparent"))
+    span = rx.one("execute_tool traceparent")
+    assert result["content"].split("-")[1:3] == [span.trace_id, span.span_id]
