@@ -57,8 +57,10 @@ async def test_a_streamed_chat_exports_server_admission_and_chat_spans() -> None
             response = await client.post("/chat/stream", json=BODY, headers={"traceparent": INCOMING})
             assert response.status_code == 200 and "event: done" in response.text
         # serve() flushed the queue on its way out.
-        await rx.wait_for(_has("POST /chat/stream", "admission", "chat mock-llm"))
-    server, admission, chat = rx.one("POST /chat/stream"), rx.one("admission"), rx.one("chat mock-llm")
+        await rx.wait_for(_has("POST /chat/stream", "chat mock-llm"))
+    server, chat = rx.one("POST /chat/stream"), rx.one("chat mock-llm")
+    # Admitted at once: no admission span (see test_a_wait_or_a_refusal_gets_an_admission_span).
+    assert rx.named("admission") == []
     # The incoming traceparent is continued: same trace, the caller's span is the parent.
     assert server.trace_id == "0af7651916cd43dd8448eb211c80319c"
     assert server.parent_span_id == "b7ad6b7169203331"
@@ -68,8 +70,7 @@ async def test_a_streamed_chat_exports_server_admission_and_chat_spans() -> None
     assert server.attributes["http.route"] == "/chat/stream"
     assert server.attributes["http.response.status_code"] == 200
     assert server.service_name == "trio-agent"
-    assert admission.parent_span_id == server.span_id and chat.parent_span_id == server.span_id
-    assert admission.attributes["trio_agent.admission.outcome"] == "admitted"
+    assert chat.parent_span_id == server.span_id
     assert chat.kind == KIND_CLIENT and chat.status_code == STATUS_UNSET
     attrs = chat.attributes
     assert attrs["gen_ai.operation.name"] == "chat"
@@ -81,6 +82,34 @@ async def test_a_streamed_chat_exports_server_admission_and_chat_spans() -> None
     assert "gen_ai.input.messages" not in attrs and "gen_ai.output.messages" not in attrs
     (first,) = [t for name, t in chat.events if name == "gen_ai.first_token"]
     assert chat.start_ns < first < chat.end_ns <= server.end_ns
+
+
+async def test_a_wait_or_a_refusal_gets_an_admission_span() -> None:
+    with receiving_otlp() as rx, trio.fail_after(60):
+        config = dataclasses.replace(
+            _config(rx.url), max_concurrency=1, max_queued=1, mock=MockLLMConfig(ttft=0.2, itl=0.01, tokens=4)
+        )
+        async with running_gateway(config) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+            statuses: list[int] = []
+
+            async def one() -> None:
+                statuses.append((await client.post("/chat/stream", json=BODY)).status_code)
+
+            # One streams, one waits for its slot, the third finds the queue full: refused.
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(one)
+                    await trio.sleep(0.05)
+            assert sorted(statuses) == [200, 200, 503]
+        await rx.wait_for(lambda spans: len([s for s in spans if s.name == "admission"]) == 2)
+    waited, refused = sorted(rx.named("admission"), key=lambda s: s.attributes["trio_agent.admission.outcome"])
+    assert waited.attributes["trio_agent.admission.outcome"] == "admitted"
+    assert waited.attributes["trio_agent.admission.queued_ms"] > 50 and waited.status_code == STATUS_UNSET
+    assert refused.status_code == STATUS_ERROR
+    code = refused.attributes["trio_agent.admission.outcome"]
+    parent = rx.by_id(refused.parent_span_id)
+    assert parent.attributes["http.response.status_code"] == 503 and parent.attributes["error.type"] == code
+    assert rx.by_id(waited.parent_span_id).attributes["http.response.status_code"] == 200
 
 
 async def test_trace_content_records_prompt_and_completion() -> None:

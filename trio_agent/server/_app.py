@@ -329,6 +329,12 @@ class Gateway:
         answer = error_response(refusal, ctx)
         self.metrics.early_refusals += 1
         self._access.close(ctx)
+        tracer = current_tracer()
+        if tracer is not None:
+            tracer.refused_early(
+                method="POST", path=ctx.path, request_id=ctx.request_id, headers=headers,
+                status=answer[0], code=refusal.code,
+            )  # fmt: skip
         return answer
 
 

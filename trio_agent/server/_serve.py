@@ -281,7 +281,9 @@ async def _maybe_tracing(config: ServerConfig) -> AsyncIterator[GatewayTracer | 
         queue_size=config.trace_queue_size,
         export_timeout=config.trace_export_timeout,
     ) as tracer:
-        logger.info("tracing: spans go to %s%s", url, " (with content)" if config.trace_content else "")
+        # Without the scheme: tools that read the server's URL off its first lines must not take this one.
+        where = url.split("://", 1)[-1]
+        logger.info("tracing: spans go over OTLP/HTTP to %s%s", where, " (with content)" if config.trace_content else "")
         yield tracer
 
 

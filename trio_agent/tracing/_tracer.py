@@ -24,7 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from ._export import SpanExport
 from ._queue import TracingStatistics
 
-__all__ = ["GatewayTracer", "TraceSpan", "error_type"]
+__all__ = ["ADMISSION_SPAN_MIN", "GatewayTracer", "TraceSpan", "error_type"]
 
 # W3C trace context only (not the process-global, configurable propagator): ``traceparent``
 # in, ``traceparent`` out, whatever else the process set up.
@@ -52,6 +52,9 @@ class _HeadGetter(Getter[Mapping[bytes, bytes]]):
 
 
 _HEAD_GETTER = _HeadGetter()
+
+#: A wait for admission shorter than this (seconds) gets no span of its own.
+ADMISSION_SPAN_MIN = 0.001
 
 
 def _is_cancelled(exc: BaseException) -> bool:
@@ -210,17 +213,35 @@ class GatewayTracer:
             span.fail(outcome or str(status))
         span.end()
 
-    def admission(self, *, queued: float, outcome: str) -> None:
-        """The admission wait of one request, ``queued`` seconds up to now, as a finished span."""
+    def admission(self, *, queued: float, outcome: str, parent: TraceSpan | None = None) -> None:
+        """The admission wait of one request, ``queued`` seconds up to now, as a finished span.
+
+        Only a request that waited (``ADMISSION_SPAN_MIN`` or more) or was refused gets one: a
+        slot taken at once is the usual case, and a span saying so would cost every request.
+        ``parent`` (default: the current span) is the request's server span.
+        """
+        if outcome == "admitted" and queued < ADMISSION_SPAN_MIN:
+            return
         end_ns = time.time_ns()
-        span = self.start(
-            "admission",
-            attributes={
-                "trio_agent.admission.outcome": outcome,
-                "trio_agent.admission.queued_ms": round(queued * 1000.0, 3),
-            },
-            start_ns=end_ns - int(queued * 1e9),
+        span = TraceSpan(
+            self._tracer.start_span(
+                "admission",
+                context=None if parent is None else trace.set_span_in_context(parent.span),
+                attributes={
+                    "trio_agent.admission.outcome": outcome,
+                    "trio_agent.admission.queued_ms": round(queued * 1000.0, 3),
+                },
+                start_time=end_ns - int(queued * 1e9),
+            )
         )
         if outcome != "admitted":
             span.fail(outcome)
         span.span.end(end_time=end_ns)
+
+    def refused_early(
+        self, *, method: str, path: str, request_id: str, headers: Mapping[bytes, bytes], status: int, code: str
+    ) -> None:
+        """A request refused from its head (before the app ran): its server and admission spans."""
+        span = self.start_server(method=method, path=path, route=path, request_id=request_id, headers=headers)
+        self.admission(queued=0.0, outcome=code, parent=span)
+        self.end_server(span, status=status, outcome=code)
