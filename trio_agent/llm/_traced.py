@@ -17,12 +17,14 @@ stays a child of the caller's own span.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import trio
 
 from ..tracing import current_tracer
 from ._types import ChatBackend, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Usage
@@ -30,17 +32,36 @@ from ._types import ChatBackend, ChatChunk, ChatCompletion, ChatMessage, ChatReq
 if TYPE_CHECKING:
     from ..tracing._tracer import GatewayTracer, TraceSpan
 
-__all__ = ["complete_chat", "input_messages", "stream_chat"]
+__all__ = ["TracedStream", "complete_chat", "input_messages", "record_chat", "stream_chat"]
 
 PROVIDER = "openai"
 
 
-def stream_chat(backend: ChatBackend, request: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]:
-    """``backend.stream_chat(request)``, in a ``chat`` span when tracing is on."""
+def stream_chat(
+    backend: ChatBackend, request: ChatRequest, *, observe: bool = True
+) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]:
+    """``backend.stream_chat(request)``, in a ``chat`` span when tracing is on.
+
+    ``observe`` false: the chunks are the backend's own, not watched on their way (no
+    cost per chunk; ``gen_ai.response.model`` and ``.id`` are then not read off them); the
+    caller tells the span what it saw with :func:`record_chat` before it leaves the block.
+    """
     tracer = current_tracer()
     if tracer is None:
         return backend.stream_chat(request)
-    return _TracedStream(tracer, backend, request)
+    # Recording the completion (--trace-content) needs every chunk's text.
+    return TracedStream(tracer, backend, request, observe=observe or tracer.content)
+
+
+def record_chat(
+    call: object, *, usage: Usage | None, finish_reason: str | None, first_token_at: float | None
+) -> None:
+    """What the caller saw of an unobserved :func:`stream_chat` (``first_token_at``: trio time).
+
+    A no-op unless ``call`` is a traced stream opened with ``observe=False``.
+    """
+    if type(call) is TracedStream:
+        call.record(usage=usage, finish_reason=finish_reason, first_token_at=first_token_at)
 
 
 async def complete_chat(backend: ChatBackend, request: ChatRequest) -> ChatCompletion:
@@ -121,18 +142,30 @@ def input_messages(messages: tuple[ChatMessage, ...]) -> str:
     return orjson.dumps(out).decode()
 
 
-class _TracedStream:
+class TracedStream:
     """``backend.stream_chat(request)`` inside a ``chat`` span, ended when the block is left."""
 
-    __slots__ = ("_backend", "_chunks", "_inner", "_request", "_span", "_tracer")
+    __slots__ = ("_backend", "_chunks", "_inner", "_observe", "_recorded", "_request", "_span", "_tracer")
 
-    def __init__(self, tracer: GatewayTracer, backend: ChatBackend, request: ChatRequest) -> None:
+    def __init__(self, tracer: GatewayTracer, backend: ChatBackend, request: ChatRequest, *, observe: bool) -> None:
         self._tracer = tracer
         self._backend = backend
         self._request = request
+        self._observe = observe
         self._inner: AbstractAsyncContextManager[AsyncIterator[ChatChunk]] | None = None
         self._span: TraceSpan | None = None
         self._chunks: _ObservedChunks | None = None
+        self._recorded: tuple[Usage | None, str | None] | None = None
+
+    def record(self, *, usage: Usage | None, finish_reason: str | None, first_token_at: float | None) -> None:
+        span = self._span
+        if span is None:
+            return
+        self._recorded = (usage, finish_reason)
+        if first_token_at is not None:
+            # trio's clock to the wall clock the SDK stamps spans with
+            ago = trio.current_time() - first_token_at
+            span.span.add_event("gen_ai.first_token", timestamp=time.time_ns() - int(ago * 1e9))
 
     async def __aenter__(self) -> AsyncIterator[ChatChunk]:
         span = self._span = _start(self._tracer, self._backend, self._request)
@@ -147,6 +180,8 @@ class _TracedStream:
             raise
         finally:
             span.detach()
+        if not self._observe:
+            return chunks
         self._chunks = _ObservedChunks(chunks, span, self._tracer.content)
         return self._chunks
 
@@ -154,7 +189,7 @@ class _TracedStream:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         span, chunks, inner = self._span, self._chunks, self._inner
-        assert span is not None and chunks is not None and inner is not None
+        assert span is not None and inner is not None
         try:
             return await inner.__aexit__(exc_type, exc, tb)
         except BaseException as raised:
@@ -163,10 +198,14 @@ class _TracedStream:
         finally:
             if exc is not None:
                 span.fail_with(exc)
-            _finish(
-                self._tracer, span, chunks.model, chunks.response_id, chunks.usage,
-                chunks.finish_reasons, "".join(chunks.text) if chunks.text is not None else None,
-            )  # fmt: skip
+            if chunks is not None:
+                _finish(
+                    self._tracer, span, chunks.model, chunks.response_id, chunks.usage,
+                    chunks.finish_reasons, "".join(chunks.text) if chunks.text is not None else None,
+                )  # fmt: skip
+            elif self._recorded is not None:
+                usage, finish_reason = self._recorded
+                _finish(self._tracer, span, None, None, usage, (finish_reason,) if finish_reason else (), None)
             span.end()
 
 

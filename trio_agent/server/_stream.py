@@ -49,6 +49,7 @@ from ..llm import (
     ToolCall,
     ToolCallAssembler,
     Usage,
+    record_chat,
     stream_chat_traced,
     upstream_unavailable,
 )
@@ -647,7 +648,9 @@ class _TokenPipe:
 async def _produce(svc: StreamService, request: ChatRequest, info: RequestContext, pipe: _TokenPipe) -> None:
     """The upstream reader of an admitted stream: backend chunks into ``pipe``, then close it."""
     try:
-        async with stream_chat_traced(svc.backend, request) as chunks:
+        # Not observed by the tracing (no cost per chunk): the pipe tells the span what it saw.
+        call = stream_chat_traced(svc.backend, request, observe=False)
+        async with call as chunks:
             ready = getattr(chunks, "receive_nowait", None)
             async for chunk in chunks:
                 # The backend's own wait was this iteration's checkpoint. Chunks that
@@ -658,6 +661,7 @@ async def _produce(svc: StreamService, request: ChatRequest, info: RequestContex
                     pipe.offer_all(chunk, ready)
                 if pipe.full:
                     await pipe.wait_for_room()
+            record_chat(call, usage=pipe.usage, finish_reason=pipe.finish, first_token_at=pipe.first_at)
         pipe.close()
     except TrioAgentError as exc:
         if isinstance(exc, UpstreamError):

@@ -205,8 +205,6 @@ class GatewayTracer:
         span.detach()
         if status:
             span.span.set_attribute("http.response.status_code", status)
-        if outcome is not None:
-            span.span.set_attribute("trio_agent.outcome", outcome)
         if status == 0 and outcome is None:
             span.fail("cancelled")
         elif status >= 400 or (outcome is not None and outcome not in _OK_OUTCOMES):
