@@ -227,6 +227,18 @@ def _check_mock_script(path: str | None) -> None:
         load_script(path)
 
 
+def _check_tracing(endpoint: str | None) -> None:
+    """Tracing asked for without the OpenTelemetry packages: refused now, naming the fix."""
+    if endpoint is None:
+        return
+    from . import tracing
+    from .errors import ConfigError
+
+    missing = tracing.otel_missing()
+    if missing is not None:
+        raise ConfigError(f"--otlp-endpoint needs {missing}: pip install 'trio_agent[otel]'")
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -269,6 +281,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             agent={k: v for k, v in agent.items() if v is not None},
         )
         _check_mock_script(config.mock.script)
+        _check_tracing(config.otlp_endpoint)
     except ConfigError as exc:
         print(f"trio-agent serve: {exc}", file=sys.stderr)
         return 2
