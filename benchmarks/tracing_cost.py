@@ -122,12 +122,17 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=12.0)
     parser.add_argument("--base-tree", type=Path, help="a source tree to run as the 'base' arm")
     parser.add_argument("--proxied", action="store_true", help="proxy to the mock LLM server")
+    parser.add_argument("--arms", help="comma-separated subset of off,on,base (default: all given)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     # Every request sampled (the SDK's default samples every root span too; said explicitly).
     os.environ["OTEL_TRACES_SAMPLER"] = "always_on"
     log_dir = Path(tempfile.mkdtemp(prefix="tracing-cost-"))
     arms = ["off", "on", *(["base"] if args.base_tree else [])]
+    if args.arms:
+        arms = [a for a in arms if a in args.arms.split(",")]
+    if "off" not in arms:
+        parser.error("the arms must include off (the reference)")
     runs: list[dict[str, Any]] = []
     with _Sink().running() as sink, _upstream(args.proxied, log_dir) as upstream:
         for r in range(args.repeats):
@@ -172,7 +177,7 @@ def main() -> None:
         "vs_off": {arm: per_arm[arm]["median"] / off - 1.0 for arm in arms if arm != "off"},
         "runs": runs,
     }
-    stem = f"{datetime.now(UTC):%Y-%m-%d}-tracing-cost{'-proxied' if args.proxied else ''}"
+    stem = f"{datetime.now(UTC):%Y-%m-%d}-tracing-cost{'-proxied' if args.proxied else ''}-{'-'.join(arms)}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [

@@ -58,11 +58,13 @@ class _Exporter(SpanExporter):
 
     def __init__(self, result: SpanExportResult = SpanExportResult.SUCCESS) -> None:
         self.batches: list[list[str]] = []
+        self.spans: list[ReadableSpan] = []
         self.result = result
         self.shut = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.batches.append([s.name for s in spans])
+        self.spans.extend(spans)
         return self.result
 
     def shutdown(self) -> None:
@@ -170,3 +172,35 @@ def test_tracing_off_loads_no_opentelemetry() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+class _Coded(Exception):
+    code = "upstream_timeout"
+
+
+def test_error_type_is_the_code_the_client_got() -> None:
+    from trio_agent.tracing._tracer import error_type
+
+    assert error_type(_Coded("slow")) == "upstream_timeout"
+    assert error_type(ValueError("x")) == "ValueError"
+    cancelled = trio.Cancelled._create()  # type: ignore[attr-defined]
+    assert error_type(cancelled) == "cancelled"
+    assert error_type(BaseExceptionGroup("g", [cancelled])) == "cancelled"
+    assert error_type(BaseExceptionGroup("g", [cancelled, ValueError()])) == "BaseExceptionGroup"
+
+
+async def test_the_server_spans_status_follows_the_clients_answer() -> None:
+    exporter = _Exporter()
+    cases = [(200, "done"), (200, None), (503, "overloaded"), (200, "disconnect"), (0, None)]
+    async with open_tracing(endpoint="http://127.0.0.1:1", exporter=exporter) as tracer:
+        for status, outcome in cases:
+            span = tracer.start_server(method="POST", path="/chat", route="/chat", request_id="r", headers={})
+            tracer.end_server(span, status=status, outcome=outcome)
+    statuses = [(s.status.status_code.name, s.status.description, s.attributes.get("error.type")) for s in exporter.spans]
+    assert statuses == [
+        ("UNSET", None, None),
+        ("UNSET", None, None),
+        ("ERROR", "overloaded", "overloaded"),
+        ("ERROR", "cancelled: the client disconnected", "disconnect"),
+        ("ERROR", "cancelled", "cancelled"),
+    ]
