@@ -12,6 +12,14 @@ machine that gets busier or quieter over the run moves every arm alike):
 * ``base`` (with ``--base-tree``): the same command run from another source
   tree, such as the commit before tracing, to show that ``off`` costs nothing.
 
+``--in-process`` measures instead, in this process, what tracing adds to one
+streamed request's path without the server around it: a server span, a
+``chat`` span around a mock stream of 128 tokens read as the server reads it
+(``observe=False`` and ``record_chat``), and the OTLP encoding of both spans
+(the SDK's encoder, as the exporter runs it), against the same path with no
+tracer; CPU (process time, every thread) per request, median of interleaved
+rounds. It is far less sensitive to a busy machine than the server A/B.
+
 Each run is ``trio-agent bench`` in its own process against the server's pid
 (closed loop, the suite's mock: ttft 0.2 s, itl 0.02 s, 128 tokens; with
 ``--proxied`` the server proxies to the mock LLM server in its own process,
@@ -31,6 +39,7 @@ import statistics
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -124,7 +133,13 @@ def main() -> None:
     parser.add_argument("--proxied", action="store_true", help="proxy to the mock LLM server")
     parser.add_argument("--arms", help="comma-separated subset of off,on,base (default: all given)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--in-process", action="store_true", help="the in-process measurement instead")
     args = parser.parse_args()
+    if args.in_process:
+        import trio
+
+        trio.run(_in_process)
+        return
     # Every request sampled (the SDK's default samples every root span too; said explicitly).
     os.environ["OTEL_TRACES_SAMPLER"] = "always_on"
     log_dir = Path(tempfile.mkdtemp(prefix="tracing-cost-"))
@@ -197,6 +212,70 @@ def main() -> None:
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"logs: {log_dir}")
+
+
+async def _in_process(rounds: int = 10, requests: int = 400) -> None:
+    import trio
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from trio_agent.config import MockLLMConfig
+    from trio_agent.llm import ChatRequest, MockLLM, record_chat, stream_chat_traced
+    from trio_agent.tracing import current_tracer, open_tracing
+
+    class Encoding(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            encode_spans(spans).SerializePartialToString()
+            return SpanExportResult.SUCCESS
+
+    head = {b"content-type": b"application/json", b"host": b"127.0.0.1:8000"}
+    mock = MockLLM(MockLLMConfig(ttft=0, itl=0, tokens=128))
+    request = ChatRequest.from_question("hello")
+
+    async def one() -> None:
+        tracer = current_tracer()
+        span = None if tracer is None else tracer.start_server(
+            method="POST", path="/chat/stream", route="/chat/stream", request_id="0" * 32, headers=head
+        )
+        try:
+            call = stream_chat_traced(mock, request, observe=False)
+            async with call as chunks:
+                ready = getattr(chunks, "receive_nowait", None)
+                usage = finish = None
+                async for chunk in chunks:
+                    batch = [chunk]
+                    try:
+                        while ready is not None:
+                            batch.append(ready())
+                    except trio.WouldBlock:
+                        pass
+                    for c in batch:
+                        usage = c.usage or usage
+                        finish = c.finish_reason or finish
+                record_chat(call, usage=usage, finish_reason=finish, first_token_at=trio.current_time())
+        finally:
+            if tracer is not None and span is not None:
+                tracer.end_server(span, status=200, outcome="done")
+
+    async def measure(traced: bool) -> float:
+        t0 = time.process_time()
+        if traced:
+            async with open_tracing(endpoint="http://127.0.0.1:9", exporter=Encoding()):
+                for _ in range(requests):
+                    await one()
+        else:
+            for _ in range(requests):
+                await one()
+        return (time.process_time() - t0) / requests * 1e6
+
+    results: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(rounds):
+        for traced in (False, True) if r % 2 == 0 else (True, False):
+            results[traced].append(await measure(traced))
+    off, on = statistics.median(results[False]), statistics.median(results[True])
+    deltas = [b - a for a, b in zip(results[False], results[True], strict=True)]
+    print(f"per request: off {off:.0f} us, on {on:.0f} us; added {statistics.median(deltas):.0f} us "
+          f"(paired median; min {min(deltas):.0f}, max {max(deltas):.0f}) over {rounds} rounds of {requests}")
 
 
 @contextmanager

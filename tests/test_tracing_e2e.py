@@ -286,3 +286,21 @@ async def test_an_mcp_tool_call_carries_its_spans_traceparent() -> None:
         await rx.wait_for(_has("execute_tool traceparent"))
     span = rx.one("execute_tool traceparent")
     assert result["content"].split("-")[1:3] == [span.trace_id, span.span_id]
+
+
+async def test_a_tool_call_that_cannot_run_still_has_its_span() -> None:
+    llm = _ScriptedBackend(
+        [[*one_call(0, "c1", "no_such_tool", {}), finish("tool_calls")], [text("sorry"), finish("stop")]]
+    )
+    with receiving_otlp() as rx, trio.fail_after(60):
+        config = ServerConfig(
+            port=0, access_log=False, otlp_endpoint=rx.url, example_tools=False, tools=("tests._tracing_tools",)
+        )
+        async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+            response = await client.post("/agent", json={"messages": [{"role": "user", "content": "x"}]})
+            assert response.status_code == 200, response.text
+        await rx.wait_for(_has("execute_tool no_such_tool", "step 1"))
+    span = rx.one("execute_tool no_such_tool")
+    assert span.status_code == STATUS_ERROR and span.attributes["error.type"] == "unknown_tool"
+    assert span.attributes["trio_agent.tool.outcome"] == "unknown_tool"
+    assert span.parent_span_id == rx.one("step 1").span_id

@@ -130,6 +130,15 @@ class _Progress:
         await self.channel.send(ToolProgress(call_id=self.call_id, progress=progress, total=total, message=message))
 
 
+def _tool_attributes(call: ToolCall) -> dict[str, Any]:
+    return {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": call.name,
+        "gen_ai.tool.call.id": call.id,
+        "gen_ai.tool.type": "function",
+    }
+
+
 class AgentRun:
     """The producer of one run's events; :meth:`Agent.run` owns its task."""
 
@@ -346,6 +355,11 @@ class AgentRun:
                 nursery.start_soon(self._run_call, c, t, validated, name=f"tool {call.name} {call.id}")
                 return
         c.content = _error_content(message)
+        if self._tracer is not None:
+            # Not run: its span starts and ends here, with the reason.
+            with self._tracer.span(f"execute_tool {call.name}", attributes=_tool_attributes(call)) as span:
+                span.set("trio_agent.tool.outcome", kind)
+                span.fail(kind, message)
         await self._send.send(ToolError(call_id=call.id, name=call.name, kind=kind, message=message))
 
     async def _run_call(self, c: _Call, t: Tool, arguments: Any) -> None:
@@ -355,12 +369,7 @@ class AgentRun:
             await self._run_call_inner(c, t, arguments, None)
             return
         call = c.call
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": call.name,
-            "gen_ai.tool.call.id": call.id,
-            "gen_ai.tool.type": "function",
-        }
+        attributes = _tool_attributes(call)
         if tracer.content:
             attributes["gen_ai.tool.call.arguments"] = call.arguments
         # Started in the step's task group, this task's context holds the step's span: the
