@@ -135,11 +135,13 @@ class _RecordingUpstream(MockServerApp):
         super().__init__(config)
         self.traceparents: list[str | None] = []
 
+        self.relayed: list[str | None] = []
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/v1/chat/completions":
-            headers = dict(scope["headers"])
-            value = headers.get(b"traceparent")
-            self.traceparents.append(None if value is None else value.decode())
+        if scope["type"] == "http" and scope["path"].startswith("/v1/") and scope["method"] == "POST":
+            value = dict(scope["headers"]).get(b"traceparent")
+            seen = self.traceparents if scope["path"] == "/v1/chat/completions" else self.relayed
+            seen.append(None if value is None else value.decode())
         await super().__call__(scope, receive, send)
 
 
@@ -164,6 +166,25 @@ async def test_a_proxied_chat_carries_the_chat_spans_traceparent_upstream() -> N
         parent = rx.by_id(chat.parent_span_id)
         assert parent.attributes["http.route"] == route and parent.kind == KIND_SERVER
         assert chat.attributes["gen_ai.usage.output_tokens"] == 6
+
+
+async def test_a_relayed_call_has_its_model_call_span_and_carries_it_upstream() -> None:
+    mock_config = MockServerConfig(port=0, llm=MockLLMConfig(ttft=0.01, itl=0.002, tokens=6))
+    upstream_app = _RecordingUpstream(mock_config)
+    with receiving_otlp() as rx, trio.fail_after(60):
+        async with serving_mock_llm(mock_config, upstream_app) as base:
+            upstream = UpstreamConfig(base_url=f"{base}/v1", model="mock-llm")
+            config = dataclasses.replace(_config(rx.url), upstream=upstream)
+            async with running_gateway(config) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+                response = await client.post("/v1/completions", json={"model": "mock-llm", "prompt": "hi"})
+                assert response.status_code == 200, response.text
+        await rx.wait_for(_has("text_completion mock-llm"))
+    span = rx.one("text_completion mock-llm")
+    assert span.kind == KIND_CLIENT and span.attributes["gen_ai.operation.name"] == "text_completion"
+    assert span.attributes["gen_ai.usage.output_tokens"] == 6
+    assert rx.by_id(span.parent_span_id).attributes["http.route"] == "/v1/completions"
+    (received,) = upstream_app.relayed
+    assert received is not None and received.split("-")[1:3] == [span.trace_id, span.span_id]
 
 
 async def test_a_client_that_leaves_ends_its_spans_cancelled() -> None:
@@ -304,3 +325,29 @@ async def test_a_tool_call_that_cannot_run_still_has_its_span() -> None:
     assert span.status_code == STATUS_ERROR and span.attributes["error.type"] == "unknown_tool"
     assert span.attributes["trio_agent.tool.outcome"] == "unknown_tool"
     assert span.parent_span_id == rx.one("step 1").span_id
+
+
+async def test_a_client_leaving_an_agent_run_ends_the_run_and_its_tools_cancelled() -> None:
+    llm = _ScriptedBackend(
+        [[*one_call(0, "c1", "nap", {"seconds": 30, "tag": "a"}), *one_call(1, "c2", "nap", {"seconds": 30, "tag": "b"}),
+          finish("tool_calls")]]
+    )  # fmt: skip
+    with receiving_otlp() as rx, trio.fail_after(60):
+        config = ServerConfig(
+            port=0, access_log=False, otlp_endpoint=rx.url, example_tools=False, tools=("tests._tracing_tools",)
+        )
+        async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+            body = {"messages": [{"role": "user", "content": "nap"}]}
+            started = 0
+            async with client.stream("POST", "/agent/stream", json=body) as response:
+                async for line in response.aiter_lines():
+                    started += line == "event: tool_started"
+                    if started == 2:
+                        break  # both tools run: leave
+        await rx.wait_for(_has("POST /agent/stream", "invoke_agent", "step 1"))
+        await rx.wait_for(lambda spans: len([s for s in spans if s.name == "execute_tool nap"]) == 2)
+    server, run, step = rx.one("POST /agent/stream"), rx.one("invoke_agent"), rx.one("step 1")
+    assert server.attributes["error.type"] == "disconnect"
+    assert server.status_message == "cancelled: the client disconnected"
+    for span in (run, step, *rx.named("execute_tool nap")):
+        assert span.status_code == STATUS_ERROR and span.attributes["error.type"] == "cancelled", span

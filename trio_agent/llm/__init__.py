@@ -6,6 +6,7 @@ from ._retry import RetryBudget, RetryBudgetStatistics
 from ._router import RouterBackend, RouterStatistics, open_router_backend, upstream_unavailable
 from ._tool_calls import ToolCallAssembler
 from ._traced import complete_chat as complete_chat_traced
+from ._traced import open_relay as open_relay_traced
 from ._traced import record_chat
 from ._traced import stream_chat as stream_chat_traced
 from ._types import (
@@ -45,6 +46,7 @@ __all__ = [
     "Usage",
     "complete_chat_traced",
     "open_openai_backend",
+    "open_relay_traced",
     "open_router_backend",
     "record_chat",
     "stream_chat_traced",

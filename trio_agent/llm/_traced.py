@@ -27,12 +27,12 @@ import orjson
 import trio
 
 from ..tracing import current_tracer
-from ._types import ChatBackend, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Usage
+from ._types import ChatBackend, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Relay, Usage
 
 if TYPE_CHECKING:
     from ..tracing._tracer import GatewayTracer, TraceSpan
 
-__all__ = ["TracedStream", "complete_chat", "input_messages", "record_chat", "stream_chat"]
+__all__ = ["TracedStream", "complete_chat", "input_messages", "open_relay", "record_chat", "stream_chat"]
 
 PROVIDER = "openai"
 
@@ -83,20 +83,34 @@ async def complete_chat(backend: ChatBackend, request: ChatRequest) -> ChatCompl
     return completion
 
 
-def _start(tracer: GatewayTracer, backend: ChatBackend, request: ChatRequest) -> TraceSpan:
+def open_relay(
+    backend: ChatBackend, path: str, body: bytes, *, stream: bool, operation: str, model: str
+) -> AbstractAsyncContextManager[Relay]:
+    """``backend.open_relay(path, body, stream=stream)``, in a ``{operation} {model}`` span when
+    tracing is on (``operation``: ``embeddings``, ``text_completion``, ``chat``)."""
+    tracer = current_tracer()
+    if tracer is None:
+        return backend.open_relay(path, body, stream=stream)
+    return _TracedRelay(tracer, backend, path, body, stream=stream, operation=operation, model=model)
+
+
+def _model_call(tracer: GatewayTracer, operation: str, model: str) -> TraceSpan:
     from opentelemetry.trace import SpanKind
 
-    model = request.model or backend.model
-    span = tracer.start(
-        f"chat {model}",
+    return tracer.start(
+        f"{operation} {model}",
         kind=SpanKind.CLIENT,
         attributes={
-            "gen_ai.operation.name": "chat",
+            "gen_ai.operation.name": operation,
             "gen_ai.provider.name": PROVIDER,
             "gen_ai.system": PROVIDER,
             "gen_ai.request.model": model,
         },
     )
+
+
+def _start(tracer: GatewayTracer, backend: ChatBackend, request: ChatRequest) -> TraceSpan:
+    span = _model_call(tracer, "chat", request.model or backend.model)
     span.set("gen_ai.request.max_tokens", request.max_tokens)
     span.set("gen_ai.request.temperature", request.temperature)
     if tracer.content:
@@ -206,6 +220,57 @@ class TracedStream:
             elif self._recorded is not None:
                 usage, finish_reason = self._recorded
                 _finish(self._tracer, span, None, None, usage, (finish_reason,) if finish_reason else (), None)
+            span.end()
+
+
+class _TracedRelay:
+    """A relayed call inside its span: usage as the relay read it, the upstream's status."""
+
+    __slots__ = ("_inner", "_model", "_operation", "_relay", "_span", "_tracer")
+
+    def __init__(
+        self, tracer: GatewayTracer, backend: ChatBackend, path: str, body: bytes,
+        *, stream: bool, operation: str, model: str,
+    ) -> None:  # fmt: skip
+        self._tracer = tracer
+        self._operation = operation
+        self._model = model
+        self._inner = backend.open_relay(path, body, stream=stream)
+        self._span: TraceSpan | None = None
+        self._relay: Relay | None = None
+
+    async def __aenter__(self) -> Relay:
+        span = self._span = _model_call(self._tracer, self._operation, self._model)
+        span.attach()  # the relayed request carries this span's traceparent
+        try:
+            self._relay = await self._inner.__aenter__()
+        except BaseException as exc:
+            span.fail_with(exc)
+            span.end()
+            raise
+        finally:
+            span.detach()
+        return self._relay
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        span, relay = self._span, self._relay
+        assert span is not None and relay is not None
+        try:
+            return await self._inner.__aexit__(exc_type, exc, tb)
+        except BaseException as raised:
+            span.fail_with(raised)
+            raise
+        finally:
+            if exc is not None:
+                span.fail_with(exc)
+            elif relay.status >= 400:
+                span.fail(str(relay.status), f"the upstream answered {relay.status}")
+            usage = relay.usage
+            if usage is not None:
+                span.set("gen_ai.usage.input_tokens", usage.prompt_tokens)
+                span.set("gen_ai.usage.output_tokens", usage.completion_tokens)
             span.end()
 
 
