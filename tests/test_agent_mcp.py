@@ -65,7 +65,7 @@ async def test_mcp_tools_are_listed_called_and_report_progress_and_errors(tmp_pa
         async with open_agent(backend, mcp={"rec": spec(record)}, config=FAST) as agent:
             assert {"echo", "pid", "fail", "slow"} <= set(agent.tools.names())
             status = agent.mcp_status()["rec"]
-            assert status.up and status.connects == 1 and set(status.tools) == {"echo", "pid", "fail", "slow"}
+            assert status.up and status.connects == 1 and set(status.tools) == {"echo", "pid", "fail", "slow", "traceparent"}
             schema = next(t for t in agent.tools if t.name == "slow").openai_schema()
             assert set(schema["function"]["parameters"]["properties"]) == {"seconds", "tag"}
             result = await agent.complete("go")

@@ -17,7 +17,8 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         "--keepalive-interval", "--write-timeout", "--drain-timeout", "--api-key",
         "--per-key-max-concurrency", "--cors-origin", "--mock-ttft", "--mock-itl",
         "--mock-tokens", "--access-log", "--no-access-log", "--max-loop-lag", "--gc-threshold",
-        "--queue-lifo-after",
+        "--queue-lifo-after", "--otlp-endpoint", "--trace-content", "--trace-queue-size",
+        "--trace-export-timeout",
         "TRIO_AGENT_UPSTREAM_API_KEY",
     ):
         assert flag in out, flag
@@ -47,6 +48,8 @@ def test_repeatable_flags_parse() -> None:
         (["serve", "--queue-lifo-after", "-1"], {}),
         (["serve"], {"TRIO_AGENT_NOT_A_SETTING": "1"}),
         (["serve", "--upstream-model", "m"], {}),
+        (["serve", "--otlp-endpoint", "localhost:4318"], {}),
+        (["serve", "--trace-queue-size", "0"], {}),
     ],
 )
 def test_bad_settings_exit_2(
@@ -56,3 +59,12 @@ def test_bad_settings_exit_2(
         monkeypatch.setenv(key, value)
     assert main(argv) == 2
     assert "trio-agent serve:" in capsys.readouterr().err
+
+
+def test_tracing_without_opentelemetry_installed_exits_2_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("trio_agent.tracing.otel_missing", lambda: "opentelemetry-sdk")
+    assert main(["serve", "--otlp-endpoint", "http://127.0.0.1:4318"]) == 2
+    err = capsys.readouterr().err
+    assert "opentelemetry-sdk" in err and "pip install 'trio_agent[otel]'" in err

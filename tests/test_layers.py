@@ -7,7 +7,8 @@ An AST scan, so imports under ``if TYPE_CHECKING:`` and inside functions count t
 * ``http`` knows nothing above it (no server, mock server, llm, agent or bench);
 * the gateway (``server``) and the mock LLM server (``mock_server``) stand side by side:
   neither imports the other;
-* ``bench`` and ``agent`` never import ``server``; ``llm`` imports neither ``server`` nor ``http``.
+* ``bench`` and ``agent`` never import ``server``; ``llm`` imports neither ``server`` nor ``http``;
+* ``tracing`` imports none of the layers above it (they all may use it).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ FORBIDDEN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("trio_agent.agent", ("trio_agent.server", "trio_agent.http", "trio_agent.cli")),
     ("trio_agent.llm", ("trio_agent.server", "trio_agent.http", "trio_agent.mock_server",
                         "trio_agent.cli")),
+    # tracing sits with the light library: everything above may use it, it uses none of them.
+    ("trio_agent.tracing", ("trio_agent.server", "trio_agent.http", "trio_agent.llm",
+                            "trio_agent.agent", "trio_agent.mock_server", "trio_agent.bench",
+                            "trio_agent.cli")),
 )  # fmt: skip
 
 

@@ -51,6 +51,10 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("redis_key_prefix", str, "prefix of the Redis keys (one per deployment)"),
     ("redis_poll_interval", float, "seconds between polls of a waiter (pub/sub wakes it sooner)"),
     ("redis_local_share", int, "slots this process uses while Redis is down (fail_open)"),
+    ("otlp_endpoint", str, "trace requests and agent runs: export spans over OTLP/HTTP to this collector "
+     "(e.g. http://localhost:4318; default: OTEL_EXPORTER_OTLP_ENDPOINT, else off)"),
+    ("trace_queue_size", int, "finished spans that may wait for export (more are dropped and counted)"),
+    ("trace_export_timeout", float, "seconds one span export may take before it is given up"),
 )
 
 
@@ -103,6 +107,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="write streamed tokens straight to the socket when it is free "
         f"[default: {defaults.direct_writes}; env TRIO_AGENT_DIRECT_WRITES]",
+    )
+    p.add_argument(
+        "--trace-content",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record prompts and completions in the spans (with --otlp-endpoint) "
+        f"[default: {defaults.trace_content}; env TRIO_AGENT_TRACE_CONTENT]",
     )
     p.add_argument(
         "--upstream-url",
@@ -217,6 +228,18 @@ def _check_mock_script(path: str | None) -> None:
         load_script(path)
 
 
+def _check_tracing(endpoint: str | None) -> None:
+    """Tracing asked for without the OpenTelemetry packages: refused now, naming the fix."""
+    if endpoint is None:
+        return
+    from . import tracing
+    from .errors import ConfigError
+
+    missing = tracing.otel_missing()
+    if missing is not None:
+        raise ConfigError(f"--otlp-endpoint needs {missing}: pip install 'trio_agent[otel]'")
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -229,6 +252,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     server = {name: getattr(args, name) for name, _, _ in _SERVE_FLAGS}
     server["access_log"] = args.access_log
     server["direct_writes"] = args.direct_writes
+    server["trace_content"] = args.trace_content
     if args.api_keys is not None:
         server["api_keys"] = frozenset(args.api_keys)
     if args.cors_origins is not None:
@@ -258,6 +282,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             agent={k: v for k, v in agent.items() if v is not None},
         )
         _check_mock_script(config.mock.script)
+        _check_tracing(config.otlp_endpoint)
     except ConfigError as exc:
         print(f"trio-agent serve: {exc}", file=sys.stderr)
         return 2

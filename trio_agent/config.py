@@ -31,6 +31,7 @@ __all__ = [
     "config_from_mapping",
     "env_name",
     "mcp_spec",
+    "otlp_endpoint_from_env",
     "server_config_from_env",
 ]
 
@@ -440,6 +441,16 @@ class ServerConfig:
     ``ready_requires_upstream``: ``/readyz`` answers 503 while every upstream
     is ejected (off: the gateway stays ready and fails requests fast).
 
+    ``otlp_endpoint`` set turns tracing on: spans of requests, model calls and
+    agent runs go over OTLP/HTTP to that collector (a base URL such as
+    ``http://localhost:4318`` gets ``/v1/traces``; unset, the standard
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    is used, and ``OTEL_SDK_DISABLED=true`` turns it off). Prompts and
+    completions are recorded only with ``trace_content``. At most
+    ``trace_queue_size`` finished spans wait for export (more are dropped and
+    counted in ``/metrics``); one export call gives up after
+    ``trace_export_timeout`` seconds. See docs/tracing.md.
+
     The agent routes (``/agent``, ``/agent/stream``) offer the tools of the
     modules in ``tools`` (every ``@tool`` in each), the example tools of
     ``trio_agent.agent.examples`` when ``example_tools``, and those of the
@@ -495,6 +506,10 @@ class ServerConfig:
     example_tools: bool = True
     mcp: tuple[str, ...] = ()
     ready_requires_upstream: bool = False
+    otlp_endpoint: str | None = None
+    trace_content: bool = False
+    trace_queue_size: int = 2048
+    trace_export_timeout: float = 2.0
     upstream: UpstreamConfig | None = None
     mock: MockLLMConfig = field(default_factory=MockLLMConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -547,6 +562,12 @@ class ServerConfig:
         ):
             _positive(name, getattr(self, name))
         _check(all(k for k in self.api_keys), "api_keys must not contain empty keys")
+        _check(
+            self.otlp_endpoint is None or self.otlp_endpoint.startswith(("http://", "https://")),
+            f"otlp_endpoint must start with http:// or https://, got {self.otlp_endpoint!r}",
+        )
+        _check(self.trace_queue_size >= 1, f"trace_queue_size must be >= 1, got {self.trace_queue_size!r}")
+        _positive("trace_export_timeout", self.trace_export_timeout)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -772,6 +793,23 @@ def _naming_variables(variables: Mapping[str, str]) -> Iterator[None]:
         raise ConfigError(f"{variable}: {exc}") from exc
 
 
+def otlp_endpoint_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The OTLP endpoint the standard OpenTelemetry variables name, if any.
+
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (the traces URL itself), else
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a base URL); ``None`` when neither is set
+    or ``OTEL_SDK_DISABLED`` is true.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
 def server_config_from_env(
     environ: Mapping[str, str] | None = None,
     *,
@@ -836,6 +874,8 @@ def server_config_from_env(
         mock_config = config_from_mapping(MockLLMConfig, vals[MockLLMConfig])
     with _naming_variables(names[AgentConfig]):
         agent_config = config_from_mapping(AgentConfig, vals[AgentConfig])
+    if vals[ServerConfig].get("otlp_endpoint") is None:
+        vals[ServerConfig]["otlp_endpoint"] = otlp_endpoint_from_env(env)
     with _naming_variables(names[ServerConfig]):
         return config_from_mapping(
             ServerConfig,

@@ -38,6 +38,13 @@ def pid() -> int:
 
 
 @server.tool()
+def traceparent(ctx: Context) -> str:
+    """The W3C traceparent this call's request carried in its _meta ("" if none)."""
+    meta = ctx.request_context.meta or {}
+    return str(meta.get("traceparent", ""))
+
+
+@server.tool()
 def fail(message: str) -> str:
     """Always fails with the message."""
     raise ToolError(message)

@@ -38,6 +38,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from ..errors import ConfigError
+from ..tracing import trace_meta
 from ._config import AgentConfig
 from ._tools import TOOL_NAME_RE, Tool, ToolRegistry, get_progress_sink
 
@@ -194,7 +195,11 @@ class _Connection:
                 # Kept and raised after the nursery, so the caller sees the error itself rather
                 # than an exception group around it.
                 try:
-                    result = await client.call_tool(remote_name, arguments, progress_callback=progress)
+                    # The W3C trace context of the calling tool's span, in the request's _meta
+                    # (None with tracing off): the MCP server's own spans join the trace.
+                    result = await client.call_tool(
+                        remote_name, arguments, progress_callback=progress, meta=trace_meta()  # type: ignore[arg-type]
+                    )
                 except MCPError as exc:
                     if exc.code == mcp_types.CONNECTION_CLOSED:
                         self.broken()

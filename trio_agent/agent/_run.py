@@ -22,12 +22,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
 
-from ..llm import ChatBackend, ChatMessage, ChatRequest, ToolCall, ToolCallAssembler, Usage
+from ..llm import (
+    ChatBackend,
+    ChatMessage,
+    ChatRequest,
+    ToolCall,
+    ToolCallAssembler,
+    Usage,
+    stream_chat_traced,
+)
+from ..llm._traced import PROVIDER, input_messages
+from ..tracing import current_tracer
 from ._config import AgentConfig
 from ._events import (
     AgentEvent,
@@ -45,6 +55,9 @@ from ._events import (
 )
 from ._limits import ToolLimits
 from ._tools import Tool, set_progress_sink, tool_output_text
+
+if TYPE_CHECKING:
+    from ..tracing._tracer import TraceSpan
 
 __all__ = ["RunOptions"]
 
@@ -117,6 +130,15 @@ class _Progress:
         await self.channel.send(ToolProgress(call_id=self.call_id, progress=progress, total=total, message=message))
 
 
+def _tool_attributes(call: ToolCall) -> dict[str, Any]:
+    return {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": call.name,
+        "gen_ai.tool.call.id": call.id,
+        "gen_ai.tool.type": "function",
+    }
+
+
 class AgentRun:
     """The producer of one run's events; :meth:`Agent.run` owns its task."""
 
@@ -142,12 +164,32 @@ class AgentRun:
         self._schemas = tuple(t.openai_schema() for t in options.tools)
         self._calls_made = 0
         self._tool_s = 0.0
+        self._tracer = current_tracer()
+        self._span: TraceSpan | None = None
 
     async def produce(self) -> None:
         # Closed without a checkpoint: the caller, seeing the channel end, cancels the run's
         # nursery, and a checkpoint here would let that Cancelled replace the run's error.
         with self._send:
-            await self._loop()
+            tracer = self._tracer
+            if tracer is None:
+                await self._loop()
+                return
+            # The run's span is current in this task: its steps, their model calls and (through
+            # the context trio copies into each task it starts) the tool calls nest under it.
+            with tracer.span("invoke_agent", attributes=self._agent_attributes()) as self._span:
+                await self._loop()
+
+    def _agent_attributes(self) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "trio_agent",
+            "gen_ai.provider.name": PROVIDER,
+            "gen_ai.request.model": self._options.model or self._backend.model,
+        }
+        if self._tracer is not None and self._tracer.content:
+            attributes["gen_ai.input.messages"] = input_messages(tuple(self._messages))
+        return attributes
 
     async def _loop(self) -> None:
         options = self._options
@@ -162,7 +204,12 @@ class AgentRun:
             step += 1
             await self._send.send(StepStart(step=step))
             model_started = trio.current_time()
-            text, finish_reason, step_usage, calls, model_end = await self._step(step, final)
+            if self._tracer is None:
+                text, finish_reason, step_usage, calls, model_end = await self._step(step, final)
+            else:
+                with self._tracer.span(f"step {step}", attributes={"trio_agent.agent.step": step}) as span:
+                    text, finish_reason, step_usage, calls, model_end = await self._step(step, final)
+                    span.set("trio_agent.agent.tool_calls", len(calls))
             model_s += model_end - model_started
             usage = usage + step_usage
             await self._send.send(
@@ -176,6 +223,8 @@ class AgentRun:
             if final or not calls:
                 # A model that says "tool_calls" but sent none has nothing more to do: it stopped.
                 done_reason = "max_steps" if final else ("stop" if finish_reason == "tool_calls" else finish_reason)
+                if self._span is not None:
+                    self._trace_done(self._span, done_reason, step, usage, text)
                 await self._send.send(
                     Done(
                         finish_reason=done_reason,
@@ -200,6 +249,16 @@ class AgentRun:
             if step >= options.max_steps or self._calls_made >= options.max_tool_calls:
                 final = True
 
+    def _trace_done(self, span: TraceSpan, reason: str, steps: int, usage: UsageTotals, text: str) -> None:
+        span.set("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        span.set("gen_ai.usage.output_tokens", usage.completion_tokens)
+        span.set("gen_ai.response.finish_reasons", (reason,))
+        span.set("trio_agent.agent.steps", steps)
+        span.set("trio_agent.agent.tool_calls", self._calls_made)
+        if self._tracer is not None and self._tracer.content:
+            output = [{"role": "assistant", "parts": [{"type": "text", "content": text}], "finish_reason": reason}]
+            span.set("gen_ai.output.messages", orjson.dumps(output).decode())
+
     async def _step(self, step: int, final: bool) -> tuple[str, str, UsageTotals, list[_Call], float]:
         """One model call and the tools it called; returns when every call has its tool message."""
         options = self._options
@@ -221,7 +280,7 @@ class AgentRun:
             async with trio.open_nursery() as tools_nursery:
                 # The upstream slot is held only while the model streams: the tools of this step
                 # run on in tools_nursery after it is released.
-                async with self._model_slot(), self._backend.stream_chat(request) as chunks:
+                async with self._model_slot(), stream_chat_traced(self._backend, request) as chunks:
                     async for chunk in chunks:
                         if chunk.delta:
                             text.append(chunk.delta)
@@ -296,9 +355,29 @@ class AgentRun:
                 nursery.start_soon(self._run_call, c, t, validated, name=f"tool {call.name} {call.id}")
                 return
         c.content = _error_content(message)
+        if self._tracer is not None:
+            # Not run: its span starts and ends here, with the reason.
+            with self._tracer.span(f"execute_tool {call.name}", attributes=_tool_attributes(call)) as span:
+                span.set("trio_agent.tool.outcome", kind)
+                span.fail(kind, message)
         await self._send.send(ToolError(call_id=call.id, name=call.name, kind=kind, message=message))
 
     async def _run_call(self, c: _Call, t: Tool, arguments: Any) -> None:
+        """One tool call, in an ``execute_tool`` span when tracing is on."""
+        tracer = self._tracer
+        if tracer is None:
+            await self._run_call_inner(c, t, arguments, None)
+            return
+        call = c.call
+        attributes = _tool_attributes(call)
+        if tracer.content:
+            attributes["gen_ai.tool.call.arguments"] = call.arguments
+        # Started in the step's task group, this task's context holds the step's span: the
+        # tool's span is its child, and an MCP call inside carries this span's traceparent.
+        with tracer.span(f"execute_tool {call.name}", attributes=attributes) as span:
+            await self._run_call_inner(c, t, arguments, span)
+
+    async def _run_call_inner(self, c: _Call, t: Tool, arguments: Any, span: TraceSpan | None) -> None:
         """One tool call: wait for its limiters, run within its deadline, then report it."""
         limits = self._limits
         call = c.call
@@ -321,6 +400,8 @@ class AgentRun:
             queued = False
             started_at = trio.current_time()
             limits.running_tools += 1
+            if span is not None:
+                span.set("trio_agent.tool.queued_ms", _ms(started_at - queued_at))
             try:
                 await self._send.send(
                     ToolStarted(call_id=call.id, name=call.name, queued_ms=_ms(started_at - queued_at))
@@ -351,11 +432,18 @@ class AgentRun:
         if error is not None:
             kind, message = error
             c.content = _error_content(message)
+            if span is not None:
+                span.set("trio_agent.tool.outcome", kind)
+                span.fail(kind, message)
             await self._send.send(
                 ToolError(call_id=call.id, name=call.name, kind=kind, message=message, duration_ms=duration_ms)
             )
             return
         c.content = content
+        if span is not None:
+            span.set("trio_agent.tool.outcome", "result")
+            if self._tracer is not None and self._tracer.content:
+                span.set("gen_ai.tool.call.result", content)
         await self._send.send(
             ToolResult(
                 call_id=call.id,

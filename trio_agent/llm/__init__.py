@@ -5,6 +5,10 @@ from ._openai import OpenAIBackend, OpenAIBackendStatistics, open_openai_backend
 from ._retry import RetryBudget, RetryBudgetStatistics
 from ._router import RouterBackend, RouterStatistics, open_router_backend, upstream_unavailable
 from ._tool_calls import ToolCallAssembler
+from ._traced import complete_chat as complete_chat_traced
+from ._traced import open_relay as open_relay_traced
+from ._traced import record_chat
+from ._traced import stream_chat as stream_chat_traced
 from ._types import (
     ChatBackend,
     ChatChunk,
@@ -40,7 +44,11 @@ __all__ = [
     "UpstreamSet",
     "UpstreamStatistics",
     "Usage",
+    "complete_chat_traced",
     "open_openai_backend",
+    "open_relay_traced",
     "open_router_backend",
+    "record_chat",
+    "stream_chat_traced",
     "upstream_unavailable",
 ]

@@ -45,6 +45,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamTotalTimeoutError,
 )
+from ..tracing import trace_headers
 from ._h11_body import h11_body
 from ._retry import RetryBudget, backoff_delay, is_retryable_status, parse_retry_after
 from ._sse_data import SSEDataSplitter
@@ -357,6 +358,7 @@ class OpenAIBackend:
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
         }
+        trace_headers(headers)
 
         first_timeout = partial(_first_timeout, cfg, first_deadline, total_deadline, "token")
 
@@ -404,6 +406,7 @@ class OpenAIBackend:
         deadline = (trio.current_time() if started_at is None else started_at) + cfg.total_timeout
         body = self._body(request, stream=False)
         headers = {**self._headers, "Content-Type": "application/json"}
+        trace_headers(headers)
 
         async def attempt() -> ChatCompletion:
             try:
@@ -478,6 +481,7 @@ class OpenAIBackend:
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if stream else "application/json",
         }
+        trace_headers(headers)
 
         first_timeout = partial(_first_timeout, cfg, first_deadline, total_deadline, "byte")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -33,6 +33,7 @@ from ..config import ServerConfig
 from ..errors import AuthenticationError, RequestError, TrioAgentError
 from ..http import ConnectionCounter, DrainingListener
 from ..llm import ChatBackend, upstream_unavailable
+from ..tracing import current_tracer
 from . import _routes_agent as agent_routes
 from . import _routes_chat as chat_routes
 from . import _routes_info as info_routes
@@ -51,6 +52,9 @@ from ._quart import build_quart
 from ._relay import RelayService
 from ._router import Call, Route, Router, asgi_route, view_route
 from ._stream import StreamService
+
+if TYPE_CHECKING:
+    from ..tracing._tracer import GatewayTracer, TraceSpan
 
 __all__ = ["Gateway", "create_app", "routes"]
 
@@ -218,6 +222,8 @@ class Gateway:
         headers, header_bytes = read_head(scope["headers"])
         ctx = self._open(scope["method"], scope["path"], headers)
         scope[CONTEXT_KEY] = ctx
+        tracer = current_tracer()
+        span = None if tracer is None else self._server_span(tracer, ctx, headers)
         try:
             if header_bytes > self.config.max_header_bytes:
                 # Hypercorn (h11) refuses a head over this size only while it is still
@@ -244,6 +250,15 @@ class Gateway:
             ctx.outcome = "internal_error"
         finally:
             self._access.close(ctx)
+            if span is not None:
+                assert tracer is not None
+                tracer.end_server(span, status=ctx.status, outcome=ctx.outcome)
+
+    def _server_span(self, tracer: GatewayTracer, ctx: RequestContext, headers: dict[bytes, bytes]) -> TraceSpan:
+        route = ctx.path if ctx.path in self.router.paths else None
+        return tracer.start_server(
+            method=ctx.method, path=ctx.path, route=route, request_id=ctx.request_id, headers=headers
+        )
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes], ctx: RequestContext
@@ -314,6 +329,12 @@ class Gateway:
         answer = error_response(refusal, ctx)
         self.metrics.early_refusals += 1
         self._access.close(ctx)
+        tracer = current_tracer()
+        if tracer is not None:
+            tracer.refused_early(
+                method="POST", path=ctx.path, request_id=ctx.request_id, headers=headers,
+                status=answer[0], code=refusal.code,
+            )  # fmt: skip
         return answer
 
 

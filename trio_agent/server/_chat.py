@@ -17,7 +17,17 @@ import trio
 
 from ..concurrency import Outcome, map_concurrently
 from ..errors import DeadlineError, TrioAgentError, UpstreamError
-from ..llm import ChatBackend, ChatCompletion, ChatRequest, ToolCall, ToolCallAssembler, Usage
+from ..llm import (
+    ChatBackend,
+    ChatCompletion,
+    ChatRequest,
+    ToolCall,
+    ToolCallAssembler,
+    Usage,
+    complete_chat_traced,
+    stream_chat_traced,
+)
+from ..tracing import current_tracer
 from ._admission import Limits
 from ._context import RequestContext
 from ._drain import SHUTTING_DOWN, Drain, RequestControl, shutting_down_error
@@ -118,6 +128,7 @@ class ChatService:
             if ctrl is not None:
                 ctrl.admitted = True
             metrics.queue_wait.observe(lease.queued)
+            _trace_admission(lease.queued)
             parts: list[str] = []
             first_at: float | None = None
             usage: Usage | None = None
@@ -125,7 +136,7 @@ class ChatService:
             calls: ToolCallAssembler | None = None
             model = request.model or self._backend.model
             try:
-                async with metrics.genai.call("chat", model) as call, self._backend.stream_chat(request) as chunks:
+                async with metrics.genai.call("chat", model) as call, stream_chat_traced(self._backend, request) as chunks:
                     async for chunk in chunks:
                         if chunk.delta:
                             if first_at is None:
@@ -184,9 +195,10 @@ class ChatService:
             async with self._limits.lease(ctx.key_id) as lease:
                 ctrl.admitted = True
                 metrics.queue_wait.observe(lease.queued)
+                _trace_admission(lease.queued)
                 try:
                     async with metrics.genai.call("chat", request.model or self._backend.model) as call:
-                        completion = await self._backend.complete_chat(request)
+                        completion = await complete_chat_traced(self._backend, request)
                         call.finish(completion.usage)
                 except UpstreamError as exc:
                     metrics.count_upstream_error(exc.code)
@@ -245,3 +257,9 @@ def timeout_outcome(index: int) -> Outcome[ChatResult]:
         status="timeout",
         error=DeadlineError("the batch ran out of time before this item finished"),
     )
+
+
+def _trace_admission(queued: float) -> None:
+    tracer = current_tracer()
+    if tracer is not None:
+        tracer.admission(queued=queued, outcome="admitted")

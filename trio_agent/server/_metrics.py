@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..concurrency import LoopLagStatistics
@@ -20,6 +20,7 @@ from ..llm import Usage
 from ._admission import AdmissionStatistics
 from ._metrics_genai import GenAIMetrics
 from ._metrics_merge import format_value
+from ._metrics_tracing import trace_metric_lines
 from ._metrics_upstreams import upstream_metric_lines
 from ._metrics_workers import HostMetrics
 
@@ -92,6 +93,8 @@ class GatewayMetrics:
         self.queue_wait = Histogram("trio_agent_queue_wait_seconds", "Time spent waiting for admission.")
         self.ttft = Histogram("trio_agent_ttft_seconds", "Time from request to first token.")
         self.total = Histogram("trio_agent_request_seconds", "Time from request to last byte.")
+        # The span export's statistics while tracing is on (serve() sets it).
+        self.tracing: Callable[[], Any] | None = None
 
     def count_response(self, route: str, status: int) -> None:
         key = (route, status)
@@ -218,6 +221,7 @@ class GatewayMetrics:
             if isinstance(value, int):
                 metric(name, kind, text, [("", value)])
         lines.extend(upstream_metric_lines(backend_statistics))
+        lines.extend(trace_metric_lines(self.tracing))
         if limits_status is not None:
             metric("trio_agent_shared_limits_healthy", "gauge",
                    "1 while the shared (Redis) limits are reachable, 0 during an outage.",

@@ -26,7 +26,7 @@ import orjson
 import trio
 
 from ..errors import TrioAgentError, UpstreamError
-from ..llm import ChatBackend, Usage
+from ..llm import ChatBackend, Usage, open_relay_traced
 from ._context import RequestContext
 from ._errors import openai_error_payload
 from ._router import Call
@@ -109,7 +109,7 @@ class RelayService:
         operation = _OPERATIONS.get(path, "chat")
         async with (
             metrics.genai.call(operation, model) as call,
-            self._backend.open_relay(path, body, stream=stream) as relay,
+            open_relay_traced(self._backend, path, body, stream=stream, operation=operation, model=model) as relay,
         ):
             if relay.first_byte_at is not None:
                 metrics.ttft.observe(relay.first_byte_at - info.started_at)

@@ -36,12 +36,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ..concurrency import LoopLag
 from ..config import ServerConfig, UpstreamConfig
+from ..errors import ConfigError
 from ..http import (
     HTTPConfig,
     abort_transport,
@@ -60,6 +61,9 @@ from ._app import Gateway, create_app
 from ._connections import REFUSAL, max_connections_for
 from ._metrics_workers import HostMetrics, WorkerPeers
 from ._routes_info import render_metrics
+
+if TYPE_CHECKING:
+    from ..tracing._tracer import GatewayTracer
 
 __all__ = ["http_config", "open_backend", "run_workers", "serve", "worker_config"]
 
@@ -159,6 +163,8 @@ async def serve(
     http = http_config(config, nofile=fd_limit.soft)
     with gc_threshold(config.gc_threshold):
         async with (
+            # Outermost: every span of the server ends before the last spans are flushed.
+            _maybe_tracing(config) as tracing,
             _maybe_backend(config, backend) as be,
             _maybe_shared_limits(config, loop_lag) as limits,
             # The agent of the /agent routes: its MCP sessions are opened and closed in
@@ -168,6 +174,8 @@ async def serve(
             app = create_app(config, backend=be, limits=limits, loop_lag=loop_lag, agent=agent)
             app.abort_transport = abort_transport
             app.connections.refusal = REFUSAL
+            if tracing is not None:
+                app.metrics.tracing = tracing.statistics
             if on_app is not None:
                 on_app(app)
             if peers is not None:
@@ -254,6 +262,29 @@ async def _maybe_backend(
     else:
         async with open_backend(config) as be:
             yield be
+
+
+@asynccontextmanager
+async def _maybe_tracing(config: ServerConfig) -> AsyncIterator[GatewayTracer | None]:
+    if config.otlp_endpoint is None:
+        yield None
+        return
+    from ..tracing import open_tracing, otel_missing, traces_url
+
+    missing = otel_missing()
+    if missing is not None:
+        raise ConfigError(f"otlp_endpoint needs {missing}: pip install 'trio_agent[otel]'")
+    url = traces_url(config.otlp_endpoint)
+    async with open_tracing(
+        endpoint=config.otlp_endpoint,
+        content=config.trace_content,
+        queue_size=config.trace_queue_size,
+        export_timeout=config.trace_export_timeout,
+    ) as tracer:
+        # Without the scheme: tools that read the server's URL off its first lines must not take this one.
+        where = url.split("://", 1)[-1]
+        logger.info("tracing: spans go over OTLP/HTTP to %s%s", where, " (with content)" if config.trace_content else "")
+        yield tracer
 
 
 # -- several worker processes ---------------------------------------------------------

@@ -49,9 +49,12 @@ from ..llm import (
     ToolCall,
     ToolCallAssembler,
     Usage,
+    record_chat,
+    stream_chat_traced,
     upstream_unavailable,
 )
 from ..sse import encode_comment, encode_event
+from ..tracing import current_tracer
 from ._admission import Lease, Limits
 from ._chat import (
     ChatResult,
@@ -645,7 +648,9 @@ class _TokenPipe:
 async def _produce(svc: StreamService, request: ChatRequest, info: RequestContext, pipe: _TokenPipe) -> None:
     """The upstream reader of an admitted stream: backend chunks into ``pipe``, then close it."""
     try:
-        async with svc.backend.stream_chat(request) as chunks:
+        # Not observed by the tracing (no cost per chunk): the pipe tells the span what it saw.
+        call = stream_chat_traced(svc.backend, request, observe=False)
+        async with call as chunks:
             ready = getattr(chunks, "receive_nowait", None)
             if ready is not None:
                 # A first chunk that is there already (due at once) goes out in this task's
@@ -668,6 +673,7 @@ async def _produce(svc: StreamService, request: ChatRequest, info: RequestContex
                     pipe.offer_all(chunk, ready)
                 if pipe.full:
                     await pipe.wait_for_room()
+            record_chat(call, usage=pipe.usage, finish_reason=pipe.finish, first_token_at=pipe.first_at)
         pipe.close()
     except TrioAgentError as exc:
         if isinstance(exc, UpstreamError):
@@ -813,6 +819,7 @@ class StreamService:
         svc = self
         out: Responder | None = None
         refused: TrioAgentError | None = None
+        tracer = current_tracer()
         with svc.drain.track(svc.config.request_timeout) as ctrl:
             # Refused at once (queue full, key at its cap, every upstream ejected): a plain
             # 503/429, no stream set up.
@@ -820,6 +827,8 @@ class StreamService:
                 svc.backend, request.model
             )
             if refusal is not None:
+                if tracer is not None:
+                    tracer.admission(queued=0.0, outcome=refusal.code)
                 raise refusal
             out = Responder(svc, send, ctrl, info)
             async with trio.open_nursery() as nursery:
@@ -832,6 +841,8 @@ class StreamService:
                     async with svc.limits.lease(info.key_id) as lease:
                         ctrl.admitted = True
                         svc.metrics.queue_wait.observe(lease.queued)
+                        if tracer is not None:
+                            tracer.admission(queued=lease.queued, outcome="admitted")
                         pipe = _TokenPipe(out, fmt, svc.metrics)
                         model = request.model or svc.backend.model
                         if not pipe.relay:
@@ -858,6 +869,8 @@ class StreamService:
                 except TrioAgentError as exc:
                     if ctrl.admitted:
                         raise
+                    if tracer is not None:
+                        tracer.admission(queued=getattr(exc, "waited", None) or 0.0, outcome=exc.code)
                     refused = exc
                 nursery.cancel_scope.cancel()
         await finish(svc, out, ctrl, fmt, refused)
