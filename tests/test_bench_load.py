@@ -127,6 +127,54 @@ async def test_duration_bound_and_drain(autojump_clock: trio.testing.MockClock) 
     assert all(r.outcome is Outcome.OK for r in result.records)
 
 
+async def test_closed_loop_without_ramp_up_stays_in_phase(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Against a server whose service time does not vary, every wave goes out in one instant.
+    result = await run(ScriptedBackend(), concurrency=4, requests=12)
+    sends = sorted(r.sent_at for r in result.records)
+    assert sends == [0.0] * 4 + [0.625] * 4 + [1.25] * 4
+
+
+async def test_closed_loop_ramp_up_spreads_the_first_requests_and_they_stay_spread(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    result = await run(ScriptedBackend(), concurrency=4, requests=12, ramp_up=0.5)
+    firsts = [0.0, 0.125, 0.25, 0.375]
+    sends = sorted(r.sent_at for r in result.records)
+    assert sends == pytest.approx(
+        firsts + [t + 0.625 for t in firsts] + [t + 1.25 for t in firsts], abs=1e-9
+    )
+    assert all(r.sent_at == r.scheduled_at for r in result.records)
+    assert result.duration == pytest.approx(0.375 + 3 * 0.625, abs=1e-9)
+    m = compute_metrics(result.records, duration=result.duration)
+    assert m.ok == 12 and m.ttft.max == pytest.approx(0.25, abs=1e-9)
+    assert peak_concurrency(result.records) == 4
+
+
+async def test_ramp_up_longer_than_the_budget_leaves_late_workers_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Worker 0 sends at 0 and 0.625 (two requests, the whole budget) before worker 1's start at 1.0.
+    result = await run(ScriptedBackend(), concurrency=2, requests=2, ramp_up=2.0)
+    assert [r.sent_at for r in result.records] == [0.0, 0.625]
+    assert result.duration == pytest.approx(1.25, abs=1e-9)
+
+
+async def test_closed_loop_ramp_up_over_shards_is_the_same_ramp(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = BenchConfig(url=URL, concurrency=5, requests=5, ramp_up=1.0)
+    sends = []
+    for k in range(2):
+        origin = trio.current_time()
+        gen = LoadGenerator(
+            BackendClient(ScriptedBackend(ttft=2.0), REQUEST), config, shard_index=k, shard_count=2
+        )
+        sends.extend(r.sent_at for r in (await gen.run(origin=origin)).records)
+    assert sorted(sends) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8], abs=1e-9)
+
+
 async def test_warmup_requests_are_sent_but_not_counted(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

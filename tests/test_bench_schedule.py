@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from trio_agent.bench import arrival_times, shard, split_evenly
+from trio_agent.bench import arrival_times, ramp_offsets, shard, split_evenly
 
 
 def take(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
@@ -64,3 +64,20 @@ def test_split_evenly() -> None:
     assert sum(split_evenly(1001, 7)) == 1001
     with pytest.raises(ValueError):
         split_evenly(1, 0)
+
+
+def test_ramp_offsets_spread_evenly_and_shards_cover_every_worker() -> None:
+    assert ramp_offsets(0.0, 3) == [0.0, 0.0, 0.0]
+    assert ramp_offsets(1.0, 4) == [0.0, 0.25, 0.5, 0.75]
+    for total, count in ((7, 3), (64, 2), (5, 5), (16, 1)):
+        parts = [ramp_offsets(2.0, total, k, count) for k in range(count)]
+        assert [len(p) for p in parts] == split_evenly(total, count)
+        merged = sorted(t for p in parts for t in p)
+        assert merged == pytest.approx([2.0 * k / total for k in range(total)])
+
+
+def test_ramp_offsets_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        ramp_offsets(-0.1, 4)
+    with pytest.raises(ValueError):
+        ramp_offsets(1.0, 4, 2, 2)

@@ -32,6 +32,9 @@ from trio_agent.cli import main
             "2",
         ],
         ["--url", "http://127.0.0.1:1", "--duration", "0"],
+        ["--url", "http://127.0.0.1:1", "--requests", "1", "--ramp-up", "-1"],
+        ["--url", "http://127.0.0.1:1", "--requests", "1", "--rate", "5", "--ramp-up", "1"],
+        ["--url", "http://127.0.0.1:1", "--requests", "1", "--ramp-up", "9", "--max-duration", "5"],
     ],
 )
 def test_bad_arguments_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,6 +79,8 @@ def test_closed_loop_run_writes_json(
         "4",
         "--requests",
         "40",
+        "--ramp-up",
+        "0.2",
         "--server-pid",
         str(pid),
     ]
@@ -84,6 +89,7 @@ def test_closed_loop_run_writes_json(
     doc = json.loads(out.read_text())
     run = doc["runs"][0]
     assert run["metrics"]["ok"] == 40
+    assert run["config"]["ramp_up"] == 0.2
     assert run["metrics"]["output_tokens"] == 320
     assert run["metrics"]["good_requests"] == 40
     assert run["metrics"]["peak_concurrency"] <= 4

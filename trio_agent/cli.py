@@ -437,6 +437,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--rate", type=float, help="open loop: arrivals per second (default: closed loop)")
     p.add_argument("--burstiness", type=float, default=1.0,
                    help="open loop: gamma shape of the gaps; 1 = Poisson, <1 burstier (default 1)")
+    p.add_argument("--ramp-up", type=float, default=0.0,
+                   help="closed loop: spread the workers' first requests over this many seconds (default 0: all at once)")
     p.add_argument("--warmup", type=float, default=0.0, help="seconds of warm-up left out of the results")
     p.add_argument("--seed", type=int, default=0, help="seed of the open-loop schedule (default 0)")
     p.add_argument("--max-tokens", type=int, help="max_tokens sent with every request")
@@ -499,6 +501,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             duration=args.duration,
             rate=args.rate,
             burstiness=args.burstiness,
+            ramp_up=args.ramp_up,
             warmup=args.warmup,
             seed=args.seed,
             max_tokens=args.max_tokens,

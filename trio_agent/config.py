@@ -579,6 +579,8 @@ class BenchConfig:
     arrivals at ``rate`` per second with gamma-distributed gaps of shape
     ``burstiness`` (1 = Poisson), at most ``concurrency`` in flight (later
     arrivals wait in the client, which the from-scheduled latencies show).
+    ``ramp_up`` (closed loop only) spreads the workers' first requests evenly
+    over that many seconds instead of sending them all at once.
 
     The run sends for ``warmup`` seconds (results discarded) and then until
     ``requests`` measured requests were sent or ``duration`` seconds passed;
@@ -598,6 +600,7 @@ class BenchConfig:
     duration: float | None = None
     rate: float | None = None
     burstiness: float = 1.0
+    ramp_up: float = 0.0
     warmup: float = 0.0
     seed: int = 0
     max_tokens: int | None = None
@@ -636,6 +639,15 @@ class BenchConfig:
         _positive("rate", self.rate)
         _positive("burstiness", self.burstiness)
         _non_negative("warmup", self.warmup)
+        _non_negative("ramp_up", self.ramp_up)
+        _check(
+            self.ramp_up == 0 or self.rate is None,
+            "ramp_up applies to the closed loop only (no rate)",
+        )
+        _check(
+            self.ramp_up < self.max_duration,
+            f"ramp_up ({self.ramp_up}) must be < max_duration ({self.max_duration})",
+        )
         _positive("max_tokens", self.max_tokens)
         _positive("request_timeout", self.request_timeout)
         _positive("max_requests", self.max_requests)

@@ -2,7 +2,7 @@
 
 Kept apart, as in vLLM's ``benchmarks/serve.py`` and GuideLLM's scheduler:
 
-* :mod:`._schedule`  when requests go out (closed loop; open loop with gamma arrivals)
+* :mod:`._schedule`  when requests go out (closed loop, with a ramp-up; open loop with gamma arrivals)
 * :mod:`._client`    one request over a lean HTTP/1.1 + SSE client (or an in-process backend)
 * :mod:`._records`   one frozen :class:`RequestRecord` per request
 * :mod:`._load`      the :class:`LoadGenerator` that runs a schedule against a client
@@ -35,7 +35,7 @@ from ._run import (
     run_sweep,
     sweep_point,
 )
-from ._schedule import arrival_times, shard, split_evenly
+from ._schedule import arrival_times, ramp_offsets, shard, split_evenly
 
 __all__ = [
     "BackendClient",
@@ -70,6 +70,7 @@ __all__ = [
     "peak_concurrency",
     "percentile",
     "process_cpu_self",
+    "ramp_offsets",
     "result_to_json",
     "run_bench",
     "run_sweep",

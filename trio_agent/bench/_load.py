@@ -8,8 +8,10 @@ outcome ``cancelled``). So every request that was scheduled ends with a
 record, including the ones the hard cap cut short, and nothing outlives
 :meth:`LoadGenerator.run`.
 
-Sending stops when the measured request budget is spent or ``warmup +
-duration`` has passed, whichever comes first; requests in flight then finish
+Closed-loop workers start together, or spread evenly over ``ramp_up``
+seconds (:func:`~trio_agent.bench._schedule.ramp_offsets`). Sending stops
+when the measured request budget is spent or ``warmup + duration`` has
+passed, whichever comes first; requests in flight then finish
 (each bounded by its deadline). The run's duration is from the origin to the
 moment the last request ended.
 """
@@ -24,7 +26,7 @@ import trio
 from ..config import BenchConfig
 from ._client import RequestClient
 from ._records import Outcome, RequestRecord, RequestTrace
-from ._schedule import arrival_times, shard, split_evenly
+from ._schedule import arrival_times, ramp_offsets, shard, split_evenly
 
 __all__ = ["LoadGenerator", "LoadResult", "LoadStatistics"]
 
@@ -114,8 +116,11 @@ class LoadGenerator:
         self._send_until = self._origin + min(send_window, cfg.max_duration)
         async with trio.open_nursery() as nursery:
             if cfg.rate is None:
-                for _ in range(self._concurrency):
-                    nursery.start_soon(self._closed_loop_worker)
+                offsets = ramp_offsets(
+                    cfg.ramp_up, cfg.concurrency, self._shard_index, self._shard_count
+                )
+                for offset in offsets:
+                    nursery.start_soon(self._closed_loop_worker, self._origin + offset)
             else:
                 nursery.start_soon(self._open_loop, nursery)
         duration = trio.current_time() - self._origin
@@ -140,7 +145,9 @@ class LoadGenerator:
         self._next_index += self._shard_count
         return index
 
-    async def _closed_loop_worker(self) -> None:
+    async def _closed_loop_worker(self, start: float) -> None:
+        if start > trio.current_time():
+            await trio.sleep_until(start)
         while True:
             now = trio.current_time()
             if now >= self._send_until or not self._claim(now):
