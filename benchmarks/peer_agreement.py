@@ -8,7 +8,7 @@ order rotates between repeats), each a count-bounded closed loop of ``--per-stre
 requests per stream with a prompt of about 64 tokens and 64 output tokens, no warm-up. It
 prints, per figure, each tool's median over the repeats with its spread and bench's
 difference from each peer (``!`` past ``--tolerance``), then two diagnostics read from every
-tool's per-request records: how many other requests were sent within 20 ms of a request
+tool's per-request records (and each tool's CPU time): how many other requests were sent within 20 ms of a request
 (median; ``c - 1`` means every wave goes out at once and stays in phase), and the time from
 a request's end to the next send (the closed loop's re-dispatch; rank-matched: the k-th end
 frees the slot of the (c+k)-th send).
@@ -31,6 +31,7 @@ import argparse
 import bisect
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -136,11 +137,15 @@ def _peer_env(prefix: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def _run_peer(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> None:
+def _run_peer(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> float:
+    """Run a peer tool; return the CPU seconds of its process tree (start-up included)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("w") as f:
         proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}; see {log}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def run_aiperf(
@@ -160,7 +165,7 @@ def run_aiperf(
     # With HF_HUB_OFFLINE set, aiperf 0.13 takes a local tokenizer path for a hub id and aborts.
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         env.pop(name, None)
-    _run_peer(cmd, env, out.with_suffix(".log"), timeout)
+    cpu = _run_peer(cmd, env, out.with_suffix(".log"), timeout)
     with (out / "profile_export_aiperf.json").open() as f:
         d = json.load(f)
 
@@ -184,6 +189,7 @@ def run_aiperf(
         "itl_p50": stat("inter_token_latency", "p50"),
         "gap_itl_p50": stat("inter_chunk_latency", "p50"),
         "e2e_p50": stat("request_latency", "p50"),
+        "client_cpu_s": cpu,
         **_diagnostics(starts, ends, streams),
     }
 
@@ -212,7 +218,7 @@ def run_guidellm(
         HF_DATASETS_OFFLINE="1",
         GUIDELLM__MAX_WORKER_PROCESSES="10",  # the tool's default, pinned
     )
-    _run_peer(cmd, env, out.with_suffix(".log"), timeout)
+    cpu = _run_peer(cmd, env, out.with_suffix(".log"), timeout)
     with (out / "benchmarks.json").open() as f:
         b = json.load(f)["benchmarks"][0]
     metrics = b["metrics"]
@@ -235,6 +241,7 @@ def run_guidellm(
         "itl_p50": p50("inter_token_latency_ms"),
         "gap_itl_p50": None,
         "e2e_p50": p50("request_latency", 1000.0),
+        "client_cpu_s": cpu,
         **_diagnostics(starts, ends, streams),
     }
 
@@ -350,6 +357,7 @@ def format_tables(runs: list[dict[str, Any]], tolerance: float) -> str:
                 ("gap_itl_p50", "ITL p50 ms, gaps between chunks", 2),
                 ("sync20", "other sends within 20 ms (median)", 0),
                 ("redispatch_ms", "end -> next send p50 ms", 2),
+                ("client_cpu_s", "client CPU s (peers: with start-up)", 1),
             ):
                 cells = [_cell(values(t, c, key), digits) for t in TOOLS]
                 lines.append(f"| {c} | {label} | " + " | ".join(cells) + " |")
