@@ -387,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=5.0, help="percent; larger differences get '!' (default 5)")
     p.add_argument("--run-timeout", type=float, default=300.0, help="seconds per tool run (default 300)")
     p.add_argument("--max-minutes", type=float, default=90.0, help="start no run after this (default 90)")
+    p.add_argument("--nice", type=int, default=0,
+                   help="add this to the scheduling priority of the mock server and all three tools "
+                        "(negative needs root; on a shared machine it keeps other load from skewing them)")
     p.add_argument("--json", type=Path, help="write every run's figures here")
     p.add_argument("--out", type=Path, help="write the markdown tables here")
     p.add_argument("--keep", type=Path, help="keep the tools' result folders here (default: a temp dir, removed)")
@@ -407,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             check=True, timeout=300, env={**os.environ, "AIPERF_VENV": f"{prefix}_aiperf"},
         )  # fmt: skip
 
+    if args.nice:
+        os.nice(args.nice)  # inherited by the mock server and the peers' processes
     work = args.keep or Path(tempfile.mkdtemp(prefix="peer-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
     mock, url = start_mock(prefix, work / "mock-server.log")
@@ -456,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = format_tables(runs, args.tolerance)
     header = (
         f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
-        f"({os.cpu_count()} CPUs); {args.per_stream} requests per stream\n\n"
+        f"({os.cpu_count()} CPUs); {args.per_stream} requests per stream; nice {args.nice:+d}\n\n"
     )
     print(header + tables)
     if args.out:
