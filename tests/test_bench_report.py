@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -91,6 +92,13 @@ def test_format_result_shows_the_figures() -> None:
     assert "user 333.3, total 500.0" in text
     assert "150000.0 µs CPU per event" in text
     assert "shed/503/overloaded x1" in text
+
+
+def test_format_result_names_the_ramp_up_of_a_closed_loop() -> None:
+    result = make_result()
+    assert "ramp-up" not in format_result(result)
+    ramped = dataclasses.replace(result, config=dataclasses.replace(result.config, ramp_up=0.75))
+    assert "closed loop, concurrency 2, ramp-up 0.75 s" in format_result(ramped)
 
 
 def test_json_document_round_trips() -> None:

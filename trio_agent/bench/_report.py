@@ -43,6 +43,8 @@ def _describe_load(result: BenchResult) -> str:
     cfg = result.config
     if cfg.rate is None:
         mode = f"closed loop, concurrency {cfg.concurrency}"
+        if cfg.ramp_up:
+            mode += f", ramp-up {cfg.ramp_up:g} s"
     else:
         mode = (
             f"open loop, rate {cfg.rate:g}/s, burstiness {cfg.burstiness:g}, "
