@@ -119,8 +119,9 @@ class DirectBody:
         assert data is not None
         return data
 
-    def send_nowait(self, body: bytes) -> None:
-        """Frame ``body`` as one chunk and hand it to the socket without yielding.
+    def send_nowait(self, body: bytes) -> bool:
+        """Frame ``body`` as one chunk and hand it to the socket without yielding; True when
+        the socket took it whole.
 
         Raises :class:`trio.WouldBlock` (nothing consumed) while Hypercorn is
         writing on this connection or an earlier write is still pending.
@@ -134,8 +135,9 @@ class DirectBody:
         sent = write_nowait(self._stream.socket, data)
         if sent < len(data):
             self._rest = data[sent:]
-        else:
-            self.direct += 1
+            return False
+        self.direct += 1
+        return True
 
     async def flush(self) -> None:
         """Send what an earlier :meth:`send_nowait` left pending, under Hypercorn's lock."""

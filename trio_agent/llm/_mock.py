@@ -369,6 +369,14 @@ class _MockStream:
 
         Ends and faults are left to ``__anext__``.
         """
+        chunk = self.ready_nowait()
+        if chunk is None:
+            raise trio.WouldBlock
+        return chunk
+
+    def ready_nowait(self) -> ChatChunk | None:
+        """:meth:`receive_nowait` answering None instead of raising: asked after every
+        token, and nearly always with nothing due, so no exception on that path."""
         if self._ready:
             return self._ready.pop(0)
         cfg, i = self._cfg, self._i
@@ -380,7 +388,7 @@ class _MockStream:
             or i == cfg.stall_after_tokens
             or self._due(i) > trio.current_time()
         ):
-            raise trio.WouldBlock
+            return None
         return self._unit(i)
 
     async def __anext__(self) -> ChatChunk:

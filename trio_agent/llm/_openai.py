@@ -646,12 +646,16 @@ class _UpstreamStream:
         Several events arrive in one read when the caller fell behind; this
         hands them over without waiting (``[DONE]`` is left to ``__anext__``).
         """
-        if self._pending:
-            return self._pending.pop(0)
-        chunk = self._decoded_chunk()
+        chunk = self.ready_nowait()
         if chunk is None:
             raise trio.WouldBlock
         return chunk
+
+    def ready_nowait(self) -> ChatChunk | None:
+        """:meth:`receive_nowait` answering None instead of raising (asked after every chunk)."""
+        if self._pending:
+            return self._pending.pop(0)
+        return self._decoded_chunk()
 
     def _decoded_chunk(self) -> ChatChunk | None:
         """The next chunk worth returning among the events already decoded, up to ``[DONE]``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from typing import Any
 
 import outcome
 import trio
@@ -23,19 +24,12 @@ __all__ = ["Pacer"]
 
 _LEAD = object()  # the value a parked waiter is woken with when it must become the leader
 
-
-
-class _Entry:
-    __slots__ = ("alive", "due", "seq", "task")
-
-    def __init__(self, due: float, seq: int, task: trio.lowlevel.Task) -> None:
-        self.due = due
-        self.seq = seq
-        self.task = task
-        self.alive = True
-
-    def __lt__(self, other: _Entry) -> bool:
-        return (self.due, self.seq) < (other.due, other.seq)
+# A waiter's heap entry is a list ``[due, seq, task]``, compared by the heap in C (a float,
+# then a unique int: the task is never compared); ``task`` is None once the entry is dead
+# (woken or aborted). A Python ``__lt__`` would be called a dozen times per push and pop,
+# on every token of every stream: the comparisons cost more than the rest of the wait.
+_DUE, _SEQ, _TASK = 0, 1, 2
+Entry = list[Any]
 
 
 class Pacer:
@@ -51,15 +45,15 @@ class Pacer:
         if resolution < 0:
             raise ValueError("resolution must be >= 0")
         self._resolution = resolution
-        self._heap: list[_Entry] = []
+        self._heap: list[Entry] = []
         self._seq = itertools.count()
-        self._leader: _Entry | None = None
+        self._leader: Entry | None = None
         self._sleep_scope: trio.CancelScope | None = None
 
     @property
     def waiting(self) -> int:
         """Tasks parked right now (0 when idle)."""
-        return sum(1 for e in self._heap if e.alive)
+        return sum(1 for e in self._heap if e[_TASK] is not None)
 
     def __repr__(self) -> str:
         return f"<Pacer waiting={self.waiting} resolution={self._resolution}>"
@@ -69,7 +63,7 @@ class Pacer:
         if due <= trio.current_time():
             await trio.lowlevel.checkpoint()
             return
-        entry = _Entry(due, next(self._seq), trio.lowlevel.current_task())
+        entry: Entry = [due, next(self._seq), trio.lowlevel.current_task()]
         heapq.heappush(self._heap, entry)
         sleeping = self._sleep_scope
         if sleeping is not None and due < sleeping.deadline:
@@ -79,34 +73,38 @@ class Pacer:
             return
 
         def abort(_: object) -> trio.lowlevel.Abort:
-            entry.alive = False
+            entry[_TASK] = None
             return trio.lowlevel.Abort.SUCCEEDED
 
         if await trio.lowlevel.wait_task_rescheduled(abort) is _LEAD:
             await self._lead(entry)
 
-    async def _lead(self, mine: _Entry) -> None:
+    async def _lead(self, mine: Entry) -> None:
         """Sleep until the earliest due time, wake all due waiters; hand over when done."""
         self._leader = mine
+        heap = self._heap
+        pop = heapq.heappop
+        reschedule = trio.lowlevel.reschedule
+        value = outcome.Value
         try:
-            while mine.alive:
-                heap = self._heap
-                while heap and not heap[0].alive:
-                    heapq.heappop(heap)
-                with trio.CancelScope(deadline=heap[0].due if heap else mine.due) as scope:
+            while mine[_TASK] is not None:
+                while heap and heap[0][_TASK] is None:
+                    pop(heap)
+                with trio.CancelScope(deadline=heap[0][_DUE] if heap else mine[_DUE]) as scope:
                     self._sleep_scope = scope
                     await trio.sleep_forever()
                 self._sleep_scope = None
                 horizon = trio.current_time() + self._resolution
-                while heap and heap[0].due <= horizon:
-                    entry = heapq.heappop(heap)
-                    if not entry.alive:
+                while heap and heap[0][_DUE] <= horizon:
+                    entry = pop(heap)
+                    task = entry[_TASK]
+                    if task is None:
                         continue
-                    entry.alive = False
+                    entry[_TASK] = None
                     if entry is not mine:
-                        trio.lowlevel.reschedule(entry.task, outcome.Value(None))
+                        reschedule(task, value(None))  # an outcome is unwrapped once: one each
         finally:
-            mine.alive = False
+            mine[_TASK] = None
             self._leader = None
             self._sleep_scope = None
             self._hand_over()
@@ -115,10 +113,11 @@ class Pacer:
         heap = self._heap
         while heap:
             entry = heap[0]
-            if not entry.alive:
+            task = entry[_TASK]
+            if task is None:
                 heapq.heappop(heap)
                 continue
             # Stay in the heap: the new leader's own entry.
             self._leader = entry
-            trio.lowlevel.reschedule(entry.task, outcome.Value(_LEAD))
+            trio.lowlevel.reschedule(task, outcome.Value(_LEAD))
             return

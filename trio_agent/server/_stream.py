@@ -99,6 +99,9 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+_TOKEN_EVENT = b'event: token\nid: %d\ndata: {"type":"token","content":%b}\n\n'
+
+
 # -- event formats --------------------------------------------------------------------
 
 
@@ -150,7 +153,10 @@ class NativeFormat:
         )
 
     def token(self, content: str) -> bytes:
-        return self._event("token", _dumps({"type": "token", "content": content}))
+        # Every token of every stream: the bytes of ``event("token", {"content": content})``
+        # from one template (orjson escapes line breaks, so the data is one line).
+        self._next_id += 1
+        return _TOKEN_EVENT % (self._next_id, orjson.dumps(content))
 
     def tool_call(self, call: ToolCall) -> bytes:
         return self._event(
@@ -381,17 +387,18 @@ class Responder:
         direct = self.direct
         return direct is not None and direct.ready
 
-    def write_nowait(self, data: bytes) -> None:
+    def write_nowait(self, data: bytes) -> bool:
         """Send ``data`` without yielding; only when :attr:`can_write_now`.
 
-        What the socket does not take at once stays :attr:`flush_pending`. A
-        client found gone cancels the request.
+        Returns whether part of it is left :attr:`flush_pending` (the socket
+        did not take it all). A client found gone cancels the request.
         """
         assert self.direct is not None
         try:
-            self.direct.send_nowait(data)
+            return not self.direct.send_nowait(data)
         except ClientGoneError:
             self._ctrl.cancel(DISCONNECT)
+            return False
 
     @property
     def flush_pending(self) -> bool:
@@ -511,19 +518,18 @@ class _TokenPipe:
         if chunk.usage is not None:
             self.usage = chunk.usage
 
-    def offer_all(self, chunk: ChatChunk, ready: Callable[[], ChatChunk]) -> None:
+    def offer_all(self, chunk: ChatChunk, ready: Callable[[], ChatChunk | None]) -> None:
         """Take ``chunk`` and every chunk ``ready()`` still has (up to ``MERGE_LIMIT``) as one."""
-        try:
-            more = ready()
-        except trio.WouldBlock:
+        more = ready()
+        if more is None:
             self.offer(chunk)
             return
         chunks = [chunk, more]
-        try:
-            while len(chunks) < MERGE_LIMIT:
-                chunks.append(ready())
-        except trio.WouldBlock:
-            pass
+        while len(chunks) < MERGE_LIMIT:
+            more = ready()
+            if more is None:
+                break
+            chunks.append(more)
         if self.relay:
             frames: list[bytes] = []
             tokens = 0
@@ -552,10 +558,10 @@ class _TokenPipe:
     def _offer(self, piece: str | bytes, tokens: int) -> None:
         out = self._out
         if not self.writing and not self.pending and out.can_write_now:
-            out.write_nowait(piece if type(piece) is bytes else self.fmt.token(piece))  # type: ignore[arg-type]
+            left = out.write_nowait(piece if type(piece) is bytes else self.fmt.token(piece))  # type: ignore[arg-type]
             self._count(tokens, 1)
             self.metrics.direct_token_events += 1
-            if out.flush_pending:
+            if left:
                 self._wake()  # the socket took part of it: the writer sends the rest
             return
         self.pending.append(piece)
@@ -651,16 +657,15 @@ async def _produce(svc: StreamService, request: ChatRequest, info: RequestContex
         # Not observed by the tracing (no cost per chunk): the pipe tells the span what it saw.
         call = stream_chat_traced(svc.backend, request, observe=False)
         async with call as chunks:
-            ready = getattr(chunks, "receive_nowait", None)
+            # ready_nowait(): the next chunk already there, or None (the mock and the
+            # OpenAI backend have it; another backend's chunks go one by one).
+            ready = getattr(chunks, "ready_nowait", None)
             if ready is not None:
                 # A first chunk that is there already (due at once) goes out in this task's
                 # first step: waiting for it in __anext__ would cost one more scheduler pass,
                 # and under load a pass is long (docs/decisions/015).
-                try:
-                    first = ready()
-                except trio.WouldBlock:
-                    pass
-                else:
+                first = ready()
+                if first is not None:
                     pipe.offer_all(first, ready)
                     if pipe.full:
                         await pipe.wait_for_room()
