@@ -145,3 +145,57 @@ async def test_receive_nowait_hands_over_only_tokens_already_due(
     # Same words, same seeded schedule, whichever way they were taken.
     assert [first.delta, *(c.delta for c in ready), *(c.delta for c in rest if c.delta)] == paced
     assert llm.statistics().tokens == 6
+
+
+async def _consume(
+    llm: MockLLM, req: ChatRequest, out: list[tuple[float, str, str | None]], room: int | None
+) -> None:
+    """What a consumer gets, in order, into ``out``: plain ``async for`` (``room`` None), or as
+    the gateway's producer consumes ``push`` (offered chunks, taking ``room`` at a time and
+    then going on with ``__anext__``)."""
+
+    def offer(chunk, ready) -> bool:  # type: ignore[no-untyped-def]
+        out.append((trio.current_time(), chunk.delta, chunk.finish_reason))
+        while (more := ready()) is not None:
+            out.append((trio.current_time(), more.delta, more.finish_reason))
+        assert room is not None
+        return len(out) % room != 0
+
+    async with llm.stream_chat(req) as chunks:
+        while True:
+            if room is not None:
+                await chunks.push(offer)  # type: ignore[attr-defined]
+            try:
+                c = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            out.append((trio.current_time(), c.delta, c.finish_reason))
+
+
+@pytest.mark.parametrize("room", [1000, 3])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"ttft": 0.2, "itl": 0.02, "tokens": 9},
+        {"ttft": 0.0, "itl": 0.01, "tokens": 6, "jitter": 0.004, "seed": 3},
+        {"ttft": 0.1, "itl": 0.02, "tokens": 8, "fail_after_tokens": 5},
+    ],
+)
+async def test_push_hands_over_what_anext_would_at_the_same_times(
+    overrides: dict[str, float], room: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def run(room: int | None):  # type: ignore[no-untyped-def]
+        llm = MockLLM(pacing_resolution=0, **overrides)
+        start = trio.current_time()
+        out: list[tuple[float, str, str | None]] = []
+        failed = False
+        try:
+            await _consume(llm, ChatRequest.from_question("hi there"), out, room)
+        except UpstreamStreamError:
+            failed = True
+        return [(round(t - start, 9), d, f) for t, d, f in out], failed, llm.statistics()
+
+    plain = await run(None)
+    pushed = await run(room)
+    assert pushed == plain
+    assert len(plain[0]) >= 5  # tokens came (the failing case: five, then the fault)

@@ -91,3 +91,90 @@ async def test_many_streams_share_one_sleeper(autojump_clock: trio.testing.MockC
             for k in range(200):
                 nursery.start_soon(stream, (k % 7) * 0.001)
     assert done == 200 and pacer.waiting == 0
+
+
+async def test_ticks_run_at_their_times_in_the_shared_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer()
+    calls: dict[str, list[float]] = {"a": [], "b": []}
+    tasks: set[object] = set()
+    slept: list[float] = []
+
+    def ticker(name: str, step: float, count: int):  # type: ignore[no-untyped-def]
+        def tick(now: float) -> float | None:
+            calls[name].append(now)
+            tasks.add(trio.lowlevel.current_task())
+            return now + step if len(calls[name]) < count else None
+
+        return tick
+
+    async def sleeper() -> None:
+        await pacer.sleep_until(0.25)
+        slept.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pacer.run_ticks, 0.1, ticker("a", 0.1, 4))
+        nursery.start_soon(pacer.run_ticks, 0.15, ticker("b", 0.2, 3))
+        nursery.start_soon(sleeper)
+    assert calls["a"] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert calls["b"] == pytest.approx([0.15, 0.35, 0.55])
+    assert slept == [0.25]
+    # Every tick ran in the one leading task's pass, not in a task of its own each.
+    assert len(tasks) <= 2 and pacer.waiting == 0
+
+
+async def test_a_failing_tick_raises_in_its_caller_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer()
+    ticks = 0
+
+    def good(now: float) -> float | None:
+        nonlocal ticks
+        ticks += 1
+        return now + 0.1 if ticks < 5 else None
+
+    def bad(now: float) -> float | None:
+        raise ValueError("boom")
+
+    async def failing(due: float) -> None:
+        with pytest.raises(ValueError, match="boom"):
+            await pacer.run_ticks(due, bad)
+
+    # The failing caller leads in one case, follows in the other.
+    for bad_due in (0.05, 0.25):
+        ticks = 0
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(failing, start + bad_due)
+            nursery.start_soon(pacer.run_ticks, start + 0.1, good)
+        assert ticks == 5 and pacer.waiting == 0
+
+
+async def test_a_cancelled_caller_is_never_ticked_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer()
+    seen: list[float] = []
+    scope = trio.CancelScope()
+
+    def tick(now: float) -> float | None:
+        seen.append(now)
+        if len(seen) == 3:
+            scope.cancel()  # as a tick that finds its client gone cancels its own request
+        return now + 0.1
+
+    async def other() -> None:
+        await pacer.sleep_until(1.0)
+
+    async def victim() -> None:
+        with scope:
+            await pacer.run_ticks(0.1, tick)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(victim)
+    assert seen == pytest.approx([0.1, 0.2, 0.3])
+    assert pacer.waiting == 0 and trio.current_time() == 1.0

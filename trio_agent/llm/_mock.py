@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -390,6 +390,39 @@ class _MockStream:
         ):
             return None
         return self._unit(i)
+
+    def _pushable(self, i: int) -> bool:
+        """Unit ``i`` is a plain paced unit :meth:`push` may hand over (not the first, which
+        brings the role chunk; not the end; not a fault)."""
+        cfg = self._cfg
+        return (
+            not self._ready
+            and not self._done
+            and 0 < i < self._limit
+            and i != cfg.fail_after_tokens
+            and i != cfg.stall_after_tokens
+        )
+
+    async def push(self, offer: Callable[[ChatChunk, Callable[[], ChatChunk | None]], bool]) -> None:
+        """Hand the next units over as they come due, by calling ``offer(chunk, ready_nowait)``
+        from the shared clock's pass (:meth:`Pacer.run_ticks`), with no task switch per unit.
+
+        Returns (a checkpoint, cancellable) at the first unit that is not plain (the first,
+        the end, a fault: ``__anext__`` takes those), or once ``offer`` answers False (the
+        consumer is full and must wait); the caller then goes on with ``__anext__`` or
+        pushes again. The units, their times and their chunks are those ``__anext__``
+        would give.
+        """
+        if not self._pushable(self._i):
+            await trio.lowlevel.checkpoint()
+            return
+
+        def tick(now: float) -> float | None:
+            more = offer(self._unit(self._i), self.ready_nowait)
+            i = self._i
+            return self._due(i) if more and self._pushable(i) else None
+
+        await self._llm._pacer.run_ticks(self._due(self._i), tick)
 
     async def __anext__(self) -> ChatChunk:
         if self._ready:

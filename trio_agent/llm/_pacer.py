@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import outcome
@@ -24,12 +25,17 @@ __all__ = ["Pacer"]
 
 _LEAD = object()  # the value a parked waiter is woken with when it must become the leader
 
-# A waiter's heap entry is a list ``[due, seq, task]``, compared by the heap in C (a float,
-# then a unique int: the task is never compared); ``task`` is None once the entry is dead
-# (woken or aborted). A Python ``__lt__`` would be called a dozen times per push and pop,
-# on every token of every stream: the comparisons cost more than the rest of the wait.
-_DUE, _SEQ, _TASK = 0, 1, 2
+# A waiter's heap entry is a list ``[due, seq, task, tick]``, compared by the heap in C (a
+# float, then a unique int: task and tick are never compared); ``task`` is None once the
+# entry is dead (woken, done or aborted); ``tick`` is None for a plain sleep. A Python
+# ``__lt__`` would be called a dozen times per push and pop, on every token of every
+# stream: the comparisons cost more than the rest of the wait.
+_DUE, _SEQ, _TASK, _TICK = 0, 1, 2, 3
 Entry = list[Any]
+Tick = Callable[[float], "float | None"]
+# A tick asking for a time inside the pass that called it runs in the next pass: at most
+# one call per tick per pass, so a pass is bounded by the number of entries.
+_LATER = 1e-9
 
 
 class Pacer:
@@ -63,8 +69,24 @@ class Pacer:
         if due <= trio.current_time():
             await trio.lowlevel.checkpoint()
             return
-        entry: Entry = [due, next(self._seq), trio.lowlevel.current_task()]
+        await self._park([due, next(self._seq), trio.lowlevel.current_task(), None])
+
+    async def run_ticks(self, due: float, tick: Tick) -> None:
+        """Call ``tick(now)`` at ``due`` (or up to ``resolution`` earlier), then again at each
+        time it returns, until it returns None; then return. Cancellable, like a sleep.
+
+        The ticks run in the pacer's own wake-up pass, in whichever task leads it, while the
+        caller stays parked: a stream paced this way costs no task switch per unit, only
+        the call. So ``tick`` must not block and must not assume its own task: it is plain
+        synchronous work (produce a unit, hand it on). An exception it raises ends the ticks
+        and is raised here, in the caller. Once the caller is cancelled, its tick is never
+        called again.
+        """
+        await self._park([due, next(self._seq), trio.lowlevel.current_task(), tick])
+
+    async def _park(self, entry: Entry) -> None:
         heapq.heappush(self._heap, entry)
+        due = entry[_DUE]
         sleeping = self._sleep_scope
         if sleeping is not None and due < sleeping.deadline:
             sleeping.deadline = due  # wake the leader earlier, for this entry
@@ -80,12 +102,15 @@ class Pacer:
             await self._lead(entry)
 
     async def _lead(self, mine: Entry) -> None:
-        """Sleep until the earliest due time, wake all due waiters; hand over when done."""
+        """Sleep until the earliest due time, wake all due waiters (or call their ticks);
+        hand over when done."""
         self._leader = mine
         heap = self._heap
-        pop = heapq.heappop
+        pop, push = heapq.heappop, heapq.heappush
         reschedule = trio.lowlevel.reschedule
         value = outcome.Value
+        seq = self._seq
+        failure: BaseException | None = None
         try:
             while mine[_TASK] is not None:
                 while heap and heap[0][_TASK] is None:
@@ -94,12 +119,35 @@ class Pacer:
                     self._sleep_scope = scope
                     await trio.sleep_forever()
                 self._sleep_scope = None
-                horizon = trio.current_time() + self._resolution
+                now = trio.current_time()
+                horizon = now + self._resolution
                 while heap and heap[0][_DUE] <= horizon:
                     entry = pop(heap)
                     task = entry[_TASK]
                     if task is None:
                         continue
+                    tick = entry[_TICK]
+                    if tick is not None:
+                        try:
+                            due = tick(now)
+                        except Exception as exc:
+                            due = None
+                            if entry is mine:
+                                failure = exc
+                            else:
+                                entry[_TASK] = None
+                                reschedule(task, outcome.Error(exc))
+                                continue
+                        # The tick may have cancelled its own caller (a client found gone):
+                        # the abort marked the entry dead, and the caller gets Cancelled.
+                        if due is not None and entry[_TASK] is not None:
+                            # Later than now, so this pass never runs the same tick again.
+                            entry[_DUE] = max(due, horizon + _LATER)
+                            entry[_SEQ] = next(seq)
+                            push(heap, entry)
+                            continue
+                        if entry[_TASK] is None:
+                            continue
                     entry[_TASK] = None
                     if entry is not mine:
                         reschedule(task, value(None))  # an outcome is unwrapped once: one each
@@ -108,6 +156,8 @@ class Pacer:
             self._leader = None
             self._sleep_scope = None
             self._hand_over()
+        if failure is not None:
+            raise failure
 
     def _hand_over(self) -> None:
         heap = self._heap

@@ -555,6 +555,11 @@ class _TokenPipe:
         if texts:
             self._offer("".join(texts), len(texts))
 
+    def offer_ready(self, chunk: ChatChunk, ready: Callable[[], ChatChunk | None]) -> bool:
+        """:meth:`offer_all` for a backend's ``push``: whether there is room for more."""
+        self.offer_all(chunk, ready)
+        return len(self.pending) < CHANNEL_SIZE
+
     def _offer(self, piece: str | bytes, tokens: int) -> None:
         out = self._out
         if not self.writing and not self.pending and out.can_write_now:
@@ -669,7 +674,18 @@ async def _produce(svc: StreamService, request: ChatRequest, info: RequestContex
                     pipe.offer_all(first, ready)
                     if pipe.full:
                         await pipe.wait_for_room()
-            async for chunk in chunks:
+            # push(offer): the mock hands its paced units to ``offer`` from its shared clock,
+            # this task parked meanwhile (docs/decisions/014); __anext__ takes the rest.
+            push = getattr(chunks, "push", None)
+            while True:
+                if push is not None:
+                    await push(pipe.offer_ready)
+                    if pipe.full:
+                        await pipe.wait_for_room()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
                 # The backend's own wait was this iteration's checkpoint. Chunks that
                 # are already there (the server fell behind) go out with it as one event.
                 if ready is None:
