@@ -333,6 +333,31 @@ class Responder:
             since = self._pending_since
             if since is not None and trio.current_time() - since >= self._write_timeout:
                 break
+        self._stalled()
+
+    async def watch(self, receive: Receive) -> None:
+        """:func:`watch_disconnect` and :meth:`watchdog` in one task (one task less per request).
+
+        The same lazily armed stall deadline, here around the wait for the
+        client's next message: a memory channel's ``receive`` (Hypercorn's)
+        gives up without losing a message when the deadline cancels it.
+        """
+        timeout = self._write_timeout
+        while True:
+            since = self._pending_since
+            deadline = math.inf if since is None else since + timeout
+            with trio.CancelScope(deadline=deadline) as self._stall:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    self._ctrl.cancel(DISCONNECT)
+                    return
+                continue
+            since = self._pending_since
+            if since is not None and trio.current_time() - since >= timeout:
+                break
+        self._stalled()
+
+    def _stalled(self) -> None:
         self._ctrl.cancel(WRITE_STALLED)
         self._svc.metrics.write_stalls += 1
         abort = self._svc.abort_transport
@@ -853,8 +878,7 @@ class StreamService:
                 raise refusal
             out = Responder(svc, send, ctrl, info)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch_disconnect, receive, ctrl)
-                nursery.start_soon(out.watchdog)
+                nursery.start_soon(out.watch, receive)
                 try:
                     # The lease is taken here, not in the producer: a free slot costs no
                     # scheduler pass, so the head and the first event go out in the pass
@@ -927,8 +951,7 @@ class StreamService:
         with svc.drain.track(svc.config.request_timeout, admitted=True) as ctrl:
             out = Responder(svc, send, ctrl, info)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch_disconnect, receive, ctrl)
-                nursery.start_soon(out.watchdog)
+                nursery.start_soon(out.watch, receive)
                 await out.start()
                 await out.write(
                     fmt.event("thinking", {"request_id": info.request_id, "items": len(requests)})
