@@ -149,3 +149,33 @@ async def test_chunks_are_framed_byte_for_byte_as_h11_frames_them(sockets: None)
     _OPEN.extend((a, b))
     plain = DirectBody(SimpleNamespace(closed=False), old, trio.Lock(), trio.SocketStream(a))
     assert plain._framed(b"hello") == b"hello"
+
+
+async def test_held_writes_go_out_in_one_write_at_release(sockets: None) -> None:
+    # The server's side of hold(): Hypercorn's writes (the head) land in ``held``, as
+    # LeanTCPServer.protocol_send puts them; a direct write joins them; release writes once.
+    a, peer = trio.socket.socketpair()
+    _OPEN.extend((a, peer))
+    writes: list[bytes] = []
+
+    class Server:
+        held: bytearray | None = None
+
+        async def send_held(self, data: bytes) -> None:
+            writes.append(data)
+            await a.send(data)
+
+    server = Server()
+    conn = responding_connection()
+    body = DirectBody(SimpleNamespace(closed=False), conn, trio.Lock(), trio.SocketStream(a), server)
+    assert body.hold() and not body.hold()  # one hold at a time
+    server.held += b"HEAD"  # type: ignore[operator]
+    assert body.send_nowait(b"first")
+    assert writes == [] and body.direct == 0
+    await body.release()
+    assert writes == [b"HEAD5\r\nfirst\r\n"] and server.held is None
+    assert await read_exactly(peer, len(writes[0])) == writes[0]
+    body.send_nowait(b"next")  # after release: straight to the socket again
+    assert await read_exactly(peer, 9) == b"4\r\nnext\r\n" and len(writes) == 1
+    # A server that cannot hold (plain Hypercorn): nothing is held.
+    assert not DirectBody(SimpleNamespace(closed=False), conn, trio.Lock(), trio.SocketStream(a)).hold()

@@ -251,6 +251,8 @@ class LeanTCPServer(TCPServer):
         #: writes that went to the socket whole without the lock / that needed it
         self.direct_writes = 0
         self.locked_writes = 0
+        #: bytes written while a response holds its writes (DirectBody.hold), else None
+        self.held: bytearray | None = None
 
     @property
     def protocol(self) -> ProtocolWrapper:
@@ -305,14 +307,25 @@ class LeanTCPServer(TCPServer):
         self.__dict__.pop("_task_group", None)
 
     async def protocol_send(self, event: Any) -> None:
+        held = self.held
         if not isinstance(event, RawData):
+            if held:  # what is held goes out before the connection closes
+                self.held = bytearray()
+                await self.send_held(bytes(held))
             # Closed, and Updated: Hypercorn's idle bookkeeping, on our lock-free IdleTimer.
             await super().protocol_send(event)
             return
-        data = event.data
+        if held is not None:  # sent with the held response's next write (DirectBody.hold)
+            held += event.data
+            return
+        await self.send_held(event.data)
+
+    async def send_held(self, data: bytes) -> None:
+        """Write ``data`` as Hypercorn's writes go (see the module): at once when nothing else
+        is writing, else under the lock."""
         lock = self.send_lock
         if lock.locked():
-            await super().protocol_send(event)
+            await super().protocol_send(RawData(data=data))
             return
         try:
             sent = write_nowait(self.stream.socket, data) if data else 0

@@ -78,21 +78,29 @@ class DirectBody:
         "_http_stream",
         "_lock",
         "_rest",
+        "_server",
         "_stream",
         "direct",
         "waited",
     )
 
     def __init__(
-        self, http_stream: Any, conn: h11.Connection, lock: trio.Lock, stream: trio.SocketStream
+        self,
+        http_stream: Any,
+        conn: h11.Connection,
+        lock: trio.Lock,
+        stream: trio.SocketStream,
+        server: Any = None,
     ) -> None:
         self._http_stream = http_stream
         self._conn = conn
         self._lock = lock
         self._stream = stream
+        self._server = server
         self._rest = b""
-        # h11 frames this response's body in chunks (HTTP/1.1, no content-length): we may too.
-        self._chunked = type(getattr(conn, "_writer", None)).__name__ == "ChunkedWriter"
+        # Whether h11 frames this response's body in chunks (HTTP/1.1, no content-length), so
+        # we may too: known once the head went through h11, so read at the first body write.
+        self._chunked: bool | None = None
         #: writes that went out whole at once / that waited for the socket
         self.direct = 0
         self.waited = 0
@@ -111,7 +119,10 @@ class DirectBody:
         if self._http_stream.closed:
             raise ClientGoneError("the connection was closed")
         conn = self._conn
-        if self._chunked and body and conn.our_state is h11.SEND_BODY:
+        chunked = self._chunked
+        if chunked is None:
+            chunked = self._chunked = type(getattr(conn, "_writer", None)).__name__ == "ChunkedWriter"
+        if chunked and body and conn.our_state is h11.SEND_BODY:
             # What h11's ChunkedWriter writes for Data (it keeps no state per chunk), without
             # its event validation and state machine (docs/decisions/001).
             return b"%x\r\n%b\r\n" % (len(body), body)
@@ -127,6 +138,10 @@ class DirectBody:
         writing on this connection or an earlier write is still pending.
         Whatever the socket did not take stays :attr:`pending`.
         """
+        held = self._held()
+        if held is not None:
+            held += self._framed(body)
+            return True
         if self._rest or self._lock.locked():
             raise trio.WouldBlock
         if self._stream.socket.fileno() < 0:
@@ -138,6 +153,30 @@ class DirectBody:
             return False
         self.direct += 1
         return True
+
+    def _held(self) -> bytearray | None:
+        server = self._server
+        return None if server is None else server.held
+
+    def hold(self) -> bool:
+        """Hold every write on this connection, Hypercorn's and ours, until :meth:`release`,
+        which sends them in one write (the head with the first event: one system call instead
+        of two; docs/decisions/014). False (nothing held) unless the connection is served by
+        :class:`~trio_agent.http.LeanTCPServer`. The caller releases in a ``finally``; if
+        Hypercorn closes the connection meanwhile, what is held goes out first."""
+        server = self._server
+        if server is None or not hasattr(server, "held") or server.held is not None:
+            return False
+        server.held = bytearray()
+        return True
+
+    async def release(self) -> None:
+        """Stop holding; send what is held, in order after anything still pending."""
+        server = self._server
+        held, server.held = server.held, None
+        await self.flush()
+        if held:
+            await server.send_held(bytes(held))
 
     async def flush(self) -> None:
         """Send what an earlier :meth:`send_nowait` left pending, under Hypercorn's lock."""
@@ -185,4 +224,4 @@ def direct_body(send: Callable[..., Awaitable[None]]) -> DirectBody | None:
         and hasattr(http_stream, "closed")
     ):
         return None
-    return DirectBody(http_stream, conn, lock, stream)
+    return DirectBody(http_stream, conn, lock, stream, server)

@@ -384,18 +384,30 @@ class Responder:
         finally:
             self._pending_since = None
 
-    async def start(self, status: int = 200, headers: Headers = SSE_HEADERS) -> None:
+    async def start(
+        self, status: int = 200, headers: Headers = SSE_HEADERS, first: bytes = b""
+    ) -> None:
+        """The head, then ``first`` (if any) in the same write when the direct path can hold
+        the head for it (docs/decisions/014)."""
         self.info.status = status
-        await self._send_watched(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*headers, *self.info.response_headers],
-            }
-        )
-        self.started = True
-        if self._svc.config.direct_writes:
-            self.direct = direct_body(self._send)
+        direct = direct_body(self._send) if self._svc.config.direct_writes else None
+        held = bool(first) and direct is not None and direct.hold()
+        try:
+            await self._send_watched(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [*headers, *self.info.response_headers],
+                }
+            )
+            self.started = True
+            self.direct = direct
+            if first:
+                await self.write(first)
+        finally:
+            if held:
+                assert direct is not None
+                await self._watched(lambda _: direct.release(), None)
 
     async def write(self, data: bytes) -> None:
         direct = self.direct
@@ -732,11 +744,8 @@ async def _produce(svc: StreamService, request: ChatRequest, info: RequestContex
 
 async def _begin_stream(svc: StreamService, out: Responder, pipe: _TokenPipe, lease: Lease, model: str) -> None:
     """The response head and the format's first event (``thinking``)."""
-    await out.start()
+    await out.start(first=pipe.fmt.begin(lease, model))
     svc.metrics.streams_started += 1
-    begin = pipe.fmt.begin(lease, model)
-    if begin:
-        await out.write(begin)
     pipe.last_write_at = trio.current_time()
 
 
