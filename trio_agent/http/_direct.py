@@ -138,25 +138,19 @@ class DirectBody:
         writing on this connection or an earlier write is still pending.
         Whatever the socket did not take stays :attr:`pending`.
         """
-        held = self._held()
-        if held is not None:
-            held += self._framed(body)
+        server = self._server
+        if server is not None and server.held is not None:
+            server.held += self._framed(body)
             return True
         if self._rest or self._lock.locked():
             raise trio.WouldBlock
-        if self._stream.socket.fileno() < 0:
-            raise ClientGoneError("the socket is closed")
         data = self._framed(body)
-        sent = write_nowait(self._stream.socket, data)
+        sent = write_nowait(self._stream.socket, data)  # a closed socket: ClientGoneError
         if sent < len(data):
             self._rest = data[sent:]
             return False
         self.direct += 1
         return True
-
-    def _held(self) -> bytearray | None:
-        server = self._server
-        return None if server is None else server.held
 
     def hold(self) -> bool:
         """Hold every write on this connection, Hypercorn's and ours, until :meth:`release`,

@@ -418,9 +418,14 @@ class _MockStream:
             return
 
         def tick(now: float) -> float | None:
-            more = offer(self._unit(self._i), self.ready_nowait)
+            chunk = self._unit(self._i)
             i = self._i
-            return self._due(i) if more and self._pushable(i) else None
+            # The next unit is nearly always not due yet: then nothing can be ready with it.
+            behind = not self._pushable(i) or self._due(i) <= now
+            if not offer(chunk, self.ready_nowait if behind else _nothing_ready):
+                return None
+            i = self._i
+            return self._due(i) if self._pushable(i) else None
 
         await self._llm._pacer.run_ticks(self._due(self._i), tick)
 
@@ -448,6 +453,10 @@ class _MockStream:
             await trio.sleep_forever()
         await self._llm._pacer.sleep_until(self._due(i))
         return self._unit(i)
+
+
+def _nothing_ready() -> None:
+    return None
 
 
 def prompt_words(request: ChatRequest) -> list[str]:

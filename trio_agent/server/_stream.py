@@ -599,7 +599,8 @@ class _TokenPipe:
 
     def _offer(self, piece: str | bytes, tokens: int) -> None:
         out = self._out
-        if not self.writing and not self.pending and out.can_write_now:
+        direct = out.direct
+        if not self.writing and not self.pending and direct is not None and direct.ready:
             left = out.write_nowait(piece if type(piece) is bytes else self.fmt.token(piece))  # type: ignore[arg-type]
             self._count(tokens, 1)
             self.metrics.direct_token_events += 1
