@@ -30,3 +30,20 @@ def test_token_event_is_the_generic_event_and_decodes_back(contents: list[str]) 
     assert [orjson.loads(e.data) for e in events] == [
         {"type": "token", "content": c} for c in contents
     ]
+
+
+def test_a_backend_with_only_receive_nowait_still_has_its_ready_chunks_merged() -> None:
+    import trio
+
+    from trio_agent.llm import ChatChunk
+    from trio_agent.server._stream import _none_if_blocked
+
+    queue = [ChatChunk(delta="a"), ChatChunk(delta="b")]
+
+    def receive_nowait() -> ChatChunk:
+        if not queue:
+            raise trio.WouldBlock
+        return queue.pop(0)
+
+    ready = _none_if_blocked(receive_nowait)
+    assert [ready(), ready(), ready()] == [ChatChunk(delta="a"), ChatChunk(delta="b"), None]

@@ -290,8 +290,13 @@ class ChatBackend(Protocol):
 
     The chunk iterator may also offer ``receive_nowait() -> ChatChunk``: the
     next chunk if it is already there (read, or due), else
-    :class:`trio.WouldBlock`. The gateway uses it to send the chunks that
-    piled up while it was busy as one event (both built-in backends have it).
+    :class:`trio.WouldBlock`; or ``ready_nowait() -> ChatChunk | None``, the
+    same answering None (cheaper: it is asked after every chunk). The gateway
+    uses it to send the chunks that piled up while it was busy as one event
+    (both built-in backends have both). And ``push(offer)``: the iterator
+    calls ``offer(chunk, ready_nowait)`` for its next chunks from its own
+    clock, without a task switch per chunk, until ``offer`` answers False or a
+    chunk needs ``__anext__`` (the mock has it; docs/decisions/014).
 
     ``open_relay(path, body, stream=...)`` relays one OpenAI call the gateway
     does not model (``/embeddings``, ``/completions``, ``/responses``): the

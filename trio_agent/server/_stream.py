@@ -694,6 +694,16 @@ class _TokenPipe:
         return b"".join(out), tokens
 
 
+def _none_if_blocked(receive_nowait: Callable[[], ChatChunk]) -> Callable[[], ChatChunk | None]:
+    def ready() -> ChatChunk | None:
+        try:
+            return receive_nowait()
+        except trio.WouldBlock:
+            return None
+
+    return ready
+
+
 async def _produce(svc: StreamService, request: ChatRequest, info: RequestContext, pipe: _TokenPipe) -> None:
     """The upstream reader of an admitted stream: backend chunks into ``pipe``, then close it."""
     try:
@@ -701,8 +711,12 @@ async def _produce(svc: StreamService, request: ChatRequest, info: RequestContex
         call = stream_chat_traced(svc.backend, request, observe=False)
         async with call as chunks:
             # ready_nowait(): the next chunk already there, or None (the mock and the
-            # OpenAI backend have it; another backend's chunks go one by one).
+            # OpenAI backend have it; a backend with only receive_nowait is adapted; another
+            # backend's chunks go one by one).
             ready = getattr(chunks, "ready_nowait", None)
+            receive_nowait = getattr(chunks, "receive_nowait", None)
+            if ready is None and receive_nowait is not None:
+                ready = _none_if_blocked(receive_nowait)
             if ready is not None:
                 # A first chunk that is there already (due at once) goes out in this task's
                 # first step: waiting for it in __anext__ would cost one more scheduler pass,
