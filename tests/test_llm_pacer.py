@@ -98,30 +98,35 @@ async def test_ticks_run_at_their_times_in_the_shared_pass(
 ) -> None:
     pacer = Pacer()
     calls: dict[str, list[float]] = {"a": [], "b": []}
-    tasks: set[object] = set()
-    slept: list[float] = []
+    runs_in: dict[str, list[object]] = {"a": [], "b": []}
+    sleeper_task: list[object] = []
 
     def ticker(name: str, step: float, count: int):  # type: ignore[no-untyped-def]
         def tick(now: float) -> float | None:
             calls[name].append(now)
-            tasks.add(trio.lowlevel.current_task())
+            runs_in[name].append(trio.lowlevel.current_task())
             return now + step if len(calls[name]) < count else None
 
         return tick
 
     async def sleeper() -> None:
+        sleeper_task.append(trio.lowlevel.current_task())
         await pacer.sleep_until(0.25)
-        slept.append(trio.current_time())
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(sleeper)  # parks first: it leads until 0.25
+        await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(pacer.run_ticks, 0.1, ticker("a", 0.1, 4))
         nursery.start_soon(pacer.run_ticks, 0.15, ticker("b", 0.2, 3))
-        nursery.start_soon(sleeper)
     assert calls["a"] == pytest.approx([0.1, 0.2, 0.3, 0.4])
     assert calls["b"] == pytest.approx([0.15, 0.35, 0.55])
-    assert slept == [0.25]
-    # Every tick ran in the one leading task's pass, not in a task of its own each.
-    assert len(tasks) <= 2 and pacer.waiting == 0
+    # Before 0.25 every tick ran in the sleeper's task (the leader's pass): no task of a or b
+    # was woken for them.
+    early = [
+        t for name in "ab" for now, t in zip(calls[name], runs_in[name], strict=True) if now < 0.25
+    ]
+    assert len(early) == 3 and set(early) == set(sleeper_task)
+    assert pacer.waiting == 0
 
 
 async def test_a_failing_tick_raises_in_its_caller_only(
