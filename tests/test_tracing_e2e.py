@@ -84,6 +84,21 @@ async def test_a_streamed_chat_exports_server_admission_and_chat_spans() -> None
     assert chat.start_ns < first < chat.end_ns <= server.end_ns
 
 
+async def test_a_whole_reply_has_its_usage_and_finish_reason_on_the_chat_span() -> None:
+    # A non-streamed model call sets its attributes on the span before ending it.
+    with receiving_otlp() as rx, trio.fail_after(60):
+        async with running_gateway(_config(rx.url)) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+            response = await client.post("/v1/chat/completions", json={**BODY, "model": "mock-llm"})
+            assert response.status_code == 200, response.text
+        await rx.wait_for(_has("POST /v1/chat/completions", "chat mock-llm"))
+    attrs = rx.one("chat mock-llm").attributes
+    usage = response.json()["usage"]
+    assert attrs["gen_ai.usage.output_tokens"] == usage["completion_tokens"] == 8
+    assert attrs["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+    assert attrs["gen_ai.response.model"] == "mock-llm"
+    assert list(attrs["gen_ai.response.finish_reasons"]) == ["stop"]
+
+
 async def test_a_wait_or_a_refusal_gets_an_admission_span() -> None:
     with receiving_otlp() as rx, trio.fail_after(60):
         config = dataclasses.replace(

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import trio
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["TracedStream", "complete_chat", "input_messages", "open_relay", "record_chat", "stream_chat"]
 
 PROVIDER = "openai"
+
+_T = TypeVar("_T")
 
 
 def stream_chat(
@@ -73,13 +75,14 @@ async def complete_chat(backend: ChatBackend, request: ChatRequest) -> ChatCompl
     span.attach()
     try:
         completion = await backend.complete_chat(request)
+        # Before end(): an ended span ignores its attributes.
+        _finish(tracer, span, completion.model, None, completion.usage, (completion.finish_reason,), completion.content)
     except BaseException as exc:
         span.fail_with(exc)
         raise
     finally:
         span.detach()
         span.end()
-    _finish(tracer, span, completion.model, None, completion.usage, (completion.finish_reason,), completion.content)
     return completion
 
 
@@ -116,6 +119,20 @@ def _start(tracer: GatewayTracer, backend: ChatBackend, request: ChatRequest) ->
     if tracer.content:
         span.set("gen_ai.input.messages", input_messages(request.messages))
     return span
+
+
+async def _enter_in_span(span: TraceSpan, inner: AbstractAsyncContextManager[_T]) -> _T:
+    """Enter ``inner`` with ``span`` current, so the request it opens carries the span's
+    ``traceparent``; a failure to open ends the span with it."""
+    span.attach()
+    try:
+        return await inner.__aenter__()
+    except BaseException as exc:
+        span.fail_with(exc)
+        span.end()
+        raise
+    finally:
+        span.detach()
 
 
 def _finish(
@@ -183,17 +200,8 @@ class TracedStream:
 
     async def __aenter__(self) -> AsyncIterator[ChatChunk]:
         span = self._span = _start(self._tracer, self._backend, self._request)
-        # Current while the call is opened, so the request head carries this span's traceparent.
-        span.attach()
-        try:
-            inner = self._inner = self._backend.stream_chat(self._request)
-            chunks = await inner.__aenter__()
-        except BaseException as exc:
-            span.fail_with(exc)
-            span.end()
-            raise
-        finally:
-            span.detach()
+        inner = self._inner = self._backend.stream_chat(self._request)
+        chunks = await _enter_in_span(span, inner)
         if not self._observe:
             return chunks
         self._chunks = _ObservedChunks(chunks, span, self._tracer.content)
@@ -241,15 +249,7 @@ class _TracedRelay:
 
     async def __aenter__(self) -> Relay:
         span = self._span = _model_call(self._tracer, self._operation, self._model)
-        span.attach()  # the relayed request carries this span's traceparent
-        try:
-            self._relay = await self._inner.__aenter__()
-        except BaseException as exc:
-            span.fail_with(exc)
-            span.end()
-            raise
-        finally:
-            span.detach()
+        self._relay = await _enter_in_span(span, self._inner)
         return self._relay
 
     async def __aexit__(
