@@ -14,7 +14,8 @@ import dataclasses
 import shlex
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,6 @@ class _RecordingUpstream(MockServerApp):
     def __init__(self, config: MockServerConfig) -> None:
         super().__init__(config)
         self.traceparents: list[str | None] = []
-
         self.relayed: list[str | None] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -160,17 +160,23 @@ class _RecordingUpstream(MockServerApp):
         await super().__call__(scope, receive, send)
 
 
+@asynccontextmanager
+async def _proxying_gateway(endpoint: str, upstream_app: _RecordingUpstream) -> AsyncIterator[httpx.AsyncClient]:
+    """A traced gateway whose upstream is ``upstream_app`` (a mock LLM server); a client of it."""
+    async with serving_mock_llm(upstream_app.config, upstream_app) as base:
+        upstream = UpstreamConfig(base_url=f"{base}/v1", model="mock-llm")
+        config = dataclasses.replace(_config(endpoint), upstream=upstream)
+        async with running_gateway(config) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+            yield client
+
+
 async def test_a_proxied_chat_carries_the_chat_spans_traceparent_upstream() -> None:
-    mock_config = MockServerConfig(port=0, llm=MockLLMConfig(ttft=0.01, itl=0.002, tokens=6))
-    upstream_app = _RecordingUpstream(mock_config)
+    upstream_app = _RecordingUpstream(MockServerConfig(port=0, llm=MockLLMConfig(ttft=0.01, itl=0.002, tokens=6)))
     with receiving_otlp() as rx, trio.fail_after(60):
-        async with serving_mock_llm(mock_config, upstream_app) as base:
-            upstream = UpstreamConfig(base_url=f"{base}/v1", model="mock-llm")
-            config = dataclasses.replace(_config(rx.url), upstream=upstream)
-            async with running_gateway(config) as srv, httpx.AsyncClient(base_url=srv.url) as client:
-                streamed = await client.post("/chat/stream", json=BODY)
-                relayed = await client.post("/v1/chat/completions", json={**BODY, "stream": True})
-                assert streamed.status_code == 200 and relayed.status_code == 200
+        async with _proxying_gateway(rx.url, upstream_app) as client:
+            streamed = await client.post("/chat/stream", json=BODY)
+            relayed = await client.post("/v1/chat/completions", json={**BODY, "stream": True})
+            assert streamed.status_code == 200 and relayed.status_code == 200
         await rx.wait_for(lambda spans: len([s for s in spans if s.name == "chat mock-llm"]) == 2)
     chats = sorted(rx.named("chat mock-llm"), key=lambda s: s.start_ns)
     # Each upstream request carried the context of its own chat span, sampled.
@@ -184,15 +190,11 @@ async def test_a_proxied_chat_carries_the_chat_spans_traceparent_upstream() -> N
 
 
 async def test_a_relayed_call_has_its_model_call_span_and_carries_it_upstream() -> None:
-    mock_config = MockServerConfig(port=0, llm=MockLLMConfig(ttft=0.01, itl=0.002, tokens=6))
-    upstream_app = _RecordingUpstream(mock_config)
+    upstream_app = _RecordingUpstream(MockServerConfig(port=0, llm=MockLLMConfig(ttft=0.01, itl=0.002, tokens=6)))
     with receiving_otlp() as rx, trio.fail_after(60):
-        async with serving_mock_llm(mock_config, upstream_app) as base:
-            upstream = UpstreamConfig(base_url=f"{base}/v1", model="mock-llm")
-            config = dataclasses.replace(_config(rx.url), upstream=upstream)
-            async with running_gateway(config) as srv, httpx.AsyncClient(base_url=srv.url) as client:
-                response = await client.post("/v1/completions", json={"model": "mock-llm", "prompt": "hi"})
-                assert response.status_code == 200, response.text
+        async with _proxying_gateway(rx.url, upstream_app) as client:
+            response = await client.post("/v1/completions", json={"model": "mock-llm", "prompt": "hi"})
+            assert response.status_code == 200, response.text
         await rx.wait_for(_has("text_completion mock-llm"))
     span = rx.one("text_completion mock-llm")
     assert span.kind == KIND_CLIENT and span.attributes["gen_ai.operation.name"] == "text_completion"
