@@ -258,6 +258,24 @@ class RouterBackend:
                 return await ups.pick(candidates, avoid=tried)
             raise self._count_error(timeout_error()) from None
 
+    @asynccontextmanager
+    async def _holding(self, pick: Pick[RoutedBackend], stack: AsyncExitStack) -> AsyncIterator[None]:
+        """The block that reads an opened call: an upstream error in it (after the first byte:
+        never retried) counts against the upstream; leaving closes the call, shielded, and
+        frees its slot."""
+        try:
+            yield
+        except UpstreamError as exc:
+            pick.upstream.note_error(exc)
+            self._count_error(exc)
+            raise
+        finally:
+            try:
+                with trio.CancelScope(shield=True):
+                    await stack.aclose()
+            finally:
+                self.upstreams.release(pick)
+
     # -- the backend protocol -------------------------------------------------------------
 
     @asynccontextmanager
@@ -277,18 +295,8 @@ class RouterBackend:
             partial(_first_timeout, cfg, first_deadline, total_deadline, "token"),
             attempt,
         )
-        try:
+        async with self._holding(pick, stack):
             yield chunks
-        except UpstreamError as exc:  # after the first byte: never retried
-            pick.upstream.note_error(exc)
-            self._count_error(exc)
-            raise
-        finally:
-            try:
-                with trio.CancelScope(shield=True):
-                    await stack.aclose()
-            finally:
-                self.upstreams.release(pick)
 
     async def complete_chat(self, request: ChatRequest) -> ChatCompletion:
         """The whole reply from one upstream, with failover before it."""
@@ -328,18 +336,8 @@ class RouterBackend:
             partial(_first_timeout, cfg, first_deadline, total_deadline, "byte"),
             attempt,
         )
-        try:
+        async with self._holding(pick, stack):
             yield relay
-        except UpstreamError as exc:
-            pick.upstream.note_error(exc)
-            self._count_error(exc)
-            raise
-        finally:
-            try:
-                with trio.CancelScope(shield=True):
-                    await stack.aclose()
-            finally:
-                self.upstreams.release(pick)
 
     async def list_models(self) -> list[str]:
         """Every upstream's models: its declared list, else what it answers (ejected ones skipped)."""
