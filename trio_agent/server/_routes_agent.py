@@ -7,7 +7,7 @@ admission or stream), then hands the run to :class:`~._agent.AgentService`.
 from __future__ import annotations
 
 from ..config import ServerConfig
-from ._agent import AgentService, parse_agent_body
+from ._agent import AgentBody, AgentService, parse_agent_body
 from ._body import BodyReader
 from ._router import AsgiHandler, Call
 
@@ -18,12 +18,9 @@ def agent_stream(body: BodyReader, agents: AgentService, config: ServerConfig) -
     """``POST /agent/stream``: one agent run's events as SSE."""
 
     async def handle(call: Call) -> None:
-        present, raw = await body.read_json(call)
-        if not present:
-            call.ctx.outcome = "disconnect"
-            return
-        request = parse_agent_body(raw, config, agents.agent.tools)
-        await agents.stream(call.ctx, call.receive, call.send, request)
+        request = await _read_request(call, body, agents, config)
+        if request is not None:
+            await agents.stream(call.ctx, call.receive, call.send, request)
 
     return handle
 
@@ -32,11 +29,17 @@ def agent_json(body: BodyReader, agents: AgentService, config: ServerConfig) -> 
     """``POST /agent``: one agent run's answer and its events as one JSON body."""
 
     async def handle(call: Call) -> None:
-        present, raw = await body.read_json(call)
-        if not present:
-            call.ctx.outcome = "disconnect"
-            return
-        request = parse_agent_body(raw, config, agents.agent.tools)
-        await agents.complete(call.ctx, call.receive, call.send, request)
+        request = await _read_request(call, body, agents, config)
+        if request is not None:
+            await agents.complete(call.ctx, call.receive, call.send, request)
 
     return handle
+
+
+async def _read_request(call: Call, body: BodyReader, agents: AgentService, config: ServerConfig) -> AgentBody | None:
+    """The run's validated request (errors raise as 400/413/422); ``None``: the client left first."""
+    present, raw = await body.read_json(call)
+    if not present:
+        call.ctx.outcome = "disconnect"
+        return None
+    return parse_agent_body(raw, config, agents.agent.tools)
