@@ -1,16 +1,27 @@
 """What tracing costs the gateway: CPU per streamed request at 100 streams, tracing off, on, and before.
 
-    python -m benchmarks.tracing_cost [--repeats 3] [--concurrency 100] [--base-tree DIR] [--proxied]
+    python -m benchmarks.tracing_cost [--together] [--repeats 3] [--concurrency 100]
+        [--arms off,on,unsampled,base] [--base-tree DIR] [--variant NAME=DIR ...] [--proxied]
 
 Arms, interleaved in each repeat (order reversed every other repeat, so a
-machine that gets busier or quieter over the run moves every arm alike):
+machine that gets busier or quieter over the run moves every arm alike), or
+with ``--together`` all running at once in each repeat, each server under its
+own ``bench`` in the same window: what else the machine does in that window
+falls on every arm alike, and the paired figure (each arm against the same
+repeat's ``off``) is far steadier than between runs one after another (on this
+shared 2-core VM: a spread of a few percent instead of 15-30 %):
 
 * ``off``: ``trio-agent serve`` as the suite starts it (``benchmarks/suite.py``);
 * ``on``: the same with ``--otlp-endpoint`` at a sink in this process that
   answers every OTLP/HTTP export with 200, and ``OTEL_TRACES_SAMPLER=always_on``
   (every request sampled: server, admission and chat spans, exported);
+* ``unsampled``: ``on`` with ``OTEL_TRACES_SAMPLER=always_off`` (tracing on, no
+  span recorded): what tracing's mere presence costs;
 * ``base`` (with ``--base-tree``): the same command run from another source
-  tree, such as the commit before tracing, to show that ``off`` costs nothing.
+  tree, such as the commit before tracing, to show that ``off`` costs nothing
+  (or the same tree: an A/A control, the method's own noise);
+* ``NAME`` (``--variant NAME=DIR``): ``on`` run from another source tree, to
+  measure a change to the tracing against this tree's.
 
 ``--in-process`` measures instead, in this process, what tracing adds to one
 streamed request's path without the server around it: a server span, a
@@ -25,9 +36,10 @@ Each run is ``trio-agent bench`` in its own process against the server's pid
 ``--proxied`` the server proxies to the mock LLM server in its own process,
 so every model call also carries a ``traceparent``). The figure is the
 server's CPU (user + system) per request over the measured window; reported
-per arm as the median of the repeats with min and max, and ``on``'s and
-``base``'s medians against ``off``'s. Writes
-``benchmarks/results/<date>-tracing-cost.json`` and ``.md``.
+per arm as the median of the repeats with min and max, each arm's median
+against ``off``'s, and the median (min, max) of each repeat's arm against
+that repeat's ``off``. Writes ``benchmarks/results/<date>-tracing-cost[-together]-<arms>.json``
+and ``.md``.
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -98,9 +110,14 @@ class _Sink:
 
 
 @contextmanager
-def _process(command: list[str], cwd: Path, log_path: Path) -> Iterator[tuple[str, int]]:
+def _process(
+    command: list[str], cwd: Path, log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
+            env=None if env is None else {**os.environ, **env},
+        )  # fmt: skip
         try:
             yield Suite._wait_for_url(proc, log_path), proc.pid
         finally:
@@ -119,6 +136,81 @@ def _bench(url: str, pid: int, concurrency: int, warmup: float, duration: float,
     return run
 
 
+def _arm_command(
+    arm: str, sink: _Sink, upstream: str | None, base_tree: Path | None, variants: dict[str, Path] | None = None
+) -> tuple[list[str], Path, dict[str, str] | None]:
+    """The server command of ``arm``, the tree it runs from and its environment."""
+    command = trio_agent_command(ServerArgs(upstream_url=upstream))
+    if variants and arm in variants:
+        # Tracing on, from another tree: a change to the tracing measured against main's.
+        return [*command, "--otlp-endpoint", sink.url], variants[arm], None
+    if arm == "on":
+        return [*command, "--otlp-endpoint", sink.url], ROOT, None
+    if arm == "unsampled":
+        # Tracing on, no span recorded: what tracing's mere presence costs.
+        return [*command, "--otlp-endpoint", sink.url], ROOT, {"OTEL_TRACES_SAMPLER": "always_off"}
+    if arm == "base":
+        assert base_tree is not None
+        return command, base_tree, None
+    return command, ROOT, None
+
+
+def _entry(arm: str, repeat: int, run: dict[str, Any], exports: int | None) -> dict[str, Any]:
+    server = run["server"]
+    entry = {
+        "arm": arm,
+        "repeat": repeat,
+        "cpu_ms_per_request_total": server["cpu_ms_per_request_total"],
+        "cpu_ms_per_request_user": server["cpu_ms_per_request_user"],
+        "requests_per_s": run["metrics"]["request_throughput"],
+        "ttft_p99_s": run["metrics"]["ttft"]["p99"],
+        "exports": exports,
+    }
+    print(
+        f"{arm}-{repeat:<4} {entry['cpu_ms_per_request_total']:.3f} ms CPU/request "
+        f"{entry['requests_per_s']:.1f} req/s exports {exports if exports is not None else '-'}",
+        flush=True,
+    )
+    return entry
+
+
+def _round_together(
+    order: list[str], r: int, sink: _Sink, upstream: str | None, args: argparse.Namespace, log_dir: Path
+) -> list[dict[str, Any]]:
+    """One repeat with every arm's server up and loaded at the same time.
+
+    Each arm has its own server and its own ``bench`` process, and the windows
+    coincide, so whatever else the machine does in that window (another
+    tenant, a frequency change) falls on every arm alike: the paired
+    difference is far steadier than between arms run one after another.
+    Exports are counted for the sink as a whole (``None`` per arm).
+    """
+    with ExitStack() as stack:
+        servers = []
+        for arm in order:
+            command, cwd, env = _arm_command(arm, sink, upstream, args.base_tree, args.variants)
+            servers.append(stack.enter_context(_process(command, cwd, log_dir / f"{arm}-{r}.log", env)))
+        results: dict[str, dict[str, Any]] = {}
+        errors: list[BaseException] = []
+
+        def bench(arm: str, url: str, pid: int) -> None:
+            try:
+                results[arm] = _bench(url, pid, args.concurrency, args.warmup, args.duration, log_dir / f"{arm}-{r}.json")
+            except BaseException as exc:  # reported below, in the main thread
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=bench, args=(arm, url, pid)) for arm, (url, pid) in zip(order, servers, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+    return [_entry(arm, r, results[arm], None) for arm in order]
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -131,7 +223,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=12.0)
     parser.add_argument("--base-tree", type=Path, help="a source tree to run as the 'base' arm")
     parser.add_argument("--proxied", action="store_true", help="proxy to the mock LLM server")
-    parser.add_argument("--arms", help="comma-separated subset of off,on,base (default: all given)")
+    parser.add_argument(
+        "--arms", help="comma-separated subset of off,on,unsampled,base (default: off,on and base if given)"
+    )
+    parser.add_argument(
+        "--together", action="store_true", help="run the arms at the same time in each repeat (steadier pairs)"
+    )
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=DIR",
+        help="an arm NAME: tracing on, run from source tree DIR (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--in-process", action="store_true", help="the in-process measurement instead")
     args = parser.parse_args()
@@ -145,41 +246,42 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="tracing-cost-"))
     arms = ["off", "on", *(["base"] if args.base_tree else [])]
     if args.arms:
-        arms = [a for a in arms if a in args.arms.split(",")]
+        known = ["off", "on", "unsampled", "base"]
+        arms = [a for a in known if a in args.arms.split(",")]
+        if "base" in arms and not args.base_tree:
+            parser.error("the base arm needs --base-tree")
+    args.variants = {}
+    for spec in args.variant:
+        name, sep, tree = spec.partition("=")
+        if not sep or name in ("off", "on", "unsampled", "base") or not Path(tree, "trio_agent").is_dir():
+            parser.error(f"--variant {spec!r}: expected NAME=DIR, DIR a source tree, NAME a new arm")
+        args.variants[name] = Path(tree).resolve()
+        arms.append(name)
     if "off" not in arms:
         parser.error("the arms must include off (the reference)")
     runs: list[dict[str, Any]] = []
     with _Sink().running() as sink, _upstream(args.proxied, log_dir) as upstream:
         for r in range(args.repeats):
-            for arm in arms if r % 2 == 0 else list(reversed(arms)):
-                command = trio_agent_command(ServerArgs(upstream_url=upstream))
-                cwd = ROOT
-                if arm == "on":
-                    command += ["--otlp-endpoint", sink.url]
-                elif arm == "base":
-                    cwd = args.base_tree
+            order = arms if r % 2 == 0 else list(reversed(arms))
+            if args.together:
+                runs.extend(_round_together(order, r, sink, upstream, args, log_dir))
+                continue
+            for arm in order:
+                command, cwd, env = _arm_command(arm, sink, upstream, args.base_tree, args.variants)
                 name = f"{arm}-{r}"
                 exports0 = sink.exports
-                with _process(command, cwd, log_dir / f"{name}.log") as (url, pid):
+                with _process(command, cwd, log_dir / f"{name}.log", env) as (url, pid):
                     run = _bench(url, pid, args.concurrency, args.warmup, args.duration, log_dir / f"{name}.json")
-                server = run["server"]
-                entry = {
-                    "arm": arm,
-                    "repeat": r,
-                    "cpu_ms_per_request_total": server["cpu_ms_per_request_total"],
-                    "cpu_ms_per_request_user": server["cpu_ms_per_request_user"],
-                    "requests_per_s": run["metrics"]["request_throughput"],
-                    "ttft_p99_s": run["metrics"]["ttft"]["p99"],
-                    "exports": sink.exports - exports0,
-                }
-                runs.append(entry)
-                print(
-                    f"{name:<8} {entry['cpu_ms_per_request_total']:.3f} ms CPU/request "
-                    f"{entry['requests_per_s']:.1f} req/s exports {entry['exports']}",
-                    flush=True,
-                )
+                runs.append(_entry(arm, r, run, sink.exports - exports0))
     per_arm = {arm: _summary([e["cpu_ms_per_request_total"] for e in runs if e["arm"] == arm]) for arm in arms}
     off = per_arm["off"]["median"]
+    # Each repeat's arm against the same repeat's off: with --together, the steady figure.
+    by_repeat = {(e["arm"], e["repeat"]): e["cpu_ms_per_request_total"] for e in runs}
+    paired = {
+        arm: _summary([by_repeat[arm, r] / by_repeat["off", r] - 1.0 for r in range(args.repeats)])
+        for arm in arms
+        if arm != "off"
+    }
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "concurrency": args.concurrency,
@@ -190,25 +292,34 @@ def main() -> None:
         "loadavg_at_end": os.getloadavg(),
         "cpu_ms_per_request_total": per_arm,
         "vs_off": {arm: per_arm[arm]["median"] / off - 1.0 for arm in arms if arm != "off"},
+        "paired_vs_off": paired,
+        "together": args.together,
         "runs": runs,
     }
-    stem = f"{datetime.now(UTC):%Y-%m-%d}-tracing-cost{'-proxied' if args.proxied else ''}-{'-'.join(arms)}"
+    stem = (
+        f"{datetime.now(UTC):%Y-%m-%d}-tracing-cost{'-proxied' if args.proxied else ''}"
+        f"{'-together' if args.together else ''}-{'-'.join(arms)}"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# Tracing cost: server CPU per streamed request, {args.concurrency} streams"
         f"{' (proxied)' if args.proxied else ''}",
         "",
-        "`python -m benchmarks.tracing_cost` (see its docstring); median of "
-        f"{args.repeats} interleaved repeats, {args.duration:g} s windows.",
+        f"`python -m benchmarks.tracing_cost{' --together' if args.together else ''}` (see its docstring); "
+        f"median of {args.repeats} {'simultaneous' if args.together else 'interleaved'} repeats, "
+        f"{args.duration:g} s windows.",
         "",
-        "| arm | CPU ms/request (median) | min | max | vs off |",
-        "|---|---|---|---|---|",
+        "| arm | CPU ms/request (median) | min | max | vs off (medians) | vs off, paired per repeat: median (min, max) |",
+        "|---|---|---|---|---|---|",
     ]
     for arm in arms:
         s = per_arm[arm]
         vs = "" if arm == "off" else f"{result['vs_off'][arm]:+.1%}"
-        lines.append(f"| {arm} | {s['median']:.3f} | {s['min']:.3f} | {s['max']:.3f} | {vs} |")
+        pv = "" if arm == "off" else (
+            f"{paired[arm]['median']:+.1%} ({paired[arm]['min']:+.1%}, {paired[arm]['max']:+.1%})"
+        )
+        lines.append(f"| {arm} | {s['median']:.3f} | {s['min']:.3f} | {s['max']:.3f} | {vs} | {pv} |")
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"logs: {log_dir}")
