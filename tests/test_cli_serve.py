@@ -18,7 +18,7 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         "--per-key-max-concurrency", "--cors-origin", "--mock-ttft", "--mock-itl",
         "--mock-tokens", "--access-log", "--no-access-log", "--max-loop-lag", "--gc-threshold",
         "--queue-lifo-after", "--otlp-endpoint", "--trace-content", "--trace-queue-size",
-        "--trace-export-timeout",
+        "--trace-export-interval", "--trace-export-timeout",
         "TRIO_AGENT_UPSTREAM_API_KEY",
     ):
         assert flag in out, flag

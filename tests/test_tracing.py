@@ -8,21 +8,21 @@ from collections.abc import Sequence
 import pytest
 import trio
 import trio.testing
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from trio_agent.config import ServerConfig, server_config_from_env
 from trio_agent.errors import ConfigError
 from trio_agent.tracing import current_tracer, open_tracing, trace_headers, trace_meta, traces_url
 from trio_agent.tracing._queue import SpanQueue
+from trio_agent.tracing._tracer import GatewayTracer
 
 
 def _spans(queue: SpanQueue, n: int) -> None:
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(queue)
-    tracer = provider.get_tracer("test")
+    tracer = GatewayTracer(queue, ALWAYS_ON, content=False)
     for i in range(n):
-        tracer.start_span(f"s{i}").end()
+        tracer.start(f"s{i}").end()
 
 
 def test_a_full_queue_drops_and_counts_and_never_grows() -> None:
@@ -156,6 +156,7 @@ def test_settings_from_flags_and_the_standard_variables() -> None:
         ({"otlp_endpoint": "collector:4318"}, "otlp_endpoint must start with http"),
         ({"trace_queue_size": 0}, "trace_queue_size must be >= 1"),
         ({"trace_export_timeout": 0}, "trace_export_timeout must be > 0"),
+        ({"trace_export_interval": 0}, "trace_export_interval must be > 0"),
     ],
 )
 def test_bad_tracing_settings_are_refused(kwargs: dict[str, object], message: str) -> None:
@@ -196,7 +197,9 @@ async def test_the_server_spans_status_follows_the_clients_answer() -> None:
         for status, outcome in cases:
             span = tracer.start_server(method="POST", path="/chat", route="/chat", request_id="r", headers={})
             tracer.end_server(span, status=status, outcome=outcome)
-    statuses = [(s.status.status_code.name, s.status.description, s.attributes.get("error.type")) for s in exporter.spans]
+    statuses = [
+        (s.status.status_code.name, s.status.description, (s.attributes or {}).get("error.type")) for s in exporter.spans
+    ]
     assert statuses == [
         ("UNSET", None, None),
         ("UNSET", None, None),
@@ -204,3 +207,158 @@ async def test_the_server_spans_status_follows_the_clients_answer() -> None:
         ("ERROR", "cancelled: the client disconnected", "disconnect"),
         ("ERROR", "cancelled", "cancelled"),
     ]
+
+
+async def test_the_exported_span_is_the_sdks_view_of_what_was_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trio_agent.tracing._tracer import TraceSpan
+
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gw-test")
+    exporter = _Exporter()
+    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with open_tracing(endpoint="http://127.0.0.1:1", exporter=exporter) as tracer:
+        server = tracer.start_server(
+            method="POST", path="/chat", route="/chat", request_id="r1", headers={b"traceparent": incoming.encode()}
+        )
+        with tracer.span("chat m", attributes={"gen_ai.request.model": "m"}) as chat:
+            chat.set("gen_ai.usage.output_tokens", 7)
+            chat.set("gen_ai.response.id", None)  # None: left unset
+            chat.event("gen_ai.first_token", at_ns=chat.start_ns + 5)
+            assert isinstance(chat, TraceSpan)
+        chat.set("late", 1)  # an ended span keeps what it had
+        chat.end()  # a second end does nothing
+        tracer.end_server(server, status=200, outcome="done")
+    by_name = {s.name: s for s in exporter.spans}
+    assert sorted(by_name) == ["POST /chat", "chat m"]
+    got, root = by_name["chat m"], by_name["POST /chat"]
+    assert dict(got.attributes or {}) == {"gen_ai.request.model": "m", "gen_ai.usage.output_tokens": 7}
+    assert [(e.name, e.timestamp) for e in got.events] == [("gen_ai.first_token", chat.start_ns + 5)]
+    assert got.parent is not None and got.parent.span_id == root.context.span_id
+    # The server span continues the caller's trace, as a child of its remote span.
+    assert root.context.trace_id == got.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert root.parent is not None and root.parent.is_remote and root.parent.span_id == 0xB7AD6B7169203331
+    assert root.start_time is not None and root.end_time is not None and root.start_time <= root.end_time
+    assert root.resource.attributes["service.name"] == "gw-test"
+    assert root.instrumentation_scope is not None and root.instrumentation_scope.name == "trio_agent"
+    assert root.context.trace_flags.sampled and dict(root.attributes or {})["http.response.status_code"] == 200
+
+
+async def test_a_trace_the_sampler_drops_is_neither_recorded_nor_exported_but_travels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exporter = _Exporter()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+    not_sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    async with open_tracing(endpoint="http://127.0.0.1:1", exporter=exporter) as tracer:
+        # The caller did not sample its trace: neither does the gateway, and says so downstream.
+        server = tracer.start_server(
+            method="POST", path="/chat", route="/chat", request_id="r", headers={b"traceparent": not_sampled.encode()}
+        )
+        with tracer.span("chat m"):
+            headers: dict[str, str] = {}
+            trace_headers(headers)
+        tracer.end_server(server, status=200, outcome="done")
+        # A root trace is sampled (always_on for roots): the same tracer records that one.
+        with tracer.span("root"):
+            pass
+    assert headers["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert headers["traceparent"].endswith("-00")
+    assert [s.name for s in exporter.spans] == ["root"]
+    stats = tracer.statistics()
+    assert stats is not None and stats.exported == 1 and stats.dropped == 0
+
+
+async def test_otel_traces_sampler_always_off_exports_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = _Exporter()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    async with open_tracing(endpoint="http://127.0.0.1:1", exporter=exporter) as tracer:
+        for i in range(3):
+            with tracer.span(f"s{i}"):
+                pass
+    assert exporter.spans == []
+
+
+def test_the_resource_hashes_once_and_as_the_sdks() -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    from trio_agent.tracing._resource import HashedResource, service_resource
+
+    resource = service_resource()
+    assert isinstance(resource, HashedResource)
+    plain = Resource(resource.attributes, resource.schema_url)
+    assert hash(resource) == hash(plain) and resource == plain
+    assert resource._hash is not None  # kept: the next hash reads it
+    assert hash(resource) == hash(plain)
+
+
+async def test_spans_leave_every_interval_or_at_once_when_a_batch_is_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    exporter = _Exporter()
+
+    # Bounded in virtual time: an export that never happens fails here, not hangs.
+    with trio.fail_after(60):
+        async with open_tracing(endpoint="http://127.0.0.1:1", exporter=exporter, batch_size=3) as tracer:
+            export = tracer.export
+            assert export is not None
+
+            async def started(n: int) -> float:
+                """The (virtual) time the ``n``th export started (counted in the trio thread,
+                before the worker thread runs it: the clock jumps while a thread works)."""
+                while export.batches < n:  # noqa: ASYNC110 (a counter, no event to wait on)
+                    await trio.sleep(0.01)
+                return trio.current_time()
+
+            start = trio.current_time()
+            tracer.start("one").end()
+            await trio.sleep(4.9)
+            assert export.batches == 0  # the interval (5 s) has not passed
+            first = await started(1)
+            assert 5.0 <= first - start <= 5.02
+            while not exporter.batches:  # noqa: ASYNC110 (the first export's thread is done)
+                await trio.sleep(0.01)
+            queued = trio.current_time()
+            for name in ("a", "b", "c"):  # a whole batch: out without waiting for the interval
+                tracer.start(name).end()
+            assert await started(2) - queued <= 0.02
+    assert exporter.batches == [["one"], ["a", "b", "c"]]
+
+
+def test_a_custom_sampler_is_asked_for_every_span_a_built_in_one_once_per_trace() -> None:
+    from opentelemetry.sdk.trace.sampling import (
+        ALWAYS_ON,
+        Decision,
+        Sampler,
+        SamplingResult,
+        TraceIdRatioBased,
+    )
+
+    class ByName(Sampler):
+        """Keeps the spans named ``keep``: a decision per span, not per trace."""
+
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):  # type: ignore[no-untyped-def]
+            self.asked.append(name)
+            return SamplingResult(Decision.RECORD_AND_SAMPLE if name == "keep" else Decision.DROP)
+
+        def get_description(self) -> str:
+            return "ByName"
+
+    queue = SpanQueue(max_size=100, batch_size=100)
+    custom = ByName()
+    tracer = GatewayTracer(queue, custom, content=False)
+    with tracer.span("keep"), tracer.span("drop"), tracer.span("keep"):
+        pass
+    assert custom.asked == ["keep", "drop", "keep"]
+    assert sorted(s.name for s in queue.take()) == ["keep", "keep"]
+
+    # A ratio decides on the trace id: every span of a trace shares its root's decision.
+    for sampler in (TraceIdRatioBased(0.5), ALWAYS_ON):
+        tracer = GatewayTracer(queue, sampler, content=False)
+        for _ in range(20):
+            with tracer.span("root") as root, tracer.span("child") as child:
+                pass
+            assert child.context.trace_flags.sampled == root.context.trace_flags.sampled
+        taken = queue.take()
+        assert len(taken) % 2 == 0 and {s.name for s in taken} <= {"root", "child"}

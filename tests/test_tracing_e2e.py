@@ -45,6 +45,8 @@ INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 def _config(endpoint: str, **kwargs: Any) -> ServerConfig:
     mock = MockLLMConfig(ttft=0.01, itl=0.002, tokens=8)
+    # Exports every 0.2 s (the default 5 s would make each test wait for its spans).
+    kwargs.setdefault("trace_export_interval", 0.2)
     return ServerConfig(port=0, access_log=False, otlp_endpoint=endpoint, mock=mock, **kwargs)
 
 
@@ -278,7 +280,7 @@ async def test_an_agent_run_nests_steps_model_calls_and_parallel_tools() -> None
     )
     with receiving_otlp() as rx, trio.fail_after(60):
         config = ServerConfig(
-            port=0, access_log=False, otlp_endpoint=rx.url, example_tools=False, tools=("tests._tracing_tools",)
+            port=0, access_log=False, otlp_endpoint=rx.url, trace_export_interval=0.2, example_tools=False, tools=("tests._tracing_tools",)
         )
         async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
             response = await client.post("/agent", json={"messages": [{"role": "user", "content": "nap twice"}]})
@@ -314,7 +316,7 @@ async def test_an_mcp_tool_call_carries_its_spans_traceparent() -> None:
     )
     with receiving_otlp() as rx, trio.fail_after(60):
         config = ServerConfig(
-            port=0, access_log=False, otlp_endpoint=rx.url, example_tools=False,
+            port=0, access_log=False, otlp_endpoint=rx.url, trace_export_interval=0.2, example_tools=False,
             mcp=(f"rec={shlex.join([sys.executable, str(server_script)])}",),
         )  # fmt: skip
         async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
@@ -332,7 +334,7 @@ async def test_a_tool_call_that_cannot_run_still_has_its_span() -> None:
     )
     with receiving_otlp() as rx, trio.fail_after(60):
         config = ServerConfig(
-            port=0, access_log=False, otlp_endpoint=rx.url, example_tools=False, tools=("tests._tracing_tools",)
+            port=0, access_log=False, otlp_endpoint=rx.url, trace_export_interval=0.2, example_tools=False, tools=("tests._tracing_tools",)
         )
         async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
             response = await client.post("/agent", json={"messages": [{"role": "user", "content": "x"}]})
@@ -351,7 +353,7 @@ async def test_a_client_leaving_an_agent_run_ends_the_run_and_its_tools_cancelle
     )  # fmt: skip
     with receiving_otlp() as rx, trio.fail_after(60):
         config = ServerConfig(
-            port=0, access_log=False, otlp_endpoint=rx.url, example_tools=False, tools=("tests._tracing_tools",)
+            port=0, access_log=False, otlp_endpoint=rx.url, trace_export_interval=0.2, example_tools=False, tools=("tests._tracing_tools",)
         )
         async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
             body = {"messages": [{"role": "user", "content": "nap"}]}

@@ -63,7 +63,7 @@ def _as_dict(s: ReceivedSpan) -> dict[str, Any]:
 async def test_an_agent_runs_trace_draws_as_a_timeline(tmp_path: Path) -> None:
     with receiving_otlp() as rx, trio.fail_after(60):
         config = ServerConfig(
-            port=0, access_log=False, otlp_endpoint=rx.url, example_tools=False, tools=("tests._tracing_tools",)
+            port=0, access_log=False, otlp_endpoint=rx.url, trace_export_interval=0.2, example_tools=False, tools=("tests._tracing_tools",)
         )
         async with running_gateway(config, backend=_Model(_turns())) as srv:
             async with httpx.AsyncClient(base_url=srv.url) as client:

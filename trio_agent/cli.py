@@ -54,6 +54,7 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("otlp_endpoint", str, "trace requests and agent runs: export spans over OTLP/HTTP to this collector "
      "(e.g. http://localhost:4318; default: OTEL_EXPORTER_OTLP_ENDPOINT, else off)"),
     ("trace_queue_size", int, "finished spans that may wait for export (more are dropped and counted)"),
+    ("trace_export_interval", float, "seconds between span exports (sooner when 512 spans are queued)"),
     ("trace_export_timeout", float, "seconds one span export may take before it is given up"),
 )
 

@@ -448,8 +448,10 @@ class ServerConfig:
     is used, and ``OTEL_SDK_DISABLED=true`` turns it off). Prompts and
     completions are recorded only with ``trace_content``. At most
     ``trace_queue_size`` finished spans wait for export (more are dropped and
-    counted in ``/metrics``); one export call gives up after
-    ``trace_export_timeout`` seconds. See docs/tracing.md.
+    counted in ``/metrics``); they leave every ``trace_export_interval``
+    seconds (as the SDK's batch processor, 5 s), or at once when 512 are
+    queued; one export call gives up after ``trace_export_timeout`` seconds.
+    See docs/tracing.md.
 
     The agent routes (``/agent``, ``/agent/stream``) offer the tools of the
     modules in ``tools`` (every ``@tool`` in each), the example tools of
@@ -509,6 +511,7 @@ class ServerConfig:
     otlp_endpoint: str | None = None
     trace_content: bool = False
     trace_queue_size: int = 2048
+    trace_export_interval: float = 5.0
     trace_export_timeout: float = 2.0
     upstream: UpstreamConfig | None = None
     mock: MockLLMConfig = field(default_factory=MockLLMConfig)
@@ -567,6 +570,7 @@ class ServerConfig:
             f"otlp_endpoint must start with http:// or https://, got {self.otlp_endpoint!r}",
         )
         _check(self.trace_queue_size >= 1, f"trace_queue_size must be >= 1, got {self.trace_queue_size!r}")
+        _positive("trace_export_interval", self.trace_export_interval)
         _positive("trace_export_timeout", self.trace_export_timeout)
 
 

@@ -97,28 +97,30 @@ def open_relay(
     return _TracedRelay(tracer, backend, path, body, stream=stream, operation=operation, model=model)
 
 
-def _model_call(tracer: GatewayTracer, operation: str, model: str) -> TraceSpan:
-    from opentelemetry.trace import SpanKind
-
-    return tracer.start(
-        f"{operation} {model}",
-        kind=SpanKind.CLIENT,
-        attributes={
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": PROVIDER,
-            "gen_ai.system": PROVIDER,
-            "gen_ai.request.model": model,
-        },
-    )
+def _model_call(
+    tracer: GatewayTracer, operation: str, model: str, more: Mapping[str, Any] | None = None
+) -> TraceSpan:
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": PROVIDER,
+        "gen_ai.system": PROVIDER,
+        "gen_ai.request.model": model,
+    }
+    if more:
+        attributes.update(more)
+    return tracer.start_client(f"{operation} {model}", attributes)
 
 
 def _start(tracer: GatewayTracer, backend: ChatBackend, request: ChatRequest) -> TraceSpan:
-    span = _model_call(tracer, "chat", request.model or backend.model)
-    span.set("gen_ai.request.max_tokens", request.max_tokens)
-    span.set("gen_ai.request.temperature", request.temperature)
+    # Every request attribute given at the start: one pass of the SDK's checks, not one per key.
+    more: dict[str, Any] = {}
+    if request.max_tokens is not None:
+        more["gen_ai.request.max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        more["gen_ai.request.temperature"] = request.temperature
     if tracer.content:
-        span.set("gen_ai.input.messages", input_messages(request.messages))
-    return span
+        more["gen_ai.input.messages"] = input_messages(request.messages)
+    return _model_call(tracer, "chat", request.model or backend.model, more)
 
 
 async def _enter_in_span(span: TraceSpan, inner: AbstractAsyncContextManager[_T]) -> _T:
@@ -144,18 +146,22 @@ def _finish(
     finish_reasons: tuple[str, ...],
     text: str | None,
 ) -> None:
-    """The response's attributes, on a span that may already have ended (set before ``end``)."""
-    span.set("gen_ai.response.model", model)
-    span.set("gen_ai.response.id", response_id)
+    """The response's attributes, set on ``span`` at once (before its ``end``)."""
+    attributes: dict[str, Any] = {}
+    if model is not None:
+        attributes["gen_ai.response.model"] = model
+    if response_id is not None:
+        attributes["gen_ai.response.id"] = response_id
     if usage is not None:
-        span.set("gen_ai.usage.input_tokens", usage.prompt_tokens)
-        span.set("gen_ai.usage.output_tokens", usage.completion_tokens)
+        attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+        attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
     if finish_reasons:
-        span.set("gen_ai.response.finish_reasons", finish_reasons)
+        attributes["gen_ai.response.finish_reasons"] = finish_reasons
     if tracer.content and text is not None:
         output = [{"role": "assistant", "parts": [{"type": "text", "content": text}],
                    "finish_reason": finish_reasons[0] if finish_reasons else None}]  # fmt: skip
-        span.set("gen_ai.output.messages", orjson.dumps(output).decode())
+        attributes["gen_ai.output.messages"] = orjson.dumps(output).decode()
+    span.set_all(attributes)
 
 
 def input_messages(messages: tuple[ChatMessage, ...]) -> str:
@@ -196,7 +202,7 @@ class TracedStream:
         if first_token_at is not None:
             # trio's clock to the wall clock the SDK stamps spans with
             ago = trio.current_time() - first_token_at
-            span.span.add_event("gen_ai.first_token", timestamp=time.time_ns() - int(ago * 1e9))
+            span.event("gen_ai.first_token", at_ns=time.time_ns() - int(ago * 1e9))
 
     async def __aenter__(self) -> AsyncIterator[ChatChunk]:
         span = self._span = _start(self._tracer, self._backend, self._request)
@@ -269,8 +275,9 @@ class _TracedRelay:
                 span.fail(str(relay.status), f"the upstream answered {relay.status}")
             usage = relay.usage
             if usage is not None:
-                span.set("gen_ai.usage.input_tokens", usage.prompt_tokens)
-                span.set("gen_ai.usage.output_tokens", usage.completion_tokens)
+                span.set_all(
+                    {"gen_ai.usage.input_tokens": usage.prompt_tokens, "gen_ai.usage.output_tokens": usage.completion_tokens}
+                )
             span.end()
 
 

@@ -279,6 +279,7 @@ async def _maybe_tracing(config: ServerConfig) -> AsyncIterator[GatewayTracer | 
         endpoint=config.otlp_endpoint,
         content=config.trace_content,
         queue_size=config.trace_queue_size,
+        export_interval=config.trace_export_interval,
         export_timeout=config.trace_export_timeout,
     ) as tracer:
         # Without the scheme: tools that read the server's URL off its first lines must not take this one.

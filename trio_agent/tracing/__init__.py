@@ -9,13 +9,15 @@ each child task when it starts (parallel tool calls see their step's span).
 
 ::
 
-    open_tracing(config)                      the SDK's TracerProvider, our SpanQueue, the exporter
+    open_tracing(config)                      the SDK's sampler and resource, our SpanQueue, the exporter
+    ├── GatewayTracer                         records spans (TraceSpan) on the request path
     ├── SpanQueue                             finished spans -> a bounded deque (full: dropped, counted)
-    └── export task (lifespan nursery)        batches -> OTLPSpanExporter.export in a worker thread
+    └── export task (lifespan nursery)        batches -> the SDK's ReadableSpan -> OTLPSpanExporter.export,
+                                              in a worker thread
 
 The spans follow the OpenTelemetry semantic conventions for generative AI
 (``chat {model}``, ``invoke_agent``, ``execute_tool {name}``); see
-docs/tracing.md and docs/decisions/012.
+docs/tracing.md and docs/decisions/012 and 016.
 """
 
 from ._current import current_tracer, trace_headers, trace_meta

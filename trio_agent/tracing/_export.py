@@ -1,7 +1,8 @@
 """The export task: batches from the :class:`~._queue.SpanQueue` to the SDK's OTLP exporter.
 
 The exporter is blocking (an HTTP POST with its own retries, bounded by its
-``timeout``), so each batch goes out in a worker thread. One batch at a time:
+``timeout``), so each batch goes out in a worker thread, which also turns the
+gateway's spans into the SDK's ``ReadableSpan`` (off the request path). One batch at a time:
 while a slow collector holds one, new spans wait in the bounded queue, and
 past it they are dropped, so a slow or dead collector costs the server
 memory up to the queue's bound and no request ever waits for it.
@@ -10,11 +11,14 @@ memory up to the queue's bound and no request ever waits for it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import trio
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from ._queue import SpanQueue, TracingStatistics
+from ._queue import FinishedSpan, SpanQueue, TracingStatistics
 
 __all__ = ["SpanExport"]
 
@@ -22,11 +26,22 @@ logger = logging.getLogger("trio_agent.tracing")
 
 
 class SpanExport:
-    """Hands queued spans to ``exporter`` every ``interval`` seconds, or as soon as a batch is full."""
+    """Hands queued spans to ``exporter`` every ``interval`` seconds, or as soon as a batch is full,
+    as the SDK's spans of ``resource`` and ``scope``."""
 
-    def __init__(self, queue: SpanQueue, exporter: SpanExporter, *, interval: float) -> None:
+    def __init__(
+        self,
+        queue: SpanQueue,
+        exporter: SpanExporter,
+        *,
+        interval: float,
+        resource: Resource,
+        scope: InstrumentationScope,
+    ) -> None:
         self.queue = queue
         self.exporter = exporter
+        self.resource = resource
+        self.scope = scope
         self.interval = interval
         self.exported = 0
         self.failed = 0
@@ -73,7 +88,7 @@ class SpanExport:
         self.batches += 1
         try:
             # Abandoned on cancellation: the thread ends within the exporter's own timeout.
-            result = await trio.to_thread.run_sync(self.exporter.export, batch, abandon_on_cancel=True)
+            result = await trio.to_thread.run_sync(self._export, batch, abandon_on_cancel=True)
         except Exception:
             logger.exception("span export raised")
             result = SpanExportResult.FAILURE
@@ -90,4 +105,9 @@ class SpanExport:
             # otherwise log once a second.
             self._failing = True
             logger.warning("span export failed: %d span(s) dropped (counted in /metrics)", len(batch))
+
+    def _export(self, batch: Sequence[FinishedSpan]) -> SpanExportResult:
+        """In the worker thread: the batch as the SDK's spans, through the exporter."""
+        resource, scope = self.resource, self.scope
+        return self.exporter.export([span.readable(resource, scope) for span in batch])
 

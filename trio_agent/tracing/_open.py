@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["open_tracing", "otel_missing", "traces_url"]
 
-DEFAULT_SERVICE_NAME = "trio-agent"
 _TRACES_PATH = "/v1/traces"
 
 
@@ -55,6 +54,15 @@ def otel_missing() -> str | None:
     return None
 
 
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trio_agent")
+    except PackageNotFoundError:
+        return None
+
+
 @asynccontextmanager
 async def open_tracing(
     *,
@@ -62,7 +70,7 @@ async def open_tracing(
     content: bool = False,
     queue_size: int = 2048,
     batch_size: int = 512,
-    export_interval: float = 1.0,
+    export_interval: float = 5.0,
     export_timeout: float = 2.0,
     exporter: SpanExporter | None = None,
 ) -> AsyncIterator[GatewayTracer]:
@@ -82,24 +90,29 @@ async def open_tracing(
     replaces the OTLP exporter (tests).
     """
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     from ._export import SpanExport
     from ._queue import SpanQueue
+    from ._resource import service_resource
     from ._tracer import GatewayTracer
 
-    resource = Resource.create()
-    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    # The sampler OTEL_TRACES_SAMPLER (and _ARG) names, as the SDK reads them for a
+    # provider. Not the process-global provider, and only its sampler: the gateway
+    # records its spans itself (docs/decisions/016).
+    sampler = TracerProvider(shutdown_on_exit=False).sampler
     queue = SpanQueue(max_size=queue_size, batch_size=batch_size)
-    # Not the process-global provider: each server has its own, and closes it.
-    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    provider.add_span_processor(queue)
     if exporter is None:
         exporter = OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=export_timeout)
-    export = SpanExport(queue, exporter, interval=export_interval)
-    tracer = GatewayTracer(provider.get_tracer("trio_agent"), content=content, export=export)
+    export = SpanExport(
+        queue,
+        exporter,
+        interval=export_interval,
+        resource=service_resource(),
+        scope=InstrumentationScope("trio_agent", _version()),
+    )
+    tracer = GatewayTracer(queue, sampler, content=content, export=export)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(export.run, name="span export")
@@ -112,5 +125,4 @@ async def open_tracing(
                 # The flush is bounded: a dead collector holds shutdown this long at most.
                 nursery.cancel_scope.deadline = trio.current_time() + export_timeout + 1.0
     finally:
-        provider.shutdown()
         exporter.shutdown()

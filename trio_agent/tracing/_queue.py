@@ -2,8 +2,8 @@
 
 The SDK's ``BatchSpanProcessor`` keeps its own thread and queue; the gateway
 wants the queue bounded and owned by the server's lifespan instead
-(docs/decisions/012). :class:`SpanQueue` is the span processor: ``on_end``
-appends the finished span to a deque and never blocks; when the deque holds
+(docs/decisions/012). A sampled span's ``end`` calls :meth:`SpanQueue.on_end`,
+which appends it to a deque and never blocks; when the deque holds
 ``max_size`` spans the new one is dropped and counted. The export task
 (:mod:`._export`) takes batches off it.
 
@@ -15,13 +15,24 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import trio
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-__all__ = ["SpanQueue", "TracingStatistics"]
+if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+__all__ = ["FinishedSpan", "SpanQueue", "TracingStatistics"]
+
+
+class FinishedSpan(Protocol):
+    """An ended span as the queue and the export task see it (``_tracer.TraceSpan``)."""
+
+    def readable(self, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+        """The SDK's view of the span, for its exporter."""
+        ...
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TracingStatistics:
@@ -40,8 +51,8 @@ class TracingStatistics:
         return self.dropped_queue_full + self.dropped_export_failed
 
 
-class SpanQueue(SpanProcessor):
-    """A span processor that queues finished spans, at most ``max_size``; full: drop and count."""
+class SpanQueue:
+    """Finished spans waiting for export, at most ``max_size``; full: drop and count."""
 
     def __init__(self, *, max_size: int, batch_size: int) -> None:
         if max_size < 1 or batch_size < 1:
@@ -49,7 +60,7 @@ class SpanQueue(SpanProcessor):
         self.max_size = max_size
         self.batch_size = batch_size
         self.dropped = 0
-        self._spans: deque[ReadableSpan] = deque()
+        self._spans: deque[FinishedSpan] = deque()
         self._batch_ready: trio.Event | None = None
 
     def __len__(self) -> int:
@@ -58,12 +69,9 @@ class SpanQueue(SpanProcessor):
     def __repr__(self) -> str:
         return f"<SpanQueue queued={len(self._spans)}/{self.max_size} dropped={self.dropped}>"
 
-    # -- the SDK's side (SpanProcessor) ------------------------------------------------
+    # -- the spans' side ------------------------------------------------------------------
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass
-
-    def on_end(self, span: ReadableSpan) -> None:
+    def on_end(self, span: FinishedSpan) -> None:
         spans = self._spans
         if len(spans) >= self.max_size:
             self.dropped += 1
@@ -73,12 +81,6 @@ class SpanQueue(SpanProcessor):
         if ready is not None and len(spans) >= self.batch_size:
             self._batch_ready = None
             ready.set()
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
     # -- the export task's side ---------------------------------------------------------
 
@@ -97,7 +99,7 @@ class SpanQueue(SpanProcessor):
             self._batch_ready = None
             ready.set()
 
-    def take(self) -> list[ReadableSpan]:
+    def take(self) -> list[FinishedSpan]:
         """Up to ``batch_size`` spans, oldest first (``[]``: none queued)."""
         spans = self._spans
         n = min(len(spans), self.batch_size)

@@ -1,10 +1,19 @@
 """The gateway's tracer: spans named and shaped by the OpenTelemetry semantic conventions.
 
-A thin layer over an SDK ``Tracer``: each kind of span the gateway makes has
-one method here, so a name or an attribute is spelled in one place.
-:class:`TraceSpan` wraps a started span with the few operations the
-instrumented code needs (set, event, fail), and :meth:`GatewayTracer.span`
-makes a span current for a block, the way every nested span finds its parent.
+Each kind of span the gateway makes has one method here, so a name or an
+attribute is spelled in one place. :meth:`GatewayTracer.span` makes a span
+current for a block, the way every nested span finds its parent.
+
+A :class:`TraceSpan` is recorded by the gateway itself (a slotted object: a
+dict of attributes, a list of events, a status) and becomes the SDK's
+``ReadableSpan`` only in the export thread, where the SDK's OTLP exporter
+encodes it. Sampling is the SDK's (the sampler ``OTEL_TRACES_SAMPLER`` names,
+asked per span as the SDK's tracer asks it), ids are the SDK's random ids, the
+current span is the OpenTelemetry context's (so ``traceparent`` goes out with
+the API's propagator). What is not the SDK's ``Span`` is the recording: its
+attribute checks, locks and per-span processor calls cost the request path
+about twice what the rest of tracing does, and every attribute here is of a
+type the gateway chose (docs/decisions/016).
 """
 
 from __future__ import annotations
@@ -17,12 +26,32 @@ from typing import Any
 import trio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    StaticSampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ._export import SpanExport
-from ._queue import TracingStatistics
+from ._queue import SpanQueue, TracingStatistics
 
 __all__ = ["ADMISSION_SPAN_MIN", "GatewayTracer", "TraceSpan", "error_type"]
 
@@ -76,58 +105,138 @@ def error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
+_UNSET = Status(StatusCode.UNSET)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
 class TraceSpan:
-    """A started span, with what the instrumented code does to it."""
+    """A started span, with what the instrumented code does to it.
 
-    __slots__ = ("_token", "span")
+    Ended once (a second :meth:`end` does nothing); once ended, its attributes,
+    events and status no longer change, as with the SDK's spans: the export
+    thread reads it while the trio thread goes on. A span the sampler dropped
+    records nothing and is never exported; its context still travels (not
+    sampled), so the services behind the gateway drop the trace too.
+    """
 
-    def __init__(self, span: trace.Span) -> None:
-        self.span = span
+    __slots__ = (
+        "_queue",
+        "_token",
+        "attributes",
+        "context",
+        "end_ns",
+        "events",
+        "kind",
+        "name",
+        "parent",
+        "start_ns",
+        "status",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        kind: SpanKind,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+        start_ns: int,
+        queue: SpanQueue | None,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.context = context
+        self.parent = parent
+        self.attributes = attributes
+        self.start_ns = start_ns
+        self.end_ns: int | None = None
+        self.events: list[tuple[str, Mapping[str, Any] | None, int]] = []
+        self.status = _UNSET
+        self._queue = queue
         self._token: object | None = None
+
+    def __repr__(self) -> str:
+        return f"<TraceSpan {self.name!r} {self.context.span_id:016x} {'ended' if self.end_ns else 'open'}>"
 
     def set(self, key: str, value: Any) -> None:
         """Set attribute ``key`` (``None``: leave it unset)."""
-        if value is not None:
-            self.span.set_attribute(key, value)
+        if value is not None and self.end_ns is None:
+            self.attributes[key] = value
 
-    def event(self, name: str, attributes: Mapping[str, Any] | None = None) -> None:
-        self.span.add_event(name, attributes)
+    def set_all(self, attributes: Mapping[str, Any]) -> None:
+        """Set every attribute of ``attributes``."""
+        if self.end_ns is None:
+            self.attributes.update(attributes)
+
+    def event(self, name: str, attributes: Mapping[str, Any] | None = None, *, at_ns: int | None = None) -> None:
+        """An event now, or at ``at_ns`` (the wall clock's ``time_ns``)."""
+        if self.end_ns is None:
+            self.events.append((name, attributes, time.time_ns() if at_ns is None else at_ns))
 
     def fail(self, code: str, description: str | None = None) -> None:
         """Status ERROR, ``error.type`` = ``code`` (the code the client got)."""
-        self.span.set_attribute("error.type", code)
-        self.span.set_status(Status(StatusCode.ERROR, description or _DESCRIPTIONS.get(code, code)))
+        if self.end_ns is None:
+            self.attributes["error.type"] = code
+            self.status = Status(StatusCode.ERROR, description or _DESCRIPTIONS.get(code, code))
 
     def fail_with(self, exc: BaseException) -> None:
         code = error_type(exc)
         self.fail(code, None if code == "cancelled" else (str(exc) or code))
 
-    def attach(self) -> None:
+    def attach(self, parent: Context | None = None) -> None:
         """Make this span current in this task (and in every task started from it, until detach)."""
-        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        self._token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(self.context), parent))
 
     def detach(self) -> None:
         token, self._token = self._token, None
         if token is not None:
             otel_context.detach(token)  # type: ignore[arg-type]
 
-    def end(self) -> None:
-        self.span.end()
+    def end(self, end_ns: int | None = None) -> None:
+        if self.end_ns is not None:
+            return
+        self.end_ns = time.time_ns() if end_ns is None else end_ns
+        if self._queue is not None:
+            self._queue.on_end(self)
 
     @property
     def trace_id(self) -> int:
-        return self.span.get_span_context().trace_id
+        return self.context.trace_id
 
     @property
     def span_id(self) -> int:
-        return self.span.get_span_context().span_id
+        return self.context.span_id
+
+    def readable(self, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+        """The SDK's view of this ended span, for its exporter (built in the export thread)."""
+        return ReadableSpan(
+            name=self.name,
+            context=self.context,
+            parent=self.parent,
+            resource=resource,
+            attributes=self.attributes,
+            events=[Event(name, attributes, at) for name, attributes, at in self.events],
+            kind=self.kind,
+            status=self.status,
+            start_time=self.start_ns,
+            end_time=self.end_ns,
+            instrumentation_scope=scope,
+        )
 
 
 class GatewayTracer:
-    """Makes the gateway's spans on ``tracer``; ``content`` records prompts and completions too."""
+    """Makes the gateway's spans: ``sampler`` decides, ``queue`` takes the sampled ones when
+    they end; ``content`` records prompts and completions too."""
 
-    def __init__(self, tracer: trace.Tracer, *, content: bool, export: SpanExport | None = None) -> None:
-        self._tracer = tracer
+    def __init__(
+        self, queue: SpanQueue, sampler: Sampler, *, content: bool, export: SpanExport | None = None
+    ) -> None:
+        self._queue = queue
+        self._sampler = sampler
+        # The samplers OTEL_TRACES_SAMPLER names (see start()); any other is asked for every span.
+        self._follows_local_parent = isinstance(sampler, (ParentBased, StaticSampler, TraceIdRatioBased))
+        self._ids = RandomIdGenerator()
         self.content = content
         self.export = export
 
@@ -150,11 +259,56 @@ class GatewayTracer:
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Mapping[str, Any] | None = None,
         start_ns: int | None = None,
+        parent: Context | None = None,
     ) -> TraceSpan:
-        """A span, child of the current one, not made current."""
-        return TraceSpan(
-            self._tracer.start_span(name, kind=kind, attributes=attributes, start_time=start_ns)
+        """A span, child of ``parent``'s span (default: the current one), not made current.
+
+        As the SDK's tracer starts one: the parent's trace id (a new one for a
+        root), a new span id, the sampler's decision and attributes. A child of
+        one of the gateway's own spans takes its parent's decision when the
+        sampler is one ``OTEL_TRACES_SAMPLER`` names: each of those decides so
+        too (a parent-based one follows a local parent; a ratio decides on the
+        trace id, the parent's; a constant is constant), so the sampler is
+        asked once per trace here, at the span that starts or continues it.
+        """
+        parent_span = trace.get_current_span(parent).get_span_context()
+        parent_context = parent_span if parent_span.is_valid else None
+        values = dict(attributes) if attributes else {}
+        if parent_context is not None and not parent_context.is_remote and self._follows_local_parent:
+            trace_id = parent_context.trace_id
+            recorded = parent_context.trace_flags.sampled
+            trace_state: TraceState | None = parent_context.trace_state
+        else:
+            if parent_context is None:
+                trace_id = self._ids.generate_trace_id()
+            else:
+                trace_id = parent_context.trace_id
+            sampled = self._sampler.should_sample(parent, trace_id, name, kind, attributes)
+            # RECORD_ONLY is not exported (as the SDK's batch processor does not export it).
+            recorded = sampled.decision is Decision.RECORD_AND_SAMPLE
+            trace_state = sampled.trace_state
+            if sampled.attributes:
+                values.update(sampled.attributes)
+        context = SpanContext(
+            trace_id,
+            self._ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=_SAMPLED if recorded else _NOT_SAMPLED,
+            trace_state=trace_state,
         )
+        return TraceSpan(
+            name,
+            kind,
+            context,
+            parent_context,
+            values,
+            time.time_ns() if start_ns is None else start_ns,
+            self._queue if recorded else None,
+        )
+
+    def start_client(self, name: str, attributes: Mapping[str, Any]) -> TraceSpan:
+        """A CLIENT span (a call to another service: a model call), child of the current one."""
+        return self.start(name, kind=SpanKind.CLIENT, attributes=attributes)
 
     @contextmanager
     def span(
@@ -184,27 +338,25 @@ class GatewayTracer:
         It continues the caller's trace when the head carries a valid ``traceparent``.
         """
         parent = _PROPAGATOR.extract(headers, getter=_HEAD_GETTER)
-        span = TraceSpan(
-            self._tracer.start_span(
-                f"{method} {route}" if route is not None else method,
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes={
-                    "http.request.method": method,
-                    "url.path": path,
-                    "http.route": route or "",
-                    "trio_agent.request_id": request_id,
-                },
-            )
+        span = self.start(
+            f"{method} {route}" if route is not None else method,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": method,
+                "url.path": path,
+                "http.route": route or "",
+                "trio_agent.request_id": request_id,
+            },
+            parent=parent,
         )
-        span._token = otel_context.attach(trace.set_span_in_context(span.span, parent))
+        span.attach(parent)
         return span
 
     def end_server(self, span: TraceSpan, *, status: int, outcome: str | None) -> None:
         """End the server span with what the client got: its status and our outcome code."""
         span.detach()
         if status:
-            span.span.set_attribute("http.response.status_code", status)
+            span.attributes["http.response.status_code"] = status
         if status == 0 and outcome is None:
             span.fail("cancelled")
         elif status >= 400 or (outcome is not None and outcome not in _OK_OUTCOMES):
@@ -221,20 +373,18 @@ class GatewayTracer:
         if outcome == "admitted" and queued < ADMISSION_SPAN_MIN:
             return
         end_ns = time.time_ns()
-        span = TraceSpan(
-            self._tracer.start_span(
-                "admission",
-                context=None if parent is None else trace.set_span_in_context(parent.span),
-                attributes={
-                    "trio_agent.admission.outcome": outcome,
-                    "trio_agent.admission.queued_ms": round(queued * 1000.0, 3),
-                },
-                start_time=end_ns - int(queued * 1e9),
-            )
+        span = self.start(
+            "admission",
+            attributes={
+                "trio_agent.admission.outcome": outcome,
+                "trio_agent.admission.queued_ms": round(queued * 1000.0, 3),
+            },
+            start_ns=end_ns - int(queued * 1e9),
+            parent=None if parent is None else trace.set_span_in_context(NonRecordingSpan(parent.context)),
         )
         if outcome != "admitted":
             span.fail(outcome)
-        span.span.end(end_time=end_ns)
+        span.end(end_ns)
 
     def refused_early(
         self, *, method: str, path: str, request_id: str, headers: Mapping[bytes, bytes], status: int, code: str
