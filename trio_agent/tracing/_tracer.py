@@ -116,8 +116,8 @@ class TraceSpan:
     Ended once (a second :meth:`end` does nothing); once ended, its attributes,
     events and status no longer change, as with the SDK's spans: the export
     thread reads it while the trio thread goes on. A span the sampler dropped
-    records nothing and is never exported; its context still travels (not
-    sampled), so the services behind the gateway drop the trace too.
+    is never queued or exported; its context still travels (not sampled), so
+    the services behind the gateway drop the trace too.
     """
 
     __slots__ = (
