@@ -366,3 +366,17 @@ def test_a_custom_sampler_is_asked_for_every_span_a_built_in_one_once_per_trace(
             assert child.context.trace_flags.sampled == root.context.trace_flags.sampled
         taken = queue.take()
         assert len(taken) % 2 == 0 and {s.name for s in taken} <= {"root", "child"}
+
+
+async def test_an_endpoint_given_explicitly_traces_even_with_otel_sdk_disabled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # OTEL_SDK_DISABLED turns the standard endpoint variables off (server_config_from_env);
+    # an endpoint the operator gives trio_agent itself is an explicit ask.
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert server_config_from_env({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}).otlp_endpoint is None
+    exporter = _Exporter()
+    async with open_tracing(endpoint="http://127.0.0.1:1", exporter=exporter) as tracer:
+        with tracer.span("explicit"):
+            pass
+    assert [s.name for s in exporter.spans] == ["explicit"]

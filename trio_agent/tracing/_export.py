@@ -2,8 +2,8 @@
 
 The exporter is blocking (an HTTP POST with its own retries, bounded by its
 ``timeout``), so each batch goes out in a worker thread, which also turns the
-gateway's spans into the SDK's ``ReadableSpan`` (off the request path). One batch at a time:
-while a slow collector holds one, new spans wait in the bounded queue, and
+gateway's spans into the SDK's ``ReadableSpan`` (off the request path). One
+batch at a time: while a slow collector holds one, new spans wait in the bounded queue, and
 past it they are dropped, so a slow or dead collector costs the server
 memory up to the queue's bound and no request ever waits for it.
 """
@@ -110,4 +110,3 @@ class SpanExport:
         """In the worker thread: the batch as the SDK's spans, through the exporter."""
         resource, scope = self.resource, self.scope
         return self.exporter.export([span.readable(resource, scope) for span in batch])
-

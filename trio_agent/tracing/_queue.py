@@ -34,6 +34,7 @@ class FinishedSpan(Protocol):
         """The SDK's view of the span, for its exporter."""
         ...
 
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TracingStatistics:
     """Spans since the start: waiting now, exported, and dropped (by reason)."""
