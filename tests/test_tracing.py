@@ -380,3 +380,24 @@ async def test_an_endpoint_given_explicitly_traces_even_with_otel_sdk_disabled(
         with tracer.span("explicit"):
             pass
     assert [s.name for s in exporter.spans] == ["explicit"]
+
+
+async def test_an_odd_attribute_value_is_cleaned_as_the_sdk_would_and_fails_no_batch() -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    class Encoding(_Exporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            encode_spans(spans).SerializePartialToString()  # raises on a value it cannot encode
+            return super().export(spans)
+
+    exporter = Encoding()
+    async with open_tracing(endpoint="http://127.0.0.1:1", exporter=exporter, batch_size=3) as tracer:
+        with tracer.span("plain", attributes={"s": "x", "n": 1, "f": 0.5, "b": True, "t": ("stop",)}):
+            pass
+        with tracer.span("odd", attributes={"none": None, "list": ["a", "b"], "obj": ValueError("v")}):
+            pass
+    by_name = {s.name: dict(s.attributes or {}) for s in exporter.spans}
+    assert by_name["plain"] == {"s": "x", "n": 1, "f": 0.5, "b": True, "t": ("stop",)}
+    assert by_name["odd"] == {"list": ("a", "b"), "obj": "v"}
+    stats = tracer.statistics()
+    assert stats is not None and stats.exported == 2 and stats.dropped == 0

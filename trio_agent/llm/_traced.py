@@ -112,7 +112,7 @@ def _model_call(
 
 
 def _start(tracer: GatewayTracer, backend: ChatBackend, request: ChatRequest) -> TraceSpan:
-    # Every request attribute given at the start: one pass of the SDK's checks, not one per key.
+    # Every request attribute given at the start, in one dict.
     more: dict[str, Any] = {}
     if request.max_tokens is not None:
         more["gen_ai.request.max_tokens"] = request.max_tokens
@@ -200,7 +200,7 @@ class TracedStream:
             return
         self._recorded = (usage, finish_reason)
         if first_token_at is not None:
-            # trio's clock to the wall clock the SDK stamps spans with
+            # trio's clock to the wall clock spans are stamped with
             ago = trio.current_time() - first_token_at
             span.event("gen_ai.first_token", at_ns=time.time_ns() - int(ago * 1e9))
 

@@ -26,6 +26,7 @@ from typing import Any
 import trio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
@@ -108,6 +109,27 @@ def error_type(exc: BaseException) -> str:
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
+_PLAIN = frozenset({str, int, float, bool})
+
+
+def _checked(attributes: dict[str, Any]) -> Mapping[str, Any]:
+    """``attributes`` as the exporter can encode them.
+
+    The gateway sets plain values (str, int, float, bool, or a tuple of them) and those
+    pass as they are. Anything else goes through the SDK's own cleaning
+    (``BoundedAttributes``: a sequence made a tuple, an unknown type made ``str``), and a
+    ``None`` is left out (as :meth:`TraceSpan.set` leaves it unset), so one odd value never
+    fails the encoding of a whole batch. Runs in the export thread.
+    """
+    for value in attributes.values():
+        kind = type(value)
+        if kind in _PLAIN or (kind is tuple and all(type(v) in _PLAIN for v in value)):
+            continue
+        present = {key: value for key, value in attributes.items() if value is not None}
+        return BoundedAttributes(attributes=present, immutable=True)
+    return attributes
 
 
 class TraceSpan:
@@ -215,7 +237,7 @@ class TraceSpan:
             context=self.context,
             parent=self.parent,
             resource=resource,
-            attributes=self.attributes,
+            attributes=_checked(self.attributes),
             events=[Event(name, attributes, at) for name, attributes, at in self.events],
             kind=self.kind,
             status=self.status,
