@@ -18,7 +18,7 @@ stays a child of the caller's own span.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -71,18 +71,10 @@ async def complete_chat(backend: ChatBackend, request: ChatRequest) -> ChatCompl
     tracer = current_tracer()
     if tracer is None:
         return await backend.complete_chat(request)
-    span = _start(tracer, backend, request)
-    span.attach()
-    try:
+    with _start(tracer, backend, request).current() as span:
         completion = await backend.complete_chat(request)
         # Before end(): an ended span ignores its attributes.
         _finish(tracer, span, completion.model, None, completion.usage, (completion.finish_reason,), completion.content)
-    except BaseException as exc:
-        span.fail_with(exc)
-        raise
-    finally:
-        span.detach()
-        span.end()
     return completion
 
 
@@ -135,6 +127,27 @@ async def _enter_in_span(span: TraceSpan, inner: AbstractAsyncContextManager[_T]
         raise
     finally:
         span.detach()
+
+
+async def _exit_in_span(
+    span: TraceSpan,
+    inner: AbstractAsyncContextManager[Any],
+    exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None],
+    settle: Callable[[bool], None],
+) -> bool | None:
+    """Leave ``inner``; a failure in the block or on leaving sets ``span``'s status, then
+    ``settle(failed)`` adds what the call answered, and the span ends."""
+    exc = exc_info[1]
+    try:
+        return await inner.__aexit__(*exc_info)
+    except BaseException as raised:
+        span.fail_with(raised)
+        raise
+    finally:
+        if exc is not None:
+            span.fail_with(exc)
+        settle(exc is not None)
+        span.end()
 
 
 def _finish(
@@ -218,14 +231,8 @@ class TracedStream:
     ) -> bool | None:
         span, chunks, inner = self._span, self._chunks, self._inner
         assert span is not None and inner is not None
-        try:
-            return await inner.__aexit__(exc_type, exc, tb)
-        except BaseException as raised:
-            span.fail_with(raised)
-            raise
-        finally:
-            if exc is not None:
-                span.fail_with(exc)
+
+        def settle(failed: bool) -> None:
             if chunks is not None:
                 _finish(
                     self._tracer, span, chunks.model, chunks.response_id, chunks.usage,
@@ -234,7 +241,8 @@ class TracedStream:
             elif self._recorded is not None:
                 usage, finish_reason = self._recorded
                 _finish(self._tracer, span, None, None, usage, (finish_reason,) if finish_reason else (), None)
-            span.end()
+
+        return await _exit_in_span(span, inner, (exc_type, exc, tb), settle)
 
 
 class _TracedRelay:
@@ -263,22 +271,17 @@ class _TracedRelay:
     ) -> bool | None:
         span, relay = self._span, self._relay
         assert span is not None and relay is not None
-        try:
-            return await self._inner.__aexit__(exc_type, exc, tb)
-        except BaseException as raised:
-            span.fail_with(raised)
-            raise
-        finally:
-            if exc is not None:
-                span.fail_with(exc)
-            elif relay.status >= 400:
+
+        def settle(failed: bool) -> None:
+            if not failed and relay.status >= 400:
                 span.fail(str(relay.status), f"the upstream answered {relay.status}")
             usage = relay.usage
             if usage is not None:
                 span.set_all(
                     {"gen_ai.usage.input_tokens": usage.prompt_tokens, "gen_ai.usage.output_tokens": usage.completion_tokens}
                 )
-            span.end()
+
+        return await _exit_in_span(span, self._inner, (exc_type, exc, tb), settle)
 
 
 class _ObservedChunks:

@@ -8,12 +8,12 @@ A :class:`TraceSpan` is recorded by the gateway itself (a slotted object: a
 dict of attributes, a list of events, a status) and becomes the SDK's
 ``ReadableSpan`` only in the export thread, where the SDK's OTLP exporter
 encodes it. Sampling is the SDK's (the sampler ``OTEL_TRACES_SAMPLER`` names,
-asked per span as the SDK's tracer asks it), ids are the SDK's random ids, the
-current span is the OpenTelemetry context's (so ``traceparent`` goes out with
-the API's propagator). What is not the SDK's ``Span`` is the recording: its
-attribute checks, locks and per-span processor calls cost the request path
-about twice what the rest of tracing does, and every attribute here is of a
-type the gateway chose (docs/decisions/016).
+asked once per trace, see :meth:`GatewayTracer.start`), ids are the SDK's random
+ids, the current span is the OpenTelemetry context's (so ``traceparent`` goes
+out with the API's propagator). What is not the SDK's ``Span`` is the recording:
+its attribute checks, locks and per-span processor calls were most of tracing's
+cost on the request path, and every attribute here is of a type the gateway
+chose (docs/decisions/016).
 """
 
 from __future__ import annotations
@@ -215,6 +215,20 @@ class TraceSpan:
         if token is not None:
             otel_context.detach(token)  # type: ignore[arg-type]
 
+    @contextmanager
+    def current(self) -> Iterator[TraceSpan]:
+        """This span current for the block, then ended; an exception out of the block sets
+        its status (and is re-raised)."""
+        self.attach()
+        try:
+            yield self
+        except BaseException as exc:
+            self.fail_with(exc)
+            raise
+        finally:
+            self.detach()
+            self.end()
+
     def end(self, end_ns: int | None = None) -> None:
         if self.end_ns is not None:
             return
@@ -341,16 +355,8 @@ class GatewayTracer:
         attributes: Mapping[str, Any] | None = None,
     ) -> Iterator[TraceSpan]:
         """A span current for the block; an exception out of it sets its status (and is re-raised)."""
-        span = self.start(name, kind=kind, attributes=attributes)
-        span.attach()
-        try:
+        with self.start(name, kind=kind, attributes=attributes).current() as span:
             yield span
-        except BaseException as exc:
-            span.fail_with(exc)
-            raise
-        finally:
-            span.detach()
-            span.end()
 
     def start_server(
         self, *, method: str, path: str, route: str | None, request_id: str, headers: Mapping[bytes, bytes]
