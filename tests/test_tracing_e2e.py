@@ -50,6 +50,13 @@ def _config(endpoint: str, **kwargs: Any) -> ServerConfig:
     return ServerConfig(port=0, access_log=False, otlp_endpoint=endpoint, mock=mock, **kwargs)
 
 
+def _agent_config(endpoint: str, **kwargs: Any) -> ServerConfig:
+    """A traced gateway for the agent runs (their model is the test's scripted backend)."""
+    return ServerConfig(
+        port=0, access_log=False, otlp_endpoint=endpoint, trace_export_interval=0.2, example_tools=False, **kwargs
+    )
+
+
 def _has(*names: str) -> Callable[[list[ReceivedSpan]], bool]:
     return lambda spans: all(any(s.name == n for s in spans) for n in names)
 
@@ -279,9 +286,7 @@ async def test_an_agent_run_nests_steps_model_calls_and_parallel_tools() -> None
         ]
     )
     with receiving_otlp() as rx, trio.fail_after(60):
-        config = ServerConfig(
-            port=0, access_log=False, otlp_endpoint=rx.url, trace_export_interval=0.2, example_tools=False, tools=("tests._tracing_tools",)
-        )
+        config = _agent_config(rx.url, tools=("tests._tracing_tools",))
         async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
             response = await client.post("/agent", json={"messages": [{"role": "user", "content": "nap twice"}]})
             assert response.status_code == 200, response.text
@@ -315,10 +320,7 @@ async def test_an_mcp_tool_call_carries_its_spans_traceparent() -> None:
         [[*one_call(0, "c1", "traceparent", {}), finish("tool_calls")], [text("ok"), finish("stop")]]
     )
     with receiving_otlp() as rx, trio.fail_after(60):
-        config = ServerConfig(
-            port=0, access_log=False, otlp_endpoint=rx.url, trace_export_interval=0.2, example_tools=False,
-            mcp=(f"rec={shlex.join([sys.executable, str(server_script)])}",),
-        )  # fmt: skip
+        config = _agent_config(rx.url, mcp=(f"rec={shlex.join([sys.executable, str(server_script)])}",))
         async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
             response = await client.post("/agent", json={"messages": [{"role": "user", "content": "trace"}]})
             assert response.status_code == 200, response.text
@@ -333,9 +335,7 @@ async def test_a_tool_call_that_cannot_run_still_has_its_span() -> None:
         [[*one_call(0, "c1", "no_such_tool", {}), finish("tool_calls")], [text("sorry"), finish("stop")]]
     )
     with receiving_otlp() as rx, trio.fail_after(60):
-        config = ServerConfig(
-            port=0, access_log=False, otlp_endpoint=rx.url, trace_export_interval=0.2, example_tools=False, tools=("tests._tracing_tools",)
-        )
+        config = _agent_config(rx.url, tools=("tests._tracing_tools",))
         async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
             response = await client.post("/agent", json={"messages": [{"role": "user", "content": "x"}]})
             assert response.status_code == 200, response.text
@@ -352,9 +352,7 @@ async def test_a_client_leaving_an_agent_run_ends_the_run_and_its_tools_cancelle
           finish("tool_calls")]]
     )  # fmt: skip
     with receiving_otlp() as rx, trio.fail_after(60):
-        config = ServerConfig(
-            port=0, access_log=False, otlp_endpoint=rx.url, trace_export_interval=0.2, example_tools=False, tools=("tests._tracing_tools",)
-        )
+        config = _agent_config(rx.url, tools=("tests._tracing_tools",))
         async with running_gateway(config, backend=llm) as srv, httpx.AsyncClient(base_url=srv.url) as client:
             body = {"messages": [{"role": "user", "content": "nap"}]}
             started = 0

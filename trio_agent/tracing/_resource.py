@@ -2,8 +2,8 @@
 
 The SDK's OTLP encoder groups a batch's spans by resource: it hashes the
 resource once per span, and ``Resource.__hash__`` JSON-encodes every resource
-attribute each time (about a tenth of the encoder's work per span, measured in
-docs/decisions/016). A resource is immutable, so its hash can be computed once;
+attribute each time (a cost measured in docs/decisions/016). A resource is
+immutable, so its hash can be computed once;
 :class:`HashedResource` does that and is otherwise the SDK's ``Resource``.
 """
 
