@@ -8,8 +8,8 @@ machine that gets busier or quieter over the run moves every arm alike), or
 with ``--together`` all running at once in each repeat, each server under its
 own ``bench`` in the same window: what else the machine does in that window
 falls on every arm alike, and the paired figure (each arm against the same
-repeat's ``off``) is far steadier than between runs one after another (on this
-shared 2-core VM: a spread of a few percent instead of 15-30 %):
+repeat's ``off``) is far steadier than between runs one after another
+(benchmarks/results/2026-12-07-tracing-cost-summary.md has both):
 
 * ``off``: ``trio-agent serve`` as the suite starts it (``benchmarks/suite.py``);
 * ``on``: the same with ``--otlp-endpoint`` at a sink in this process that
@@ -53,6 +53,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -141,14 +142,15 @@ def _arm_command(
 ) -> tuple[list[str], Path, dict[str, str] | None]:
     """The server command of ``arm``, the tree it runs from and its environment."""
     command = trio_agent_command(ServerArgs(upstream_url=upstream))
+    traced = [*command, "--otlp-endpoint", sink.url]
     if variants and arm in variants:
         # Tracing on, from another tree: a change to the tracing measured against main's.
-        return [*command, "--otlp-endpoint", sink.url], variants[arm], None
+        return traced, variants[arm], None
     if arm == "on":
-        return [*command, "--otlp-endpoint", sink.url], ROOT, None
+        return traced, ROOT, None
     if arm == "unsampled":
         # Tracing on, no span recorded: what tracing's mere presence costs.
-        return [*command, "--otlp-endpoint", sink.url], ROOT, {"OTEL_TRACES_SAMPLER": "always_off"}
+        return traced, ROOT, {"OTEL_TRACES_SAMPLER": "always_off"}
     if arm == "base":
         assert base_tree is not None
         return command, base_tree, None
@@ -190,25 +192,15 @@ def _round_together(
         for arm in order:
             command, cwd, env = _arm_command(arm, sink, upstream, args.base_tree, args.variants)
             servers.append(stack.enter_context(_process(command, cwd, log_dir / f"{arm}-{r}.log", env)))
-        results: dict[str, dict[str, Any]] = {}
-        errors: list[BaseException] = []
 
-        def bench(arm: str, url: str, pid: int) -> None:
-            try:
-                results[arm] = _bench(url, pid, args.concurrency, args.warmup, args.duration, log_dir / f"{arm}-{r}.json")
-            except BaseException as exc:  # reported below, in the main thread
-                errors.append(exc)
+        def bench(arm: str, server: tuple[str, int]) -> dict[str, Any]:
+            url, pid = server
+            return _bench(url, pid, args.concurrency, args.warmup, args.duration, log_dir / f"{arm}-{r}.json")
 
-        threads = [
-            threading.Thread(target=bench, args=(arm, url, pid)) for arm, (url, pid) in zip(order, servers, strict=True)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-    return [_entry(arm, r, results[arm], None) for arm in order]
+        # One thread per arm, all at once; map re-raises a bench's failure here.
+        with ThreadPoolExecutor(max_workers=len(order)) as pool:
+            runs = list(pool.map(bench, order, servers))
+    return [_entry(arm, r, run, None) for arm, run in zip(order, runs, strict=True)]
 
 
 def _summary(values: list[float]) -> dict[str, float]:
